@@ -1,0 +1,68 @@
+"""batchcore: PocketFlow's nodes and flows, with batches on threads, processes or a cluster.
+
+A drop-in for ``pocketflow``: ``from batchcore import Node, Flow, BatchNode, ...`` keeps the same
+contract. Batches run sequentially unless a backend is chosen, by keyword
+(``MyNode(backend="process", workers=2)``), class attribute (``backend = "process"``) or scope
+(``with batchcore.use_backend("process"): flow.run(shared)``).
+"""
+
+from __future__ import annotations
+
+from .async_nodes import (
+    AsyncBatchFlow,
+    AsyncBatchNode,
+    AsyncFlow,
+    AsyncNode,
+    AsyncParallelBatchFlow,
+    AsyncParallelBatchNode,
+)
+from .backends import (
+    Backend,
+    available_backends,
+    get_backend,
+    register_backend,
+    shutdown,
+    use_backend,
+)
+from .batch import BatchStats, ItemFailure
+from .errors import (
+    BatchcoreError,
+    ItemTimeoutError,
+    RemoteItemError,
+    SerializationError,
+    WorkerCrashedError,
+    WorkerStartupError,
+)
+from .flows import BatchFlow, Flow, RunResult
+from .nodes import BaseNode, BatchNode, Node
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncBatchFlow",
+    "AsyncBatchNode",
+    "AsyncFlow",
+    "AsyncNode",
+    "AsyncParallelBatchFlow",
+    "AsyncParallelBatchNode",
+    "Backend",
+    "BaseNode",
+    "BatchFlow",
+    "BatchNode",
+    "BatchStats",
+    "BatchcoreError",
+    "Flow",
+    "ItemFailure",
+    "ItemTimeoutError",
+    "Node",
+    "RemoteItemError",
+    "RunResult",
+    "SerializationError",
+    "WorkerCrashedError",
+    "WorkerStartupError",
+    "available_backends",
+    "get_backend",
+    "register_backend",
+    "shutdown",
+    "use_backend",
+]

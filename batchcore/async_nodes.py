@@ -1,0 +1,184 @@
+"""The asyncio family, with PocketFlow's semantics: ``*_async`` hooks awaited on one event loop.
+
+Additions: ``AsyncParallelBatchNode`` and ``AsyncParallelBatchFlow`` take ``max_concurrency``,
+and inside an ``AsyncFlow`` a sync ``BatchNode``/``BatchFlow`` on a parallel backend runs in a
+thread, so its pool works while the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from .backends import resolve_settings
+from .flows import BatchFlow, Flow
+from .nodes import BaseNode, BatchNode, Node
+from .tasks import CUR_RETRY
+
+__all__ = [
+    "AsyncBatchFlow",
+    "AsyncBatchNode",
+    "AsyncFlow",
+    "AsyncNode",
+    "AsyncParallelBatchFlow",
+    "AsyncParallelBatchNode",
+]
+
+T = TypeVar("T")
+
+
+class AsyncNode(Node):
+    """A node whose hooks are coroutines: ``prep_async``, ``exec_async``, ``post_async``."""
+
+    async def prep_async(self, shared: Any) -> Any:
+        """Async twin of ``prep``."""
+
+    async def exec_async(self, prep_res: Any) -> Any:
+        """Async twin of ``exec``; retried like it."""
+
+    async def exec_fallback_async(self, prep_res: Any, exc: Exception) -> Any:
+        """Async twin of ``exec_fallback``: re-raises by default."""
+        raise exc
+
+    async def post_async(self, shared: Any, prep_res: Any, exec_res: Any) -> Any:
+        """Async twin of ``post``."""
+
+    async def _exec(self, prep_res: Any) -> Any:
+        for attempt in range(self.max_retries):
+            token = CUR_RETRY.set(attempt)  # per asyncio task, so parallel items never share it
+            try:
+                return await self.exec_async(prep_res)
+            except Exception as exc:
+                if attempt == self.max_retries - 1:
+                    return await self.exec_fallback_async(prep_res, exc)
+                if self.wait > 0:
+                    await asyncio.sleep(self.wait)
+            finally:
+                CUR_RETRY.reset(token)
+        return None
+
+    async def run_async(self, shared: Any) -> Any:
+        """Run this node alone (use an ``AsyncFlow`` to follow successors)."""
+        if self.successors:
+            warnings.warn("Node won't run successors. Use AsyncFlow.", stacklevel=2)
+        return await self._run_async(shared)
+
+    async def _run_async(self, shared: Any) -> Any:
+        prep_res = await self.prep_async(shared)
+        exec_res = await self._exec(prep_res)
+        return await self.post_async(shared, prep_res, exec_res)
+
+    def _run(self, shared: Any) -> Any:
+        raise RuntimeError("Use run_async.")
+
+
+class AsyncBatchNode(AsyncNode, BatchNode):
+    """Awaits ``exec_async`` for each item, one after another."""
+
+    def __init__(self, max_retries: int = 1, wait: float = 0) -> None:
+        super().__init__(max_retries, wait)
+
+    async def _exec(self, items: Any) -> list[Any]:  # type: ignore[override]
+        return [await AsyncNode._exec(self, item) for item in items]
+
+
+def _limited(limit: int | None) -> Callable[[Awaitable[T]], Awaitable[T]]:
+    """Wrap awaitables so that at most ``limit`` run at once (no limit when ``None``)."""
+    if limit is None:
+        return lambda awaitable: awaitable
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise TypeError(f"max_concurrency must be an int or None, got {limit!r}")
+    if limit < 1:
+        raise ValueError(f"max_concurrency must be >= 1, got {limit!r}")
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(awaitable: Awaitable[T]) -> T:
+        async with semaphore:
+            return await awaitable
+
+    return run
+
+
+class AsyncParallelBatchNode(AsyncNode, BatchNode):
+    """Runs every item's ``exec_async`` concurrently (``asyncio.gather``), results in input order.
+
+    ``max_concurrency`` caps how many items are awaited at once (default: no cap).
+    """
+
+    def __init__(
+        self, max_retries: int = 1, wait: float = 0, *, max_concurrency: int | None = None
+    ) -> None:
+        super().__init__(max_retries, wait)
+        _limited(max_concurrency)  # validate now, not at run time
+        self.max_concurrency = max_concurrency
+
+    async def _exec(self, items: Any) -> list[Any]:  # type: ignore[override]
+        limit = _limited(self.max_concurrency)
+        return await asyncio.gather(*(limit(AsyncNode._exec(self, item)) for item in items))
+
+
+def _offloads(node: BaseNode) -> bool:
+    """A sync batch on a parallel backend runs in a thread so it does not block the event loop."""
+    return isinstance(node, (BatchNode, BatchFlow)) and resolve_settings(node).backend.parallel
+
+
+class AsyncFlow(Flow, AsyncNode):
+    """A flow that awaits async nodes and runs sync ones; ``post_async`` gets the last action."""
+
+    async def _orch_async(self, shared: Any, params: dict[str, Any] | None = None) -> Any:
+        curr = copy.copy(self.start_node)
+        run_params = params or {**self.params}
+        last_action = None
+        while curr:
+            curr.set_params(run_params)
+            if isinstance(curr, AsyncNode):
+                last_action = await curr._run_async(shared)
+            elif _offloads(curr):
+                last_action = await asyncio.to_thread(curr._run, shared)
+            else:
+                last_action = curr._run(shared)
+            curr = copy.copy(self.get_next_node(curr, last_action))
+        return last_action
+
+    async def _run_async(self, shared: Any) -> Any:
+        prep_res = await self.prep_async(shared)
+        last_action = await self._orch_async(shared)
+        return await self.post_async(shared, prep_res, last_action)
+
+    async def post_async(self, shared: Any, prep_res: Any, exec_res: Any) -> Any:
+        return exec_res
+
+
+class AsyncBatchFlow(AsyncFlow, BatchFlow):
+    """Runs the sub-flow once per params dict from ``prep_async``, one after another."""
+
+    async def _run_async(self, shared: Any) -> Any:
+        batch_params = await self.prep_async(shared) or []
+        for params in batch_params:
+            await self._orch_async(shared, {**self.params, **params})
+        return await self.post_async(shared, batch_params, None)
+
+
+class AsyncParallelBatchFlow(AsyncFlow, BatchFlow):
+    """Runs the sub-flow for every params dict concurrently on the event loop (shared ``shared``).
+
+    ``max_concurrency`` caps how many sub-flows run at once (default: no cap).
+    """
+
+    def __init__(
+        self, start: BaseNode | None = None, *, max_concurrency: int | None = None
+    ) -> None:
+        super().__init__(start)
+        _limited(max_concurrency)
+        self.max_concurrency = max_concurrency
+
+    async def _run_async(self, shared: Any) -> Any:
+        batch_params = await self.prep_async(shared) or []
+        limit = _limited(self.max_concurrency)
+        await asyncio.gather(
+            *(limit(self._orch_async(shared, {**self.params, **params})) for params in batch_params)
+        )
+        return await self.post_async(shared, batch_params, None)

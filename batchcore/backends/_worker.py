@@ -1,0 +1,163 @@
+"""The worker process of the process backend: a fresh interpreter serving jobs over two pipes.
+
+Protocol (each message is one or more ``Connection`` frames of pickled data)::
+
+    parent -> worker   hello {sys_path}
+                       ("run", batch, has_task, start, first_attempt, fail_fast, track_time)
+                       [task]  items
+    worker -> parent   ("ready", pid) | ("startup_error", text) | ("setup_error", text)
+                       | ("items_error", text) | ("done", retries, elapsed, ran)  failures  values
+
+The worker ignores SIGINT (the parent owns Ctrl-C), turns SIGTERM into ``SystemExit`` so cleanup
+code runs, and exits by itself when the parent dies (a thread waits for the task pipe to hang up).
+It records the item and attempt it is running in a shared-memory ``SlotStruct`` that the parent
+reads to charge crashes and timeouts to the right item.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import pickle
+import select
+import signal
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection
+from types import FrameType
+from typing import Any
+
+SLOT_SIZE = 64
+PARENT_GONE_EXIT = 70
+
+
+class SlotStruct(ctypes.Structure):
+    """The shared-memory twin of ``tasks.Slot``."""
+
+    _fields_ = [("index", ctypes.c_int64), ("attempt", ctypes.c_int64), ("started", ctypes.c_int64)]
+
+
+def _exit_on_term(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _watch_parent(fd: int) -> None:
+    """Exit at once when every writer of the task pipe is gone: the parent died or shut us down."""
+    poller = select.poll()
+    poller.register(fd, 0)  # no events requested: poll still reports hang-up and errors
+    while True:
+        for _, event in poller.poll():
+            if event & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                os._exit(PARENT_GONE_EXIT)
+
+
+def main() -> None:
+    task_fd, result_fd, slot_fd = (int(arg) for arg in sys.argv[1:4])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    inbox = Connection(task_fd, writable=False)
+    outbox = Connection(result_fd, readable=False)
+    threading.Thread(target=_watch_parent, args=(task_fd,), daemon=True).start()
+    memory = mmap.mmap(slot_fd, SLOT_SIZE)
+    os.close(slot_fd)
+    slot = SlotStruct.from_buffer(memory)
+    slot.index = -1
+    try:
+        hello = pickle.loads(inbox.recv_bytes())
+        sys.path[:] = hello["sys_path"]
+    except EOFError:
+        return
+    except Exception:
+        outbox.send_bytes(pickle.dumps(("startup_error", traceback.format_exc())))
+        return
+    outbox.send_bytes(pickle.dumps(("ready", os.getpid())))
+    serve(inbox, outbox, slot)
+
+
+def serve(inbox: Connection, outbox: Connection, slot: Any) -> None:
+    """Run jobs until the parent closes the task pipe."""
+    from ..pickling import loads
+    from ..tasks import Task, run_chunk
+
+    task: Task | None = None
+    while True:
+        try:
+            header = pickle.loads(inbox.recv_bytes())
+        except EOFError:
+            return
+        _, _batch, has_task, start, first_attempt, fail_fast, track_time = header
+        task_blob = inbox.recv_bytes() if has_task else None
+        items_blob = inbox.recv_bytes()
+        slot.index = -1
+        if task_blob is not None:
+            try:
+                task = loads(task_blob)
+            except Exception:
+                task = None
+                outbox.send_bytes(pickle.dumps(("setup_error", traceback.format_exc())))
+                continue
+        assert task is not None
+        try:
+            items = loads(items_blob)
+        except Exception:
+            outbox.send_bytes(pickle.dumps(("items_error", traceback.format_exc())))
+            continue
+        chunk = run_chunk(task, items, start, first_attempt, slot, fail_fast, track_time)
+        slot.index = -1
+        values_blob, failures_blob = pack(chunk.values, chunk.failures, start)
+        outbox.send_bytes(pickle.dumps(("done", chunk.retries, chunk.elapsed, len(chunk.values))))
+        outbox.send_bytes(failures_blob)
+        outbox.send_bytes(values_blob)
+
+
+def portable(exc: BaseException, text: str) -> BaseException:
+    """``exc`` if it survives a pickle round trip, else a ``RemoteItemError`` describing it."""
+    from ..errors import RemoteItemError
+    from ..pickling import dumps, loads
+
+    try:
+        loads(dumps(exc))
+        return exc
+    except Exception:
+        try:
+            message = str(exc)
+        except Exception:
+            message = "<str() failed>"
+        return RemoteItemError(f"{type(exc).__module__}.{type(exc).__qualname__}", message, text)
+
+
+def pack(values: list[Any], failures: list[tuple[int, Any]], start: int) -> tuple[bytes, bytes]:
+    """Pickle results and failures; a result that cannot be pickled becomes that item's failure."""
+    from ..errors import SerializationError
+    from ..pickling import dumps
+    from ..tasks import Failure
+
+    try:
+        values_blob = dumps(values)
+    except Exception:
+        values = list(values)
+        failed = {offset for offset, _ in failures}
+        for offset, value in enumerate(values):
+            if offset in failed:
+                continue
+            try:
+                dumps(value)
+            except Exception as exc:
+                values[offset] = None
+                error = SerializationError(
+                    "result",
+                    f"the result of item {start + offset} "
+                    f"({type(value).__module__}.{type(value).__qualname__}) cannot be pickled to "
+                    f"send it back from the worker: {type(exc).__name__}: {exc}. Return plain data "
+                    "(numbers, strings, paths, bytes, arrays) instead",
+                )
+                failures.append((offset, Failure.capture(error, 1)))
+        failures.sort(key=lambda pair: pair[0])
+        values_blob = dumps(values)
+    records = [
+        (offset, portable(f.exception, f.traceback), f.traceback, f.attempts)
+        for offset, f in failures
+    ]
+    return values_blob, dumps(records)

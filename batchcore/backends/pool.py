@@ -1,0 +1,405 @@
+"""Chunk scheduling shared by the thread and process backends.
+
+Data flow (one ``map`` call, all in the caller's thread)::
+
+    items (lazy) --islice--> Job(start, items) --submit--> idle worker --runs run_chunk-->
+         ^  at most `window` jobs created and not yet yielded          |
+         |                                                             v
+    caller <--yield in input order-- reorder buffer <--Done-- Pool.wait() <--Died (crash/timeout)
+                                                                   |
+                             culprit retried alone or failed; bystanders re-queued
+
+A worker gets one job at a time and only when idle, so a send never waits on a busy worker and
+the parent and a worker can never block on each other's pipes. Chunk sizes adapt to the measured
+time per item (about ``TARGET_SECONDS`` of work per job) unless ``chunksize=`` fixes them. Every
+job records which item its worker is on in a ``Slot``; that is how a crash or a timeout is charged
+to the right item while the innocent items of the same job are simply run again.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from ..errors import ItemTimeoutError, SerializationError, WorkerCrashedError, short_repr
+from ..tasks import CUR_RETRY, Chunk, Failure, Task
+
+TARGET_SECONDS = 0.02  # work per job: amortises ~0.1 ms of messaging, keeps the tail short
+TARGET_BYTES = 8 << 20  # pickled input per job, so big items are not batched into huge messages
+MAX_ITEMS = 10_000  # items per job at most: a window of jobs stays a few MiB for small items
+MAX_UNATTRIBUTED_CRASHES = 3  # a job whose worker keeps dying outside any item is failed
+
+
+@dataclass(eq=False)
+class Job:
+    """Items ``start .. start+len(items)-1``; ``first_attempt`` > 0 when retrying a crashed item."""
+
+    start: int
+    items: list[Any]
+    first_attempt: int = 0
+    ready_at: float = 0.0
+    crashes: int = 0
+    payload: Any = None
+    payload_size: int = 0
+
+
+@dataclass(eq=False)
+class Done:
+    worker: Any
+    job: Job
+    chunk: Chunk
+
+
+@dataclass(eq=False)
+class Died:
+    worker: Any
+    job: Job | None
+    exitcode: int | None
+    reason: tuple[str, int, int]  # ("crash" or "timeout", index, attempt) from the worker's slot
+
+
+@dataclass(eq=False)
+class WorkerState:
+    """What the scheduler tracks per worker; transports subclass it."""
+
+    ident: Any
+    slot: Any
+    ready: bool = False
+    job: Job | None = None
+
+
+class Pool:
+    """A set of workers the scheduler can feed: the transport-specific half of a backend."""
+
+    size: int
+    workers: list[Any]
+    kind: str = "worker"
+
+    def begin(self, task: Task) -> None:
+        """Prepare to run ``task`` (a process pool pickles it here, once per batch)."""
+        raise NotImplementedError(f"{type(self).__name__}.begin")
+
+    def encode(self, job: Job) -> None:
+        """Serialise the job's items if the transport needs it; raise on an unpicklable item."""
+
+    def find_unpicklable(self, job: Job) -> list[tuple[int, Exception]]:
+        return []
+
+    def submit(self, worker: Any, job: Job, fail_fast: bool, track_time: bool) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.submit")
+
+    def wait(self, timeout: float | None) -> list[Done | Died]:
+        raise NotImplementedError(f"{type(self).__name__}.wait")
+
+    def stop(self, worker: Any) -> None:
+        """Stop a worker stuck on an item (kill or abandon it) and start a replacement."""
+        raise NotImplementedError(f"{type(self).__name__}.stop")
+
+    def end(self, clean: bool) -> None:
+        """After a map: when not clean, stop workers still busy with its jobs."""
+
+    def close(self, kill: bool = False) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.close")
+
+    def idle_workers(self) -> list[Any]:
+        return [w for w in self.workers if w.ready and w.job is None]
+
+    def busy_workers(self) -> list[Any]:
+        return [w for w in self.workers if w.job is not None]
+
+
+class ChunkSizer:
+    """Chooses job sizes: fixed, or grown from 1 toward ``TARGET_SECONDS`` of measured work."""
+
+    def __init__(self, fixed: int | None, workers: int, total: int | None) -> None:
+        self.fixed = fixed
+        # With a known length, keep at least 4 jobs per worker so the tail stays balanced; and
+        # never more than MAX_ITEMS items per job, which bounds the memory the window holds.
+        self.cap = min(MAX_ITEMS, max(1, math.ceil(total / (4 * workers))) if total else MAX_ITEMS)
+        self.size = 1
+        self.seconds_per_item: float | None = None
+
+    def next_size(self) -> int:
+        return self.fixed or self.size
+
+    def observe(self, count: int, seconds: float, payload_size: int) -> None:
+        if self.fixed or count <= 0:
+            return
+        per_item = max(seconds / count, 1e-8)
+        if self.seconds_per_item is None:
+            self.seconds_per_item = per_item
+        else:
+            self.seconds_per_item = 0.5 * self.seconds_per_item + 0.5 * per_item
+        ideal = TARGET_SECONDS / self.seconds_per_item
+        if payload_size:
+            ideal = min(ideal, TARGET_BYTES / (payload_size / count))
+        self.size = int(max(1, min(ideal, self.size * 8, self.cap)))
+
+
+def read_slot(slot: Any) -> tuple[int, int, int] | None:
+    """A consistent ``(index, attempt, started_ns)`` from a slot another thread may be writing."""
+    started = slot.started
+    index = slot.index
+    attempt = slot.attempt
+    if started == 0 or started != slot.started:
+        return None
+    return index, attempt, started
+
+
+def map_jobs(
+    pool: Pool,
+    task: Task,
+    items: Iterable[Any],
+    *,
+    chunksize: int | None,
+    timeout: float | None,
+    fail_fast: bool,
+) -> Iterator[Chunk]:
+    """Run ``task`` over ``items`` on ``pool``; yield chunks in input order (see module docs)."""
+    return _Run(pool, task, items, chunksize, timeout, fail_fast).results()
+
+
+class _Run:
+    """The state of one ``map_jobs`` call."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        task: Task,
+        items: Iterable[Any],
+        chunksize: int | None,
+        timeout: float | None,
+        fail_fast: bool,
+    ) -> None:
+        self.pool = pool
+        self.task = task
+        self.source = iter(items)
+        self.exhausted = False
+        self.next_index = 0  # index of the next item to read from the source
+        total = operator.length_hint(items, 0) if hasattr(items, "__len__") else 0
+        self.sizer = ChunkSizer(chunksize, pool.size, total or None)
+        self.timeout = timeout
+        self.fail_fast = fail_fast
+        self.retry: list[Job] = []  # jobs to run before new ones: crashed items, bystanders
+        self.done: dict[int, Chunk] = {}  # finished chunks waiting for their turn, by start
+        self.next_start = 0  # start of the next chunk to yield
+        self.outstanding = 0  # pieces created and not yet yielded (bounded by `window`)
+        self.window = max(8, 4 * pool.size)
+        self.stop_at = math.inf  # fail-fast: index of the first known failure
+
+    # --- main loop --------------------------------------------------------------------------
+
+    def results(self) -> Iterator[Chunk]:
+        self.pool.begin(self.task)
+        try:
+            while True:
+                while self.next_start in self.done:
+                    chunk = self.done.pop(self.next_start)
+                    self.outstanding -= 1
+                    self.next_start = chunk.start + len(chunk.items)
+                    yield chunk
+                    if self.fail_fast and chunk.failures:
+                        self.pool.end(clean=False)
+                        return
+                if self.exhausted and self.outstanding == 0:
+                    self.pool.end(clean=True)
+                    return
+                self.dispatch()
+                if self.exhausted and self.outstanding == 0:
+                    continue  # the source just ran dry with nothing in flight: finish now
+                for event in self.pool.wait(self.wait_time()):
+                    if isinstance(event, Done):
+                        self.on_done(event)
+                    else:
+                        self.on_died(event)
+                self.check_timeouts()
+        except (Exception, GeneratorExit):
+            self.pool.end(clean=False)
+            raise
+        except BaseException:  # Ctrl-C, SystemExit: no worker may outlive this
+            self.pool.close(kill=True)
+            raise
+
+    def wait_time(self) -> float | None:
+        deadlines: list[float] = []
+        now = time.monotonic()
+        if self.retry:
+            deadlines.append(min(job.ready_at for job in self.retry) - now)
+        if self.timeout is not None and self.pool.busy_workers():
+            deadlines.append(min(self.timeout / 4, 0.1))
+        if not deadlines:
+            return 1.0
+        return max(0.0, min(deadlines))
+
+    # --- feeding workers --------------------------------------------------------------------
+
+    def dispatch(self) -> None:
+        for worker in self.pool.idle_workers():
+            while True:
+                job = self.next_job()
+                if job is None:
+                    return
+                try:
+                    self.pool.encode(job)
+                except SerializationError:
+                    self.split_unpicklable(job)
+                    continue
+                # Clear the slot first: until the worker starts this job, it must not look like
+                # the previous job's last item (stale index and start time read as a timeout).
+                worker.slot.started = 0
+                worker.slot.index = -1
+                self.pool.submit(worker, job, self.fail_fast, self.timeout is not None)
+                break
+
+    def next_job(self) -> Job | None:
+        if self.retry:
+            now = time.monotonic()
+            ready = [job for job in self.retry if job.ready_at <= now]
+            if ready:
+                job = min(ready, key=lambda j: j.start)
+                self.retry.remove(job)
+                return job
+        if self.exhausted or self.outstanding >= self.window or self.next_index >= self.stop_at:
+            return None
+        size = self.sizer.next_size()
+        items = list(islice(self.source, size))
+        if len(items) < size:
+            self.exhausted = True
+        if not items:
+            return None
+        job = Job(self.next_index, items)
+        self.next_index += len(items)
+        self.outstanding += 1
+        return job
+
+    def split_unpicklable(self, job: Job) -> None:
+        """Fail the items that cannot be pickled; re-queue the others as smaller jobs."""
+        bad = dict(self.pool.find_unpicklable(job))
+        pieces: list[Job | Chunk] = []
+        run: list[Any] = []
+        run_start = job.start
+        for offset, item in enumerate(job.items):
+            index = job.start + offset
+            if offset in bad:
+                if run:
+                    pieces.append(Job(run_start, run, job.first_attempt))
+                    run = []
+                error = SerializationError(
+                    "item",
+                    f"item {index} ({type(item).__module__}.{type(item).__qualname__}, "
+                    f"{short_repr(item, 60)}) cannot be pickled to send it to a worker process: "
+                    f"{type(bad[offset]).__name__}: {bad[offset]}",
+                )
+                error.__cause__ = bad[offset]
+                pieces.append(Chunk(index, [item], [None], [(0, Failure.capture(error, 1))]))
+                run_start = index + 1
+            else:
+                run.append(item)
+        if run:
+            pieces.append(Job(run_start, run, job.first_attempt))
+        self.add_pieces(pieces)
+
+    def add_pieces(self, pieces: list[Job | Chunk]) -> None:
+        """Replace one outstanding piece by ``pieces`` (jobs to run, chunks already settled)."""
+        self.outstanding += len(pieces) - 1
+        for piece in pieces:
+            if isinstance(piece, Job):
+                if piece.start > self.stop_at:
+                    self.outstanding -= 1  # after a fail-fast failure: cancelled, never run
+                    continue
+                self.retry.append(piece)
+            else:
+                self.settle(piece)
+
+    def settle(self, chunk: Chunk) -> None:
+        if self.fail_fast and chunk.failures:
+            self.stop_at = min(self.stop_at, chunk.start + chunk.failures[0][0])
+        self.done[chunk.start] = chunk
+
+    # --- events -----------------------------------------------------------------------------
+
+    def on_done(self, event: Done) -> None:
+        chunk = event.chunk
+        chunk.retries += event.job.first_attempt * len(event.job.items)  # spent on crashes
+        self.sizer.observe(len(chunk.values), chunk.elapsed, event.job.payload_size)
+        self.settle(chunk)
+
+    def on_died(self, event: Died) -> None:
+        job = event.job
+        if job is None:
+            return
+        kind, index, attempt = event.reason
+        offset = index - job.start
+        if not 0 <= offset < len(job.items):
+            # Died between items (unpickling, sending results): nobody to blame, run it again.
+            job.crashes += 1
+            if job.crashes < MAX_UNATTRIBUTED_CRASHES:
+                self.add_pieces([job])
+            else:
+                self.add_pieces([self.crash_chunk(job, event)])
+            return
+        culprit = job.items[offset]
+        pieces: list[Job | Chunk] = []
+        if offset:
+            pieces.append(Job(job.start, job.items[:offset], job.first_attempt))
+        if attempt + 1 < self.task.max_retries:
+            ready_at = time.monotonic() + self.task.wait
+            pieces.append(Job(index, [culprit], attempt + 1, ready_at=ready_at))
+        else:
+            error: Exception
+            if kind == "timeout":
+                error = ItemTimeoutError(
+                    index, short_repr(culprit), self.timeout or 0.0, attempt + 1
+                )
+            else:
+                error = WorkerCrashedError(
+                    index, short_repr(culprit), event.worker.ident, event.exitcode, attempt + 1
+                )
+            pieces.append(self.fallback_chunk(index, culprit, error, attempt))
+        if offset + 1 < len(job.items):
+            pieces.append(Job(index + 1, job.items[offset + 1 :], job.first_attempt))
+        self.add_pieces(pieces)
+
+    def fallback_chunk(self, index: int, item: Any, error: Exception, attempt: int) -> Chunk:
+        """The last attempt crashed or timed out: ``exec_fallback`` decides, in the parent."""
+        token = CUR_RETRY.set(attempt)
+        try:
+            value = self.task.fallback(item, error)
+        except Exception as exc:
+            return Chunk(index, [item], [None], [(0, Failure.capture(exc, attempt + 1))], attempt)
+        finally:
+            CUR_RETRY.reset(token)
+        return Chunk(index, [item], [value], [], attempt)
+
+    def crash_chunk(self, job: Job, event: Died) -> Chunk:
+        failures = []
+        for offset, item in enumerate(job.items):
+            error = WorkerCrashedError(
+                job.start + offset,
+                short_repr(item),
+                event.worker.ident,
+                event.exitcode,
+                job.crashes,
+            )
+            failures.append((offset, Failure.capture(error, job.crashes)))
+        return Chunk(job.start, job.items, [None] * len(job.items), failures)
+
+    def check_timeouts(self) -> None:
+        if self.timeout is None:
+            return
+        limit = int(self.timeout * 1e9)
+        now = time.monotonic_ns()
+        for worker in self.pool.busy_workers():
+            snapshot = read_slot(worker.slot)
+            if snapshot is None:
+                continue
+            index, attempt, started = snapshot
+            job = worker.job
+            if now - started > limit and job.start <= index < job.start + len(job.items):
+                self.pool.stop(worker)
+                self.on_died(Died(worker, job, None, ("timeout", index, attempt)))

@@ -1,0 +1,405 @@
+"""The process backend: a pool of worker interpreters for CPU-bound items.
+
+Why not ``ProcessPoolExecutor``, loky or pebble? They either fail every in-flight item when one
+worker dies (and stay broken), cannot kill one hung item, leave workers behind on Ctrl-C or when
+the parent is killed, or consume input eagerly (see ``research/reliability.md``). The part they
+would save us, starting processes and moving bytes, is small; the rest is ``pool.py``.
+
+Workers are fresh interpreters started with ``subprocess`` (never ``fork``, so a parent that
+already runs threads, as pyarrow and pandas do, cannot deadlock them), connected by two pipes and
+a small shared-memory slot. They do not re-import the user's ``__main__``: code defined there is
+sent by value with cloudpickle, so scripts, ``python -c`` and notebooks all work without an
+``if __name__ == "__main__"`` guard. BLAS, OpenMP and Arrow thread pools in workers are limited to
+their share of the CPUs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import mmap
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Iterator
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ..errors import SerializationError, WorkerStartupError, describe_exit
+from ..pickling import dumps, dumps_checked, loads
+from ..tasks import Chunk, Failure, Slot, Task
+from . import WORKER_ENV, Backend, default_workers
+from ._worker import SLOT_SIZE, SlotStruct
+from .pool import Died, Done, Job, Pool, WorkerState, map_jobs
+
+THREAD_LIMIT_VARS = (
+    "OMP_NUM_THREADS",  # also read by pyarrow's CPU pool
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+)
+BOOT = "from batchcore.backends._worker import main; main()"
+PIPE_BYTES = 1 << 20  # bigger pipes move large items with fewer context switches
+TERMINATE_GRACE = 1.0  # seconds a worker gets to exit after SIGTERM before SIGKILL
+NODE_HINT = (
+    "Create such resources inside exec (or prep), or use backend='thread', which does not pickle."
+)
+
+
+class ProcessWorker(WorkerState):
+    """A worker process as the parent sees it: its pipes, its slot, the batch it has loaded."""
+
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        inbox: Connection,
+        outbox: Connection,
+        memory: mmap.mmap,
+    ) -> None:
+        super().__init__(ident=proc.pid, slot=SlotStruct.from_buffer(memory))
+        self.proc = proc
+        self.inbox = inbox
+        self.outbox = outbox
+        self.memory = memory
+        self.batch = 0
+
+    def release(self) -> None:
+        """Close our ends of the pipes and the slot (keeping the slot's last values readable)."""
+        final = Slot()
+        final.index, final.attempt, final.started = self.slot.index, self.slot.attempt, 0
+        self.slot = final
+        self.memory.close()
+        self.inbox.close()
+        self.outbox.close()
+
+
+def worker_env(workers: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env[WORKER_ENV] = "1"
+    threads = str(max(1, default_workers() // workers))
+    for name in THREAD_LIMIT_VARS:
+        env.setdefault(name, threads)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    existing = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = package_root + (os.pathsep + existing if existing else "")
+    return env
+
+
+def _enlarge_pipe(fd: int) -> None:
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if setpipe is not None:
+        try:
+            fcntl.fcntl(fd, setpipe, PIPE_BYTES)
+        except OSError:  # capped by /proc/sys/fs/pipe-max-size: the default still works
+            pass
+
+
+def _slot_fd() -> int:
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("batchcore-slot")
+    else:  # pragma: no cover - macOS
+        with tempfile.TemporaryFile() as handle:
+            fd = os.dup(handle.fileno())
+    os.ftruncate(fd, SLOT_SIZE)
+    return fd
+
+
+def _stop_processes(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+    """Wait up to ``grace`` seconds for ``procs`` to exit, then SIGKILL and reap the rest."""
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class ProcessPool(Pool):
+    """``size`` worker processes; dead ones are replaced at once, so the pool heals itself."""
+
+    kind = "process"
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.env = worker_env(size)
+        self.batch = 0
+        self.task_blob = b""
+        self.task_label = ""
+        self.startup_failures = 0
+        self.closed = False
+        self.workers: list[ProcessWorker] = []
+        for _ in range(size):
+            self.workers.append(self.spawn())
+
+    def spawn(self) -> ProcessWorker:
+        task_r, task_w = os.pipe()
+        result_r, result_w = os.pipe()
+        slot_fd = _slot_fd()
+        for fd in (task_w, result_w):
+            _enlarge_pipe(fd)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", BOOT, str(task_r), str(result_w), str(slot_fd)],
+                pass_fds=(task_r, result_w, slot_fd),
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+            )
+            memory = mmap.mmap(slot_fd, SLOT_SIZE)
+        finally:
+            for fd in (task_r, result_w, slot_fd):
+                os.close(fd)
+        worker = ProcessWorker(
+            proc, Connection(task_w, readable=False), Connection(result_r, writable=False), memory
+        )
+        try:
+            worker.inbox.send_bytes(pickle.dumps({"sys_path": list(sys.path)}))
+        except OSError:
+            pass  # it died at once: wait() sees the hang-up and reports it
+        return worker
+
+    # --- the Pool interface -----------------------------------------------------------------
+
+    def begin(self, task: Task) -> None:
+        node = getattr(task, "node", None)
+        name = type(node).__name__ if node is not None else task.label
+        self.task_blob = dumps_checked(task, "node", name, NODE_HINT, inspect=node)
+        self.task_label = task.label
+        self.batch += 1
+
+    def encode(self, job: Job) -> None:
+        if job.payload is None:
+            try:
+                job.payload = dumps(job.items)
+            except Exception as exc:
+                raise SerializationError("item", str(exc)) from exc
+            job.payload_size = len(job.payload)
+
+    def find_unpicklable(self, job: Job) -> list[tuple[int, Exception]]:
+        bad = []
+        for offset, item in enumerate(job.items):
+            try:
+                dumps(item)
+            except Exception as exc:
+                bad.append((offset, exc))
+        return bad
+
+    def submit(self, worker: ProcessWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
+        has_task = worker.batch != self.batch
+        header = ("run", self.batch, has_task, job.start, job.first_attempt, fail_fast, track_time)
+        worker.job = job
+        worker.batch = self.batch
+        try:
+            worker.inbox.send_bytes(pickle.dumps(header))
+            if has_task:
+                worker.inbox.send_bytes(self.task_blob)
+            worker.inbox.send_bytes(job.payload)
+        except OSError:
+            pass  # the worker died: its hang-up arrives through wait() and re-queues the job
+
+    def wait(self, timeout: float | None) -> list[Done | Died]:
+        by_conn = {worker.outbox: worker for worker in self.workers}
+        events: list[Done | Died] = []
+        for conn in wait(list(by_conn), timeout):
+            worker = by_conn[conn]  # type: ignore[index]
+            event: Done | Died | None
+            try:
+                event = self.receive(worker)
+            except (EOFError, OSError):
+                event = self.on_exit(worker)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def receive(self, worker: ProcessWorker) -> Done | None:
+        message = pickle.loads(worker.outbox.recv_bytes())
+        kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            self.startup_failures = 0
+            return None
+        if kind == "startup_error":
+            raise WorkerStartupError(f"worker pid {worker.ident} failed to start:\n{message[1]}")
+        job = worker.job
+        assert job is not None
+        worker.job = None
+        if kind == "setup_error":
+            raise SerializationError(
+                "node",
+                f"{self.task_label.split('.')[0]} could not be loaded in worker pid {worker.ident} "
+                f"(is its module importable there?):\n{message[1]}",
+            )
+        if kind == "items_error":
+            error = SerializationError(
+                "item",
+                f"items {job.start}..{job.start + len(job.items) - 1} could not be "
+                f"unpickled in worker pid {worker.ident}:\n{message[1]}",
+            )
+            failures = [
+                (i, Failure(error, message[1], 1, remote=True)) for i in range(len(job.items))
+            ]
+            return Done(worker, job, Chunk(job.start, job.items, [None] * len(job.items), failures))
+        _, retries, elapsed, ran = message
+        failures_blob = worker.outbox.recv_bytes()
+        values_blob = worker.outbox.recv_bytes()
+        return Done(
+            worker, job, self.decode(job, ran, failures_blob, values_blob, retries, elapsed)
+        )
+
+    def decode(
+        self,
+        job: Job,
+        ran: int,
+        failures_blob: bytes,
+        values_blob: bytes,
+        retries: int,
+        elapsed: float,
+    ) -> Chunk:
+        try:
+            records = loads(failures_blob)
+            failures = [(o, Failure(exc, text, n, remote=True)) for o, exc, text, n in records]
+        except Exception as exc:
+            failures = [
+                (
+                    0,
+                    Failure.capture(
+                        SerializationError(
+                            "result",
+                            f"the errors of items {job.start}.. could not be unpickled: {exc}",
+                        ),
+                        1,
+                    ),
+                )
+            ]
+        try:
+            values = loads(values_blob)
+        except Exception as exc:
+            failed = {offset for offset, _ in failures}
+            error = SerializationError(
+                "result",
+                f"the results of items {job.start}..{job.start + ran - 1} could not be "
+                f"unpickled in the parent: {type(exc).__name__}: {exc}",
+            )
+            values = [None] * ran
+            failures += [(o, Failure.capture(error, 1)) for o in range(ran) if o not in failed]
+            failures.sort(key=lambda pair: pair[0])
+        return Chunk(job.start, job.items, values, failures, retries, elapsed)
+
+    def on_exit(self, worker: ProcessWorker) -> Died:
+        """The worker's pipe hung up: reap it, replace it, report the job it had."""
+        try:
+            exitcode = worker.proc.wait(timeout=TERMINATE_GRACE)
+        except subprocess.TimeoutExpired:  # it closed its pipe yet lives on: not usable
+            worker.proc.kill()
+            exitcode = worker.proc.wait()
+        reason = ("crash", worker.slot.index, worker.slot.attempt)
+        self.retire(worker)
+        if not worker.ready:
+            self.startup_failures += 1
+            if self.startup_failures >= 3:
+                raise WorkerStartupError(
+                    f"worker processes keep exiting before they are ready (pid {worker.ident} "
+                    f"{describe_exit(exitcode)}); see their output above"
+                )
+        return Died(worker, worker.job, exitcode, reason)
+
+    def retire(self, worker: ProcessWorker) -> None:
+        """Drop a worker that is gone or being stopped, and start its replacement."""
+        worker.release()
+        self.workers.remove(worker)
+        if not self.closed:
+            self.workers.append(self.spawn())
+
+    def stop(self, worker: ProcessWorker) -> None:
+        worker.proc.kill()
+        worker.proc.wait()
+        self.retire(worker)
+
+    def end(self, clean: bool) -> None:
+        if clean:
+            return
+        busy = self.busy_workers()
+        for worker in busy:
+            worker.proc.send_signal(signal.SIGTERM)
+            self.retire(worker)
+        _stop_processes([worker.proc for worker in busy], TERMINATE_GRACE / 2)
+
+    def close(self, kill: bool = False) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        workers, self.workers = self.workers, []
+        for worker in workers:
+            if kill or worker.job is not None:
+                worker.proc.send_signal(signal.SIGTERM)
+            worker.release()  # an idle worker sees its task pipe close and exits
+        _stop_processes([worker.proc for worker in workers], TERMINATE_GRACE)
+
+
+_LIVE: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
+
+class ProcessBackend(Backend):
+    """Runs items in ``workers`` processes; the pool stays warm between batches and nodes."""
+
+    name = "process"
+
+    def __init__(self, workers: int | None = None) -> None:
+        super().__init__(workers)
+        self._idle: list[ProcessPool] = []
+        self._lock = threading.Lock()
+        _LIVE.add(self)
+
+    def map(
+        self,
+        task: Task,
+        items: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        fail_fast: bool = True,
+    ) -> Iterator[Chunk]:
+        pool = self._lease()
+        try:
+            yield from map_jobs(
+                pool, task, items, chunksize=chunksize, timeout=timeout, fail_fast=fail_fast
+            )
+        finally:
+            self._give_back(pool)
+
+    def start(self) -> None:
+        """Start the workers now instead of at the first batch (e.g. before timing a run)."""
+        self._give_back(self._lease())
+
+    def _lease(self) -> ProcessPool:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        # A second concurrent map (another thread) gets its own pool, closed when it is done.
+        return ProcessPool(self.workers)
+
+    def _give_back(self, pool: ProcessPool) -> None:
+        with self._lock:
+            if not pool.closed and not self._idle:
+                self._idle.append(pool)
+                return
+        pool.close()
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._idle = self._idle, []
+        for pool in pools:
+            pool.close()
+
+
+@atexit.register
+def _close_all() -> None:
+    for backend in list(_LIVE):
+        backend.close()

@@ -1,0 +1,153 @@
+"""The thread backend: items run on daemon threads of this process, sharing the node object.
+
+Useful when ``exec`` waits on I/O or calls code that releases the GIL (Pillow, numpy, pyarrow).
+Nothing is pickled. A thread cannot be killed: an item past its ``timeout`` is reported as an
+``ItemTimeoutError`` and its thread is abandoned (it finishes in the background, its result is
+dropped) while a fresh thread takes its place.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from itertools import count
+from typing import Any
+
+from ..tasks import Chunk, Slot, Task, run_chunk
+from . import Backend, mark_worker
+from .pool import Died, Done, Job, Pool, WorkerState, map_jobs
+
+_names = count(1)
+
+
+class ThreadWorker(WorkerState):
+    """One daemon thread taking jobs from its own inbox."""
+
+    def __init__(self, events: queue.SimpleQueue[Done | Died]) -> None:
+        super().__init__(ident=f"batchcore-thread-{next(_names)}", slot=Slot(), ready=True)
+        self.abandoned = False
+        self.inbox: queue.SimpleQueue[tuple[Job, Task, bool, bool] | None] = queue.SimpleQueue()
+        self.events = events
+        self.thread = threading.Thread(target=self.loop, name=self.ident, daemon=True)
+        self.thread.start()
+
+    def loop(self) -> None:
+        with mark_worker():
+            while True:
+                message = self.inbox.get()
+                if message is None:
+                    return
+                job, task, fail_fast, track_time = message
+                try:
+                    chunk = run_chunk(
+                        task,
+                        job.items,
+                        job.start,
+                        job.first_attempt,
+                        self.slot,
+                        fail_fast,
+                        track_time,
+                    )
+                except BaseException:  # SystemExit or the like inside exec: this thread is done
+                    reason = ("crash", self.slot.index, self.slot.attempt)
+                    self.events.put(Died(self, job, None, reason))
+                    return
+                self.events.put(Done(self, job, chunk))
+
+
+class ThreadPool(Pool):
+    """``size`` thread workers and one queue of events back to the scheduler."""
+
+    kind = "thread"
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.events: queue.SimpleQueue[Done | Died] = queue.SimpleQueue()
+        self.workers: list[ThreadWorker] = [ThreadWorker(self.events) for _ in range(size)]
+        self.task: Task | None = None
+
+    def begin(self, task: Task) -> None:
+        self.task = task
+
+    def submit(self, worker: ThreadWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
+        assert self.task is not None
+        worker.job = job
+        worker.inbox.put((job, self.task, fail_fast, track_time))
+
+    def wait(self, timeout: float | None) -> list[Done | Died]:
+        events: list[Done | Died] = []
+        try:
+            events.append(self.events.get(timeout=timeout))
+            while True:
+                events.append(self.events.get_nowait())
+        except queue.Empty:
+            pass
+        live = []
+        for event in events:
+            worker = event.worker
+            if worker.abandoned:
+                continue
+            worker.job = None
+            if isinstance(event, Died):
+                self.replace(worker)
+            live.append(event)
+        return live
+
+    def replace(self, worker: ThreadWorker) -> None:
+        worker.abandoned = True
+        worker.inbox.put(None)
+        self.workers[self.workers.index(worker)] = ThreadWorker(self.events)
+
+    def stop(self, worker: ThreadWorker) -> None:
+        self.replace(worker)
+
+    def end(self, clean: bool) -> None:
+        if not clean:
+            for worker in self.busy_workers():
+                self.replace(worker)
+
+    def close(self, kill: bool = False) -> None:
+        for worker in self.workers:
+            worker.abandoned = True
+            worker.inbox.put(None)
+        self.workers = []
+
+
+class ThreadBackend(Backend):
+    """Runs items on ``workers`` threads; the pool is kept between batches."""
+
+    name = "thread"
+
+    def __init__(self, workers: int | None = None) -> None:
+        super().__init__(workers)
+        self._pools: list[ThreadPool] = []
+        self._lock = threading.Lock()
+
+    def map(
+        self,
+        task: Task,
+        items: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        fail_fast: bool = True,
+    ) -> Iterator[Chunk]:
+        with self._lock:
+            pool = self._pools.pop() if self._pools else ThreadPool(self.workers)
+        try:
+            yield from map_jobs(
+                pool, task, items, chunksize=chunksize, timeout=timeout, fail_fast=fail_fast
+            )
+        finally:
+            with self._lock:
+                if pool.workers and not self._pools:
+                    self._pools.append(pool)
+                else:
+                    pool.close()
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = self._pools, []
+        for pool in pools:
+            pool.close()

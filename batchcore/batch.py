@@ -1,0 +1,114 @@
+"""Running one batch: pick the backend, feed it, collect ordered results, report failures and stats.
+
+Used by ``BatchNode`` (one item per ``exec``) and ``BatchFlow`` (one sub-flow run per params dict).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import Resolved
+from .errors import RemoteTraceback, short_repr
+from .progress import progress_bar
+from .tasks import Failure, Task
+
+__all__ = ["BatchStats", "ItemFailure", "run_batch"]
+
+
+@dataclass
+class ItemFailure:
+    """An item that failed under ``on_error="collect"``: its index, the item, what it raised."""
+
+    index: int
+    item: Any
+    exception: BaseException
+    traceback: str
+
+
+@dataclass
+class BatchStats:
+    """What the last batch of a node did; shared by the flow's copies of the node, so the
+    original node object reports the run even when a ``Flow`` ran a copy."""
+
+    backend: str = ""
+    workers: int = 0
+    items: int = 0
+    failed: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+    failures: list[ItemFailure] = field(default_factory=list)
+
+    def reset(self, backend: str, workers: int) -> None:
+        self.backend = backend
+        self.workers = workers
+        self.items = 0
+        self.failed = 0
+        self.retries = 0
+        self.seconds = 0.0
+        self.failures = []
+
+
+def raise_failure(failure: Failure, index: int, item: Any, label: str) -> None:
+    """Re-raise an item's exception with a note naming the item (and the worker's traceback)."""
+    exc = failure.exception
+    note = f"batchcore: item {index} ({short_repr(item)}) failed in {label}"
+    if failure.attempts > 1:
+        note += f" after {failure.attempts} attempts"
+    exc.add_note(note)
+    if failure.remote and exc.__cause__ is None:
+        raise exc from RemoteTraceback(failure.traceback)
+    raise exc
+
+
+def run_batch(owner: Any, task: Task, items: Iterable[Any], settings: Resolved) -> list[Any]:
+    """Run ``task`` over ``items`` on ``settings.backend``; return results in input order.
+
+    Fail-fast (the default, ``on_error="raise"``) re-raises the first failing item's exception;
+    ``on_error="collect"`` leaves failed items out of the result and lists them in
+    ``owner.batch_stats.failures``.
+    """
+    backend = settings.backend
+    stats = getattr(owner, "batch_stats", None)
+    if not isinstance(stats, BatchStats):
+        stats = BatchStats()
+    stats.reset(backend.name, backend.workers)
+    total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
+    bar = progress_bar(settings.progress, total, type(owner).__name__)
+    results: list[Any] = []
+    began = time.perf_counter()
+    chunks = backend.map(
+        task,
+        items,
+        chunksize=settings.chunksize,
+        timeout=settings.timeout,
+        fail_fast=settings.fail_fast,
+    )
+    try:
+        for chunk in chunks:
+            stats.retries += chunk.retries
+            if chunk.failures:
+                failed = set()
+                for offset, failure in chunk.failures:
+                    index = chunk.start + offset
+                    item = chunk.items[offset]
+                    if settings.fail_fast:
+                        raise_failure(failure, index, item, task.label)
+                    failed.add(offset)
+                    exc = failure.exception
+                    stats.failures.append(ItemFailure(index, item, exc, failure.traceback))
+                stats.failed += len(failed)
+                results.extend(v for offset, v in enumerate(chunk.values) if offset not in failed)
+            else:
+                results.extend(chunk.values)
+            stats.items += len(chunk.values)
+            bar.update(len(chunk.values))
+    finally:
+        close = getattr(chunks, "close", None)  # a generator: stops the backend's work in flight
+        if close is not None:
+            close()
+        bar.close()
+        stats.seconds = time.perf_counter() - began
+    return results

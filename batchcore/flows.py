@@ -1,0 +1,207 @@
+"""Flows: route between nodes by the actions their ``post`` returns; ``BatchFlow`` repeats a
+sub-flow once per params dict, sequentially in place or isolated on a parallel backend."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .backends import Backend, resolve_settings
+from .batch import BatchStats, run_batch
+from .nodes import BaseNode, set_batch_options
+from .pickling import dumps, dumps_checked, loads
+from .tasks import Task
+
+__all__ = ["BatchFlow", "Flow", "RunResult", "merge_writes"]
+
+
+class Flow(BaseNode):
+    """Runs ``start_node``, then whichever successor the returned action names, until none.
+
+    Each visit runs a shallow copy of the node with this run's params; ``post`` receives the
+    last action, which a ``Flow`` returns by default (so nested flows can branch on it).
+    """
+
+    def __init__(self, start: BaseNode | None = None) -> None:
+        super().__init__()
+        self.start_node = start
+
+    def start(self, start: BaseNode) -> BaseNode:
+        """Set the first node; returns it so ``flow.start(a).next(b)`` chains."""
+        self.start_node = start
+        return start
+
+    def get_next_node(self, curr: BaseNode, action: Any) -> BaseNode | None:
+        nxt = curr.successors.get(action or "default")
+        if not nxt and curr.successors:
+            warnings.warn(
+                f"Flow ends: '{action}' not found in {list(curr.successors)}", stacklevel=2
+            )
+        return nxt
+
+    def _orch(self, shared: Any, params: dict[str, Any] | None = None) -> Any:
+        curr = copy.copy(self.start_node)
+        run_params = params or {**self.params}
+        last_action = None
+        while curr:
+            curr.set_params(run_params)
+            last_action = curr._run(shared)
+            curr = copy.copy(self.get_next_node(curr, last_action))
+        return last_action
+
+    def _run(self, shared: Any) -> Any:
+        prep_res = self.prep(shared)
+        last_action = self._orch(shared)
+        return self.post(shared, prep_res, last_action)
+
+    def post(self, shared: Any, prep_res: Any, exec_res: Any) -> Any:
+        return exec_res
+
+
+@dataclass
+class RunResult:
+    """One sub-flow run of a parallel ``BatchFlow``: params, last action, ``shared`` writes."""
+
+    params: dict[str, Any]
+    action: Any
+    writes: dict[str, Any]
+
+
+def merge_writes(shared: dict[str, Any], writes: dict[str, Any]) -> None:
+    """Apply one run's writes: dicts merge key by key, any other value replaces the old one."""
+    for key, value in writes.items():
+        current = shared.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            current.update(value)
+        else:
+            shared[key] = value
+
+
+class _SharedSubflow(Task):
+    """Sequential BatchFlow: each run works on the caller's ``shared`` itself, as in PocketFlow."""
+
+    def __init__(self, flow: BatchFlow, shared: Any) -> None:
+        self.flow = flow
+        self.shared = shared
+        self.label = f"{type(flow).__name__} sub-flow"
+
+    def call(self, item: Any) -> Any:
+        return self.flow._orch(self.shared, {**self.flow.params, **item})
+
+
+class _IsolatedSubflow(Task):
+    """Parallel BatchFlow: each run gets a private copy of ``shared`` and reports what it wrote.
+
+    ``shared`` travels pickled, once per worker; every run unpickles a fresh copy of it. A key
+    counts as written when its pickled value differs from the original (for dict values, per key).
+    """
+
+    def __init__(self, flow: BatchFlow, shared: Any) -> None:
+        if not isinstance(shared, dict):
+            raise TypeError(
+                "a BatchFlow on a parallel backend needs `shared` to be a dict, "
+                f"got {type(shared).__name__}"
+            )
+        name = type(flow).__name__
+        self.label = f"{name} sub-flow"
+        self.sub = Flow(start=flow.start_node)  # the sub-flow graph, without the outer successors
+        self.params = dict(flow.params)
+        self.shared_blob = dumps_checked(
+            shared,
+            "shared",
+            "shared",
+            "Keep shared to plain data on parallel BatchFlows "
+            "(paths, numbers, dicts); open files and connections inside the nodes.",
+        )
+        self._base: dict[str, Any] | None = None
+        self._base_blobs: dict[str, bytes] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "sub": self.sub,
+            "params": self.params,
+            "shared_blob": self.shared_blob,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _base=None, _base_blobs={})
+
+    def call(self, item: Any) -> RunResult:
+        local = loads(self.shared_blob)
+        action = self.sub._orch(local, {**self.params, **item})
+        return RunResult(params=item, action=action, writes=self.writes(local))
+
+    def writes(self, after: dict[str, Any]) -> dict[str, Any]:
+        if self._base is None:
+            self._base = loads(self.shared_blob)
+        base = self._base
+        writes: dict[str, Any] = {}
+        for key, value in after.items():
+            if key not in base:
+                writes[key] = value
+            elif isinstance(value, dict) and isinstance(base[key], dict):
+                old = base[key]
+                changed = {k: v for k, v in value.items() if k not in old or _differs(old[k], v)}
+                if changed:
+                    writes[key] = changed
+            elif self._differs_from_base(key, value):
+                writes[key] = value
+        return writes
+
+    def _differs_from_base(self, key: str, value: Any) -> bool:
+        blob = self._base_blobs.get(key)
+        if blob is None:
+            assert self._base is not None
+            blob = self._base_blobs[key] = dumps(self._base[key])
+        return dumps(value) != blob
+
+
+def _differs(old: Any, new: Any) -> bool:
+    return old is not new and dumps(old) != dumps(new)
+
+
+class BatchFlow(Flow):
+    """Runs its sub-flow once per params dict that ``prep`` returns (nodes read ``self.params``).
+
+    On the sequential backend every run shares the caller's ``shared`` and ``post`` gets ``None``,
+    as in PocketFlow. On a parallel backend each run gets its own copy of ``shared``; afterwards
+    the keys each run added or changed are merged into ``shared`` in batch order (dict values key
+    by key, otherwise the last run wins) and ``post`` gets one ``RunResult`` per run.
+    """
+
+    backend: str | Backend | None = None
+    workers: int | None = None
+    chunksize: int | None = None
+    timeout: float | None = None
+    on_error: str | None = None
+    progress: bool | None = None
+
+    def __init__(
+        self,
+        start: BaseNode | None = None,
+        *,
+        backend: str | Backend | None = None,
+        workers: int | None = None,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        on_error: str | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        super().__init__(start)
+        set_batch_options(self, backend, workers, chunksize, timeout, on_error, progress)
+        self.batch_stats = BatchStats()
+
+    def _run(self, shared: Any) -> Any:
+        batch_params: Iterable[dict[str, Any]] = self.prep(shared) or []
+        settings = resolve_settings(self)
+        if not settings.backend.parallel:
+            run_batch(self, _SharedSubflow(self, shared), batch_params, settings)
+            return self.post(shared, batch_params, None)
+        runs = run_batch(self, _IsolatedSubflow(self, shared), batch_params, settings)
+        for run in runs:
+            merge_writes(shared, run.writes)
+        return self.post(shared, batch_params, runs)

@@ -1,0 +1,181 @@
+"""Ctrl-C, a killed parent, and memory: scenarios that run in a subprocess so they cannot hang us."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+HERE = Path(__file__).parent
+
+LONG_BATCH = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    import batchcore
+    from faulty import FaultyNode
+
+    backend = batchcore.get_backend({backend!r}, 2)
+    if {backend!r} == "process":
+        backend.start()
+        pool = backend._idle[0]
+        print("pids", *[w.proc.pid for w in pool.workers], flush=True)
+    node = FaultyNode(backend={backend!r}, workers=2, chunksize=1)
+    node.set_params({{"kind": "raise", "bad": (), "delay": 30}})
+    print("started", flush=True)
+    try:
+        node.run({{"items": list(range(20))}})
+    except KeyboardInterrupt:
+        print("interrupted", time.monotonic(), flush=True)
+        raise
+    """
+)
+
+
+def start(code: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a terminal job
+    )
+
+
+def read_until(proc: subprocess.Popen[str], word: str) -> list[str]:
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith(word):
+            return lines
+    raise AssertionError(f"no {word!r} line; stderr: {proc.stderr.read() if proc.stderr else ''}")
+
+
+def worker_pids(lines: list[str]) -> list[int]:
+    for line in lines:
+        if line.startswith("pids"):
+            return [int(pid) for pid in line.split()[1:]]
+    return []
+
+
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    alive = pids
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return alive
+
+
+@pytest.mark.crash
+@pytest.mark.parametrize("to_group", [True, False], ids=["terminal-ctrl-c", "sigint-to-parent"])
+def test_ctrl_c_stops_a_process_batch_quickly_and_leaves_no_worker(to_group: bool) -> None:
+    proc = start(LONG_BATCH.format(tests=str(HERE), backend="process"))
+    try:
+        lines = read_until(proc, "started")
+        pids = worker_pids(lines)
+        assert len(pids) == 2
+        time.sleep(0.5)  # the workers are now inside 30-second items
+        sent = time.monotonic()
+        if to_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - sent
+        assert "KeyboardInterrupt" in err
+        assert "interrupted" in out
+        assert elapsed < 3, f"took {elapsed:.1f} s to stop"
+        assert wait_gone(pids, 2) == []
+        assert err.count("Traceback") == 1, err  # the parent's own; workers print nothing
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.crash
+def test_ctrl_c_stops_a_thread_batch() -> None:
+    proc = start(LONG_BATCH.format(tests=str(HERE), backend="thread"))
+    try:
+        read_until(proc, "started")
+        time.sleep(0.3)
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        assert "KeyboardInterrupt" in err
+        assert time.monotonic() - sent < 3  # abandoned threads are daemons: exit is not blocked
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+@pytest.mark.crash
+def test_workers_exit_when_the_parent_is_killed() -> None:
+    proc = start(LONG_BATCH.format(tests=str(HERE), backend="process"))
+    try:
+        pids = worker_pids(read_until(proc, "started"))
+        time.sleep(0.3)
+        proc.kill()
+        proc.wait()
+        assert wait_gone(pids, 5) == []
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+MEMORY = textwrap.dedent(
+    """
+    import json, resource, sys
+    sys.path.insert(0, {tests!r})
+    import batchcore
+    from batchcore import BatchNode
+
+    class Nothing(BatchNode):
+        def prep(self, shared):
+            return (i for i in range(1_000_000))
+        def exec(self, item):
+            return None
+        def post(self, shared, prep_res, exec_res):
+            shared["n"] = len(exec_res)
+
+    backend = batchcore.get_backend({backend!r}, 2)
+    if hasattr(backend, "start"):
+        backend.start()
+    Nothing(backend=backend).run({{}})  # warm up allocators and the pool
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    shared = {{}}
+    Nothing(backend=backend).run(shared)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({{"n": shared["n"], "growth_kib": after - before}}))
+    """
+)
+
+
+def peak_growth(backend: str) -> int:
+    code = MEMORY.format(tests=str(HERE), backend=backend)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    report = json.loads(result.stdout)
+    assert report["n"] == 1_000_000
+    return int(report["growth_kib"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_million_item_generator_costs_the_parent_no_more_than_sequential(backend: str) -> None:
+    # post receives the list of 1,000,000 results (8 MiB of pointers) on every backend; what the
+    # backend itself adds on top must stay small: the input is never materialised.
+    extra_mib = (peak_growth(backend) - peak_growth("sequential")) / 1024
+    assert extra_mib < 8, f"{backend} used {extra_mib:.1f} MiB more than sequential"
