@@ -63,7 +63,7 @@ class AsyncNode(Node):
     async def run_async(self, shared: Any) -> Any:
         """Run this node alone (use an ``AsyncFlow`` to follow successors)."""
         if self.successors:
-            warnings.warn("Node won't run successors. Use AsyncFlow.", stacklevel=2)
+            warnings.warn("Node won't run successors. Use AsyncFlow.")
         return await self._run_async(shared)
 
     async def _run_async(self, shared: Any) -> Any:
@@ -82,7 +82,7 @@ class AsyncBatchNode(AsyncNode, BatchNode):
         super().__init__(max_retries, wait)
 
     async def _exec(self, items: Any) -> list[Any]:  # type: ignore[override]
-        return [await AsyncNode._exec(self, item) for item in items]
+        return [await super(AsyncBatchNode, self)._exec(item) for item in items]
 
 
 def _limited(limit: int | None) -> Callable[[Awaitable[T]], Awaitable[T]]:
@@ -113,11 +113,12 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
     ) -> None:
         super().__init__(max_retries, wait)
         _limited(max_concurrency)  # validate now, not at run time
-        self.max_concurrency = max_concurrency
+        self._max_concurrency = max_concurrency
 
     async def _exec(self, items: Any) -> list[Any]:  # type: ignore[override]
-        limit = _limited(self.max_concurrency)
-        return await asyncio.gather(*(limit(AsyncNode._exec(self, item)) for item in items))
+        limit = _limited(self._max_concurrency)
+        per_item = super()._exec
+        return await asyncio.gather(*(limit(per_item(item)) for item in items))
 
 
 def _offloads(node: BaseNode) -> bool:
@@ -173,11 +174,11 @@ class AsyncParallelBatchFlow(AsyncFlow, BatchFlow):
     ) -> None:
         super().__init__(start)
         _limited(max_concurrency)
-        self.max_concurrency = max_concurrency
+        self._max_concurrency = max_concurrency
 
     async def _run_async(self, shared: Any) -> Any:
         batch_params = await self.prep_async(shared) or []
-        limit = _limited(self.max_concurrency)
+        limit = _limited(self._max_concurrency)
         await asyncio.gather(
             *(limit(self._orch_async(shared, {**self.params, **params})) for params in batch_params)
         )

@@ -105,6 +105,9 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], settings: Resolved) 
                 results.extend(chunk.values)
             stats.items += len(chunk.values)
             bar.update(len(chunk.values))
+    except BaseException:
+        close_source(items)
+        raise
     finally:
         close = getattr(chunks, "close", None)  # a generator: stops the backend's work in flight
         if close is not None:
@@ -112,3 +115,11 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], settings: Resolved) 
         bar.close()
         stats.seconds = time.perf_counter() - began
     return results
+
+
+def close_source(items: Any) -> None:
+    """After a failed batch, close a one-shot input (a generator, pandas' chunked reader) so its
+    file is released now rather than whenever the garbage collector gets to it."""
+    close = getattr(items, "close", None)
+    if callable(close) and hasattr(items, "__next__"):
+        close()

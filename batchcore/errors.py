@@ -32,10 +32,17 @@ __all__ = [
 
 
 def short_repr(value: Any, limit: int = 80) -> str:
-    """Return ``repr(value)`` cut to ``limit`` characters, safe for objects whose repr fails."""
+    """A one-line ``repr(value)`` of at most ``limit`` characters, for error messages.
+
+    Arrays and frames (anything with a ``shape``) are described by type and shape instead of a
+    multi-line table; a ``__repr__`` that fails never hides the real error.
+    """
+    shape = getattr(value, "shape", None)
+    if isinstance(shape, tuple) and not isinstance(value, type):
+        return f"<{type(value).__name__} shape={shape}>"
     try:
-        text = repr(value)
-    except Exception as exc:  # a broken __repr__ must not hide the real error
+        text = " ".join(repr(value).split())
+    except Exception as exc:
         text = f"<{type(value).__name__} object (repr failed: {type(exc).__name__})>"
     if len(text) > limit:
         text = text[: limit - 3] + "..."

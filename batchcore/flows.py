@@ -37,9 +37,7 @@ class Flow(BaseNode):
     def get_next_node(self, curr: BaseNode, action: Any) -> BaseNode | None:
         nxt = curr.successors.get(action or "default")
         if not nxt and curr.successors:
-            warnings.warn(
-                f"Flow ends: '{action}' not found in {list(curr.successors)}", stacklevel=2
-            )
+            warnings.warn(f"Flow ends: '{action}' not found in {list(curr.successors)}")
         return nxt
 
     def _orch(self, shared: Any, params: dict[str, Any] | None = None) -> Any:

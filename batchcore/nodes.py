@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterable
 from typing import Any
 
 from .backends import Backend, Settings, resolve_settings
 from .batch import BatchStats, run_batch
-from .tasks import CUR_RETRY, NodeTask, attempt_item
+from .tasks import CUR_RETRY, ITEM_STATE, NodeTask
 
 __all__ = ["BaseNode", "BatchNode", "Node"]
 
@@ -30,7 +31,7 @@ class BaseNode:
     def next(self, node: BaseNode, action: str = "default") -> BaseNode:
         """Run ``node`` after this one when ``post`` returns ``action``; returns ``node``."""
         if action in self.successors:
-            warnings.warn(f"Overwriting successor for action '{action}'", stacklevel=2)
+            warnings.warn(f"Overwriting successor for action '{action}'")
         self.successors[action] = node
         return node
 
@@ -54,7 +55,7 @@ class BaseNode:
     def run(self, shared: Any) -> Any:
         """Run this node alone (its successors are not run: use a ``Flow`` for that)."""
         if self.successors:
-            warnings.warn("Node won't run successors. Use Flow.", stacklevel=2)
+            warnings.warn("Node won't run successors. Use Flow.")
         return self._run(shared)
 
     def __rshift__(self, other: BaseNode) -> BaseNode:
@@ -103,17 +104,43 @@ class Node(BaseNode):
         raise exc
 
     def _exec(self, prep_res: Any) -> Any:
-        value, _retries = attempt_item(NodeTask(self), prep_res)
-        return value
+        # PocketFlow's retry loop, reading max_retries, wait and exec afresh at every attempt.
+        # Inside a batch, the chunk runner says where to record attempts and which one to start
+        # from (a crashed item resumes at its next attempt on a fresh worker).
+        state = ITEM_STATE.get()
+        if state is not None and state.owner is self:
+            first, slot, timed = state.first_attempt, state.slot, state.track_time
+        else:
+            first, slot, timed = 0, None, False
+        for attempt in range(first, self.max_retries):
+            if slot is not None:
+                if timed:
+                    slot.started = 0
+                    slot.attempt = attempt
+                    slot.started = time.monotonic_ns()
+                else:
+                    slot.attempt = attempt
+            token = CUR_RETRY.set(attempt)
+            try:
+                return self.exec(prep_res)
+            except Exception as exc:
+                if attempt == self.max_retries - 1:
+                    return self.exec_fallback(prep_res, exc)
+                if self.wait > 0:
+                    time.sleep(self.wait)
+            finally:
+                CUR_RETRY.reset(token)
+        return None
 
 
 class BatchNode(Node):
     """A node whose ``exec`` runs once per item of the iterable ``prep`` returns.
 
-    ``post`` gets the list of results in input order. Options (keyword, class attribute or
-    ``use_backend``): ``backend`` ("sequential", "thread", "process", or a ``Backend``),
-    ``workers``, ``chunksize``, ``timeout`` (seconds per item; thread and process backends),
-    ``on_error`` ("raise" or "collect") and ``progress``. ``batch_stats`` describes the last run.
+    ``post`` gets the list of results in input order. Options, by keyword, by class attribute on
+    a subclass, or by ``use_backend``: ``backend`` ("sequential", "thread", "process", or a
+    ``Backend``), ``workers``, ``chunksize``, ``timeout`` (seconds per item attempt; thread and
+    process backends), ``on_error`` ("raise" or "collect") and ``progress``. ``batch_stats``
+    describes the last run.
     """
 
     backend: str | Backend | None = None
@@ -140,9 +167,7 @@ class BatchNode(Node):
         self.batch_stats = BatchStats()
 
     def _exec(self, items: Iterable[Any] | None) -> list[Any]:
-        if items is None:
-            items = []
-        return run_batch(self, NodeTask(self), items, resolve_settings(self))
+        return run_batch(self, NodeTask(self), items or [], resolve_settings(self))
 
 
 def set_batch_options(
@@ -154,8 +179,8 @@ def set_batch_options(
     on_error: str | None,
     progress: bool | None,
 ) -> None:
-    """Validate keyword options and store the ones given, leaving class attributes visible."""
-    options = Settings(backend, workers, chunksize, timeout, on_error, progress).validate()
-    for name, value in vars(options).items():
-        if value is not None:
-            setattr(node, name, value)
+    """Validate keyword options and keep them apart from the node's own attributes, so a user
+    attribute that happens to be called ``timeout`` or ``progress`` means nothing to batchcore."""
+    node._batch_options = Settings(
+        backend, workers, chunksize, timeout, on_error, progress
+    ).validate()

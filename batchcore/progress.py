@@ -31,5 +31,7 @@ def progress_bar(enabled: bool, total: int | None, desc: str) -> ProgressBar:
 
     from tqdm.auto import tqdm
 
-    bar: ProgressBar = tqdm(total=total, desc=desc, unit="item", file=sys.stderr, dynamic_ncols=True)
+    bar: ProgressBar = tqdm(
+        total=total, desc=desc, unit="item", file=sys.stderr, dynamic_ncols=True
+    )
     return bar

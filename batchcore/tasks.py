@@ -1,8 +1,9 @@
 """What a backend runs: a task applied to items, with PocketFlow's per-item retry policy.
 
-Every backend, in-process or remote, runs items through ``run_chunk`` so retries, ``wait``,
-``exec_fallback`` and failure capture behave the same everywhere. The retry counter lives in a
-``ContextVar`` (exposed as ``Node.cur_retry``), so concurrent items never share it.
+Every backend, in-process or remote, runs items through ``run_chunk``, which calls the node's
+own per-item step (PocketFlow's ``Node._exec`` retry loop) and captures failures the same way
+everywhere. The retry counter lives in a ``ContextVar`` (exposed as ``Node.cur_retry``), so
+concurrent items never share it.
 """
 
 from __future__ import annotations
@@ -13,18 +14,30 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Chunk", "Failure", "NodeTask", "Slot", "Task", "attempt_item", "run_chunk"]
+__all__ = ["CUR_RETRY", "ITEM_STATE", "Chunk", "Failure", "NodeTask", "Slot", "Task", "run_chunk"]
 
 # The attempt number (0-based) of the item running in this thread or asyncio task.
 CUR_RETRY: ContextVar[int] = ContextVar("batchcore_cur_retry", default=0)
 
 
 class Task:
-    """One unit of work per item: ``call`` is tried ``max_retries`` times, then ``fallback``."""
+    """One unit of work per item: ``call`` runs it (retries included), ``fallback`` rescues it.
 
-    max_retries: int = 1
-    wait: float = 0.0
+    ``max_retries`` and ``wait`` apply when a worker dies or times out on an item: the parent
+    retries it on a fresh worker, then calls ``fallback``. ``owner`` is the node whose own
+    ``Node._exec`` retry loop reports its attempts to the worker's slot.
+    """
+
     label: str = "task"
+    owner: Any = None
+
+    @property
+    def max_retries(self) -> int:
+        return 1
+
+    @property
+    def wait(self) -> float:
+        return 0.0
 
     def call(self, item: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__}.call")
@@ -34,15 +47,27 @@ class Task:
 
 
 class NodeTask(Task):
-    """Runs a node's ``exec`` per item, then its ``exec_fallback`` after the last failed attempt."""
+    """A BatchNode's per-item step: ``super(BatchNode, node)._exec(item)``, as in PocketFlow, so
+    mixins that wrap ``_exec`` per item keep working; that is ``Node._exec``'s retry loop."""
 
     def __init__(self, node: Any) -> None:
+        from .nodes import BatchNode
+
         self.node = node
-        self.max_retries = node.max_retries
-        self.wait = node.wait
+        self.owner = node
         self.label = f"{type(node).__name__}.exec"
-        self.call = node.exec  # type: ignore[method-assign]  # bound once: this is the hot path
-        self.fallback = node.exec_fallback  # type: ignore[method-assign]
+        self.call = super(BatchNode, node)._exec  # type: ignore[method-assign,misc]
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.node.max_retries)
+
+    @property
+    def wait(self) -> float:
+        return float(self.node.wait)
+
+    def fallback(self, item: Any, exc: Exception) -> Any:
+        return self.node.exec_fallback(item, exc)
 
     def __getstate__(self) -> dict[str, Any]:
         # Ship the node without its successors (workers run one node, not the rest of the graph)
@@ -50,8 +75,7 @@ class NodeTask(Task):
         clone = self.node.__class__.__new__(self.node.__class__)
         clone.__dict__.update(self.node.__dict__)
         clone.successors = {}
-        if not isinstance(clone.__dict__.get("backend", ""), (str, type(None))):
-            del clone.__dict__["backend"]
+        clone.__dict__.pop("_batch_options", None)
         return {"node": clone}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -69,37 +93,20 @@ class Slot:
         self.started = 0
 
 
-_NO_SLOT = Slot()
+class ItemState:
+    """What ``run_chunk`` tells the owner's ``Node._exec`` about the item it is running."""
+
+    __slots__ = ("first_attempt", "owner", "slot", "track_time")
+
+    def __init__(self, owner: Any, slot: Any, track_time: bool, first_attempt: int) -> None:
+        self.owner = owner
+        self.slot = slot
+        self.track_time = track_time
+        self.first_attempt = first_attempt
 
 
-def attempt_item(
-    task: Task, item: Any, first_attempt: int = 0, slot: Any = _NO_SLOT, track_time: bool = False
-) -> tuple[Any, int]:
-    """Run ``task`` on one item with retries; return ``(value, retries)`` or raise the last error.
-
-    ``max_retries=0`` never calls ``exec`` and gives ``None``, exactly like PocketFlow.
-    """
-    max_retries = task.max_retries
-    attempt = first_attempt
-    while attempt < max_retries:
-        if track_time:
-            slot.started = 0  # marks the slot as changing for a concurrent reader
-            slot.attempt = attempt
-            slot.started = time.monotonic_ns()
-        else:
-            slot.attempt = attempt
-        token = CUR_RETRY.set(attempt)
-        try:
-            return task.call(item), attempt - first_attempt
-        except Exception as exc:
-            if attempt == max_retries - 1:
-                return task.fallback(item, exc), attempt - first_attempt
-            if task.wait > 0:
-                time.sleep(task.wait)
-        finally:
-            CUR_RETRY.reset(token)
-        attempt += 1
-    return None, 0
+# Set by run_chunk for the duration of a chunk; read by Node._exec when the node is the owner.
+ITEM_STATE: ContextVar[ItemState | None] = ContextVar("batchcore_item_state", default=None)
 
 
 @dataclass(slots=True)
@@ -138,32 +145,44 @@ def run_chunk(
     items: list[Any],
     start: int,
     first_attempt: int = 0,
-    slot: Any = _NO_SLOT,
+    slot: Any = None,
     fail_fast: bool = True,
     track_time: bool = False,
 ) -> Chunk:
-    """Run ``task`` over ``items`` in order, capturing each item's failure instead of raising it."""
+    """Run ``task`` over ``items`` in order, capturing each item's failure instead of raising it.
+
+    The item index, attempt and start time go to ``slot`` (the owner's retry loop updates the
+    attempt), so a watcher can tell which item a dead or stuck worker was on.
+    """
+    if slot is None:
+        slot = Slot()
     values: list[Any] = []
     failures: list[tuple[int, Failure]] = []
     retries = 0
+    call = task.call
+    token = ITEM_STATE.set(ItemState(task.owner, slot, track_time, first_attempt))
     began = time.perf_counter()
-    for offset, item in enumerate(items):
-        if track_time:
-            slot.started = (
-                0  # before the index changes, so a reader never pairs new index, old time
-            )
-        slot.index = start + offset
-        try:
-            value, item_retries = attempt_item(task, item, first_attempt, slot, track_time)
-        except Exception as exc:
-            attempts = max(task.max_retries - first_attempt, 1)
-            failures.append((offset, Failure.capture(exc, attempts)))
-            retries += attempts - 1
-            values.append(None)
-            if fail_fast:
-                break
-            continue
-        retries += item_retries
-        values.append(value)
+    try:
+        for offset, item in enumerate(items):
+            if track_time:
+                slot.started = 0  # first, so a reader never pairs a new index with an old time
+            slot.index = start + offset
+            slot.attempt = first_attempt
+            if track_time:
+                slot.started = time.monotonic_ns()
+            try:
+                value = call(item)
+            except Exception as exc:
+                attempts = slot.attempt - first_attempt + 1
+                failures.append((offset, Failure.capture(exc, attempts)))
+                retries += attempts - 1
+                values.append(None)
+                if fail_fast:
+                    break
+                continue
+            retries += slot.attempt - first_attempt
+            values.append(value)
+    finally:
+        ITEM_STATE.reset(token)
     slot.started = 0
     return Chunk(start, items, values, failures, retries, time.perf_counter() - began)

@@ -122,11 +122,14 @@ class WhereAmI(BatchNode):
         return shared["items"]
 
     def exec(self, item: Any) -> Any:
+        import pyarrow
+
         time.sleep(self.params.get("delay", 0.0))
         return {
             "pid": os.getpid(),
             "thread": threading.get_ident(),
             "omp": os.environ.get("OMP_NUM_THREADS"),
+            "arrow_threads": pyarrow.cpu_count(),
         }
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> Any:
@@ -178,6 +181,21 @@ class Outer(BatchNode):
         shared: dict[str, Any] = {}
         Inner(workers=2).run(shared)
         return str(shared["inner_backend"])
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> Any:
+        shared["out"] = exec_res
+
+
+class BigCrash(BatchNode):
+    """Sums 16 MiB arrays; the array holding 3.0 kills its worker."""
+
+    def prep(self, shared: dict[str, Any]) -> Any:
+        return shared["items"]
+
+    def exec(self, array: Any) -> float:
+        if array[0] == 3:
+            os._exit(9)
+        return float(array.sum())
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> Any:
         shared["out"] = exec_res

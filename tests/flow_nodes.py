@@ -91,3 +91,16 @@ class StudentFlow(BatchFlow):
 class Grade(Node):
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> None:
         shared.setdefault("grades", {})[self.params["student"]] = dict(self.params)
+
+
+class KeyedBatch(BatchFlow):
+    """One run per key in ``shared["keys"]`` (duplicates allowed)."""
+
+    def prep(self, shared: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"key": key, "i": i} for i, key in enumerate(shared["keys"])]
+
+
+class WriteKey(Node):
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> None:
+        shared["by_key"][self.params["key"]] = self.params["i"]
+        shared["last"] = self.params["i"]

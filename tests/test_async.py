@@ -1,4 +1,4 @@
-"""The asyncio family: concurrency limits, per-task retry counters, parallel batches in AsyncFlow."""
+"""The asyncio family: concurrency limits, per-task retry counters, batches in an AsyncFlow."""
 
 from __future__ import annotations
 

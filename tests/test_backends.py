@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faulty import Echo, Outer, Square, Tracked, WhereAmI
+from faulty import Echo, FaultyNode, Outer, Square, Tracked, WhereAmI
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +22,12 @@ import batchcore
 from batchcore import BatchNode, use_backend
 from batchcore.backends import get_backend, resolve_settings
 from batchcore.tasks import NodeTask
+
+
+def _head_sleeps(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
 
 PICKLABLE = st.lists(
     st.one_of(st.integers(), st.none(), st.text(max_size=5), st.floats(allow_nan=False)),
@@ -50,7 +56,13 @@ def test_results_keep_input_order_for_any_chunking(
 
 
 def test_prep_may_return_any_iterable(backend: str) -> None:
-    for items in ([1, 2, 3], (1, 2, 3), range(1, 4), (x for x in [1, 2, 3]), {1: "a", 2: "b", 3: "c"}):
+    for items in (
+        [1, 2, 3],
+        (1, 2, 3),
+        range(1, 4),
+        (x for x in [1, 2, 3]),
+        {1: "a", 2: "b", 3: "c"},
+    ):
         shared: dict[str, Any] = {"items": items}
         Square(backend=backend, workers=2).run(shared)
         assert shared["out"] == [1, 4, 9]
@@ -67,20 +79,33 @@ def test_generator_is_consumed_lazily_with_a_bounded_window(parallel_backend: st
     pulled = [0]
 
     def source() -> Any:
-        for i in range(100_000):
+        for i in range(10**7):
             pulled[0] = next(consumed) + 1
             yield i
+
+    from batchcore.backends.pool import WINDOW_ITEMS_PER_WORKER
 
     node = Square(workers=2)
     task = NodeTask(node)
     backend = get_backend(parallel_backend, 2)
-    chunks = backend.map(task, source(), chunksize=10)
+    chunks = backend.map(task, source(), chunksize=1000)
     first = next(chunks)
     assert first.start == 0
-    # a window of max(8, 4 * workers) chunks of 10 items: far from the 100,000 available
-    assert pulled[0] <= 8 * 10 + 10
-    total = len(first.values) + sum(len(chunk.values) for chunk in chunks)
-    assert total == 100_000
+    time.sleep(0.2)  # however long the consumer dawdles, reading stops at the window
+    second = next(chunks)
+    assert second.start == 1000
+    window = WINDOW_ITEMS_PER_WORKER * 2
+    assert pulled[0] <= window + 1000  # far from the 10,000,000 available
+    chunks.close()  # type: ignore[attr-defined]
+
+
+def test_a_slow_head_item_does_not_idle_the_other_workers(parallel_backend: str) -> None:
+    """Results come back in order, but reading runs far enough ahead to keep workers busy."""
+    node = FaultyNode(backend=parallel_backend, workers=2)
+    node.exec = _head_sleeps  # type: ignore[method-assign]
+    began = time.monotonic()
+    node.run({"items": [1.0] + [0.01] * 100})  # ideal: ~1.0 s on 2 workers
+    assert time.monotonic() - began < 1.5  # a short window would stall the second worker
 
 
 def test_close_stops_the_run_early(parallel_backend: str) -> None:
@@ -151,6 +176,7 @@ def test_workers_limit_native_thread_pools(monkeypatch: pytest.MonkeyPatch) -> N
     with ProcessBackend(workers=batchcore.backends.default_workers()) as backend:
         WhereAmI(backend=backend).run(shared)
     assert shared["out"][0]["omp"] == "1"  # each worker's share of the CPUs
+    assert shared["out"][0]["arrow_threads"] == 1
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a user's own setting is kept
     with ProcessBackend(workers=2) as backend:
@@ -280,7 +306,9 @@ def test_context_is_per_asyncio_task() -> None:
 
 def test_shared_backends_are_reused() -> None:
     assert get_backend("process", 2) is get_backend("process", 2)
-    assert resolve_settings(Square(backend="process", workers=2)).backend is get_backend("process", 2)
+    assert resolve_settings(Square(backend="process", workers=2)).backend is get_backend(
+        "process", 2
+    )
 
 
 def test_a_backend_instance_can_be_passed() -> None:
@@ -405,3 +433,43 @@ def test_node_defined_in_a_test_function_runs_on_processes() -> None:
     shared: dict[str, Any] = {}
     Local(backend="process", workers=2).run(shared)
     assert shared["out"] == [101, 102]
+
+
+def test_a_failed_batch_closes_its_one_shot_input(backend: str) -> None:
+    closed = []
+
+    def source() -> Any:
+        try:
+            yield from range(100)
+        finally:
+            closed.append(True)
+
+    node = Square(backend=backend, workers=2)
+    node.exec = lambda item: 1 / (item - 5)  # type: ignore[method-assign]
+    with pytest.raises(ZeroDivisionError):
+        node.run({"items": source()})
+    assert closed == [True]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        ("a\nb", "'a\\nb'"),
+        ("x" * 200, "'" + "x" * 76 + "..."),
+        (list(range(3)), "[0, 1, 2]"),
+    ],
+)
+def test_items_are_described_on_one_short_line(value: Any, text: str) -> None:
+    from batchcore.errors import short_repr
+
+    assert short_repr(value) == text
+
+
+def test_frames_are_described_by_shape() -> None:
+    import numpy as np
+    import pandas as pd
+
+    from batchcore.errors import short_repr
+
+    assert short_repr(pd.DataFrame({"a": range(4)})) == "<DataFrame shape=(4, 1)>"
+    assert short_repr(np.zeros((2, 3))) == "<ndarray shape=(2, 3)>"

@@ -69,7 +69,7 @@ def test_fail_fast_names_the_item(kind: str, backend: str, error: type, text: st
         assert isinstance(caught.value.__cause__, RemoteTraceback)
         assert "Traceback" in str(caught.value.__cause__)
     # the pool heals: the next batch on the same backend succeeds completely
-    node, shared = run_faulty(kind, backend, "raise", bad=())
+    _, shared = run_faulty(kind, backend, "raise", bad=())
     assert shared["out"] == [x * 10 for x in ITEMS]
 
 
@@ -240,3 +240,61 @@ def test_error_in_prep_generator_propagates(backend: str) -> None:
     node.set_params({"kind": "raise", "bad": ()})
     with pytest.raises(KeyError, match="source broke"):
         node.run({"items": items()})
+
+
+@pytest.mark.crash
+def test_failure_cancels_queued_work_quickly() -> None:
+    """joblib's abort test: the first item fails while 100 slow items wait behind it."""
+    node = FaultyNode(backend="process", workers=2, chunksize=1)
+    node.set_params({"kind": "raise", "bad": (0,), "delay": 10})
+    began = time.monotonic()
+    with pytest.raises(ValueError, match="bad item 0"):
+        node.run({"items": list(range(100))})
+    assert time.monotonic() - began < 5  # in-flight slow items were stopped, queued ones dropped
+
+
+@pytest.mark.crash
+def test_workers_that_cannot_start_raise_instead_of_respawning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from batchcore import WorkerStartupError
+    from batchcore.backends import process as process_backend
+
+    monkeypatch.setattr(process_backend, "BOOT", "import sys; sys.exit(5)")
+    began = time.monotonic()
+    with (
+        process_backend.ProcessBackend(workers=2) as backend,
+        pytest.raises(
+            WorkerStartupError, match=r"exiting before they are ready.*exited with code 5"
+        ),
+    ):
+        FaultyNode(backend=backend).run({"items": ITEMS})
+    assert time.monotonic() - began < 10
+
+
+@pytest.mark.crash
+def test_crash_while_big_payloads_are_in_flight() -> None:
+    """CPython's test_crash_big_data: a worker dies while pipe-sized payloads move."""
+    import numpy as np
+    from faulty import BigCrash
+
+    node = BigCrash(backend="process", workers=2, on_error="collect", chunksize=1)
+    shared: dict[str, Any] = {"items": [np.full(2**21, i, dtype=np.float64) for i in range(8)]}
+    node.run(shared)
+    assert shared["out"] == [float(i) * 2**21 for i in range(8) if i != 3]
+    assert [f.index for f in node.batch_stats.failures] == [3]
+
+
+def test_fifty_runs_leak_no_processes_threads_or_fds() -> None:
+    import threading
+
+    import psutil
+
+    node = FaultyNode(backend="process", workers=2)
+    node.set_params({"kind": "raise", "bad": ()})
+    node.run({"items": ITEMS})
+    me = psutil.Process()
+    before = (len(me.children()), threading.active_count(), me.num_fds())
+    for _ in range(50):
+        node.run({"items": list(range(20))})
+    assert (len(me.children()), threading.active_count(), me.num_fds()) == before

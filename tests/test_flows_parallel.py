@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from flow_nodes import ClassFlow, Fails, Grade, ImageBatch, StudentFlow, image_subflow
+from flow_nodes import (
+    ClassFlow,
+    Fails,
+    Grade,
+    ImageBatch,
+    KeyedBatch,
+    StudentFlow,
+    WriteKey,
+    image_subflow,
+)
+from hypothesis import given
+from hypothesis import strategies as st
 
 from batchcore import BatchFlow, Flow, RunResult
 from batchcore.backends import process as process_backend
@@ -80,7 +91,7 @@ def test_nested_batch_flows_combine_params(backend: str) -> None:
 def test_failing_run_names_its_params(backend: str) -> None:
     flow = BatchFlow(start=Flow(start=Fails()), backend=backend, workers=2)
     flow.prep = lambda shared: [{"input": name} for name in IMAGES]  # type: ignore[method-assign]
-    with pytest.raises(ValueError, match="cannot decode b.jpg") as caught:
+    with pytest.raises(ValueError, match=r"cannot decode b\.jpg") as caught:
         flow.run({})
     assert any("item 1 ({'input': 'b.jpg'})" in note for note in caught.value.__notes__)
 
@@ -118,3 +129,17 @@ def test_unpicklable_shared_is_named() -> None:
     shared = {"images": IMAGES, "outputs": {}, "lock": threading.Lock()}
     with pytest.raises(SerializationError, match=r"shared\['lock'\]"):
         flow.run(shared)
+
+
+@pytest.mark.parametrize("name", ["sequential", "thread", "process"])
+@given(keys=st.lists(st.text(alphabet="abc", min_size=1, max_size=2), max_size=12))
+def test_any_backend_merges_like_sequential(name: str, keys: list[str]) -> None:
+    """Writing distinct keys and a counter-free plain value: every backend ends as sequential."""
+
+    def run(backend: str) -> dict[str, Any]:
+        flow = KeyedBatch(start=Flow(start=WriteKey()), backend=backend, workers=2)
+        shared: dict[str, Any] = {"keys": keys, "by_key": {}}
+        flow.run(shared)
+        return shared
+
+    assert run(name) == run("sequential")

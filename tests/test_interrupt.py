@@ -1,4 +1,4 @@
-"""Ctrl-C, a killed parent, and memory: scenarios that run in a subprocess so they cannot hang us."""
+"""Ctrl-C, a killed parent, memory: scenarios run in a subprocess so they cannot hang the suite."""
 
 from __future__ import annotations
 
@@ -179,3 +179,40 @@ def test_a_million_item_generator_costs_the_parent_no_more_than_sequential(backe
     # backend itself adds on top must stay small: the input is never materialised.
     extra_mib = (peak_growth(backend) - peak_growth("sequential")) / 1024
     assert extra_mib < 8, f"{backend} used {extra_mib:.1f} MiB more than sequential"
+
+
+def test_pools_shut_down_at_interpreter_exit() -> None:
+    code = LONG_BATCH.split("node = FaultyNode")[0].format(tests=str(HERE), backend="process")
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    pids = worker_pids(result.stdout.splitlines())
+    assert len(pids) == 2
+    assert wait_gone(pids, 2) == []  # the interpreter exited normally and took its workers along
+
+
+def test_a_parent_running_threads_is_safe() -> None:
+    """pyarrow and pandas start threads; workers are fresh interpreters, never forked copies."""
+    code = textwrap.dedent(
+        f"""
+        import sys, threading, time
+        sys.path.insert(0, {str(HERE)!r})
+        import pyarrow as pa, pyarrow.compute as pc
+        from faulty import Square
+        pc.sum(pa.array(range(1_000_000)))  # starts Arrow's thread pool
+        busy = threading.Thread(target=lambda: time.sleep(5), daemon=True)
+        busy.start()
+        shared = {{"items": list(range(100))}}
+        Square(backend="process", workers=2).run(shared)
+        print(sum(shared["out"]))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(sum(x * x for x in range(100)))

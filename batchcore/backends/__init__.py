@@ -250,15 +250,20 @@ def use_backend(
 
 
 def node_settings(node: object) -> Settings:
-    """The options a node sets itself, by keyword (instance attribute) or class attribute."""
-    return Settings(
-        backend=getattr(node, "backend", None),
-        workers=getattr(node, "workers", None),
-        chunksize=getattr(node, "chunksize", None),
-        timeout=getattr(node, "timeout", None),
-        on_error=getattr(node, "on_error", None),
-        progress=getattr(node, "progress", None),
-    )
+    """The options a node sets itself: keywords first, then class attributes of its class.
+
+    Instance attributes are never read (a node's own ``self.timeout`` is its business), and a
+    class attribute that is a method or property is not an option either.
+    """
+    keywords = getattr(node, "_batch_options", _NO_SETTINGS)
+    cls = type(node)
+    by_class: dict[str, Any] = {}
+    for option in fields(Settings):
+        value = getattr(cls, option.name, None)
+        if (callable(value) and not isinstance(value, Backend)) or isinstance(value, property):
+            value = None
+        by_class[option.name] = value
+    return keywords.over(Settings(**by_class))
 
 
 def resolve_settings(node: object) -> Resolved:

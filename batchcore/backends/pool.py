@@ -32,6 +32,12 @@ from ..tasks import CUR_RETRY, Chunk, Failure, Task
 TARGET_SECONDS = 0.02  # work per job: amortises ~0.1 ms of messaging, keeps the tail short
 TARGET_BYTES = 8 << 20  # pickled input per job, so big items are not batched into huge messages
 MAX_ITEMS = 10_000  # items per job at most: a window of jobs stays a few MiB for small items
+# The window: how far reading may run ahead of the oldest unfinished item. It must be long, or a
+# slow item at the head idles the other workers (results are yielded in order), and bounded, so
+# memory does not grow with the input. Counted in jobs, items and estimated pickled bytes.
+WINDOW_JOBS_PER_WORKER = 256
+WINDOW_ITEMS_PER_WORKER = 4 * MAX_ITEMS
+WINDOW_BYTES = 64 << 20
 MAX_UNATTRIBUTED_CRASHES = 3  # a job whose worker keeps dying outside any item is failed
 
 
@@ -53,6 +59,7 @@ class Done:
     worker: Any
     job: Job
     chunk: Chunk
+    result_size: int = 0  # bytes of pickled results, when the transport pickles
 
 
 @dataclass(eq=False)
@@ -123,11 +130,13 @@ class ChunkSizer:
         self.cap = min(MAX_ITEMS, max(1, math.ceil(total / (4 * workers))) if total else MAX_ITEMS)
         self.size = 1
         self.seconds_per_item: float | None = None
+        self.bytes_per_item = 0.0
 
     def next_size(self) -> int:
         return self.fixed or self.size
 
-    def observe(self, count: int, seconds: float, payload_size: int) -> None:
+    def observe(self, count: int, seconds: float, payload_size: int, result_size: int = 0) -> None:
+        """Learn from a finished job: its item count, compute time and pickled sizes."""
         if self.fixed or count <= 0:
             return
         per_item = max(seconds / count, 1e-8)
@@ -137,8 +146,11 @@ class ChunkSizer:
             self.seconds_per_item = 0.5 * self.seconds_per_item + 0.5 * per_item
         ideal = TARGET_SECONDS / self.seconds_per_item
         if payload_size:
-            ideal = min(ideal, TARGET_BYTES / (payload_size / count))
-        self.size = int(max(1, min(ideal, self.size * 8, self.cap)))
+            self.bytes_per_item = payload_size / count
+        message_bytes = max(payload_size, result_size) / count
+        if message_bytes:
+            ideal = min(ideal, TARGET_BYTES / message_bytes)
+        self.size = round(max(1, min(ideal, self.size * 8, self.cap)))
 
 
 def read_slot(slot: Any) -> tuple[int, int, int] | None:
@@ -188,8 +200,11 @@ class _Run:
         self.retry: list[Job] = []  # jobs to run before new ones: crashed items, bystanders
         self.done: dict[int, Chunk] = {}  # finished chunks waiting for their turn, by start
         self.next_start = 0  # start of the next chunk to yield
-        self.outstanding = 0  # pieces created and not yet yielded (bounded by `window`)
-        self.window = max(8, 4 * pool.size)
+        self.outstanding = 0  # pieces created and not yet yielded
+        self.outstanding_items = 0  # items read from the source and not yet yielded
+        self.window_jobs = WINDOW_JOBS_PER_WORKER * pool.size
+        self.window_items = WINDOW_ITEMS_PER_WORKER * pool.size
+        self.window_bytes = max(WINDOW_BYTES, 4 * pool.size * TARGET_BYTES)
         self.stop_at = math.inf  # fail-fast: index of the first known failure
 
     # --- main loop --------------------------------------------------------------------------
@@ -201,6 +216,7 @@ class _Run:
                 while self.next_start in self.done:
                     chunk = self.done.pop(self.next_start)
                     self.outstanding -= 1
+                    self.outstanding_items -= len(chunk.items)
                     self.next_start = chunk.start + len(chunk.items)
                     yield chunk
                     if self.fail_fast and chunk.failures:
@@ -264,7 +280,7 @@ class _Run:
                 job = min(ready, key=lambda j: j.start)
                 self.retry.remove(job)
                 return job
-        if self.exhausted or self.outstanding >= self.window or self.next_index >= self.stop_at:
+        if self.exhausted or self.next_index >= self.stop_at or self.window_full():
             return None
         size = self.sizer.next_size()
         items = list(islice(self.source, size))
@@ -275,7 +291,15 @@ class _Run:
         job = Job(self.next_index, items)
         self.next_index += len(items)
         self.outstanding += 1
+        self.outstanding_items += len(items)
         return job
+
+    def window_full(self) -> bool:
+        return (
+            self.outstanding >= self.window_jobs
+            or self.outstanding_items >= self.window_items
+            or self.outstanding_items * self.sizer.bytes_per_item >= self.window_bytes
+        )
 
     def split_unpicklable(self, job: Job) -> None:
         """Fail the items that cannot be pickled; re-queue the others as smaller jobs."""
@@ -311,6 +335,7 @@ class _Run:
             if isinstance(piece, Job):
                 if piece.start > self.stop_at:
                     self.outstanding -= 1  # after a fail-fast failure: cancelled, never run
+                    self.outstanding_items -= len(piece.items)
                     continue
                 self.retry.append(piece)
             else:
@@ -326,7 +351,9 @@ class _Run:
     def on_done(self, event: Done) -> None:
         chunk = event.chunk
         chunk.retries += event.job.first_attempt * len(event.job.items)  # spent on crashes
-        self.sizer.observe(len(chunk.values), chunk.elapsed, event.job.payload_size)
+        self.sizer.observe(
+            len(chunk.values), chunk.elapsed, event.job.payload_size, event.result_size
+        )
         self.settle(chunk)
 
     def on_died(self, event: Died) -> None:

@@ -249,9 +249,8 @@ class ProcessPool(Pool):
         _, retries, elapsed, ran = message
         failures_blob = worker.outbox.recv_bytes()
         values_blob = worker.outbox.recv_bytes()
-        return Done(
-            worker, job, self.decode(job, ran, failures_blob, values_blob, retries, elapsed)
-        )
+        chunk = self.decode(job, ran, failures_blob, values_blob, retries, elapsed)
+        return Done(worker, job, chunk, len(values_blob))
 
     def decode(
         self,
