@@ -2,18 +2,19 @@
 
 Data flow (one ``map`` call, all in the caller's thread)::
 
-    items (lazy) --islice--> Job(start, items) --submit--> idle worker --runs run_chunk-->
-         ^  at most `window` jobs created and not yet yielded          |
-         |                                                             v
+    items (lazy) --islice--> Job(start, items) --submit--> worker --runs run_chunk-->
+         ^  reading stops at the window (jobs, items, bytes)        |
+         |  ahead of the oldest unfinished item                     v
     caller <--yield in input order-- reorder buffer <--Done-- Pool.wait() <--Died (crash/timeout)
                                                                    |
                              culprit retried alone or failed; bystanders re-queued
 
-A worker gets one job at a time and only when idle, so a send never waits on a busy worker and
-the parent and a worker can never block on each other's pipes. Chunk sizes adapt to the measured
-time per item (about ``TARGET_SECONDS`` of work per job) unless ``chunksize=`` fixes them. Every
-job records which item its worker is on in a ``Slot``; that is how a crash or a timeout is charged
-to the right item while the innocent items of the same job are simply run again.
+A worker holds at most two jobs: the one it runs and, when the message fits in the pipe's buffer,
+the next one, so it never waits for the parent between jobs. A send therefore never blocks on a
+busy worker, and the parent and a worker cannot block on each other's pipes. Job sizes adapt to
+the measured time per item (about ``TARGET_SECONDS`` of work per job) unless ``chunksize=`` fixes
+them. Every worker records the item and attempt it is on in a ``Slot``; that is how a crash or a
+timeout is charged to the right item while the innocent items of the same job simply run again.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from __future__ import annotations
 import math
 import operator
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
 from ..errors import ItemTimeoutError, SerializationError, WorkerCrashedError, short_repr
 from ..tasks import CUR_RETRY, Chunk, Failure, Task
 
-TARGET_SECONDS = 0.02  # work per job: amortises ~0.1 ms of messaging, keeps the tail short
+TARGET_SECONDS = 0.01  # work per job: amortises the parent's ~0.1 ms per job, keeps tails short
 TARGET_BYTES = 8 << 20  # pickled input per job, so big items are not batched into huge messages
 MAX_ITEMS = 10_000  # items per job at most: a window of jobs stays a few MiB for small items
 # The window: how far reading may run ahead of the oldest unfinished item. It must be long, or a
@@ -65,9 +67,10 @@ class Done:
 @dataclass(eq=False)
 class Died:
     worker: Any
-    job: Job | None
+    job: Job | None  # the job it was running
     exitcode: int | None
     reason: tuple[str, int, int]  # ("crash" or "timeout", index, attempt) from the worker's slot
+    queued: list[Job] = field(default_factory=list)  # jobs waiting behind it: all innocent
 
 
 @dataclass(eq=False)
@@ -77,7 +80,13 @@ class WorkerState:
     ident: Any
     slot: Any
     ready: bool = False
-    job: Job | None = None
+    jobs: deque[Job] = field(default_factory=deque)  # jobs sent, oldest (running) first
+
+    def died(self, exitcode: int | None, reason: tuple[str, int, int]) -> Died:
+        """The event for this worker's death, taking its jobs with it."""
+        jobs = list(self.jobs)
+        self.jobs.clear()
+        return Died(self, jobs[0] if jobs else None, exitcode, reason, jobs[1:])
 
 
 class Pool:
@@ -100,6 +109,10 @@ class Pool:
     def submit(self, worker: Any, job: Job, fail_fast: bool, track_time: bool) -> None:
         raise NotImplementedError(f"{type(self).__name__}.submit")
 
+    def can_queue(self, worker: Any, job: Job) -> bool:
+        """Whether ``job`` may wait behind a busy worker's current job without blocking a send."""
+        return True
+
     def wait(self, timeout: float | None) -> list[Done | Died]:
         raise NotImplementedError(f"{type(self).__name__}.wait")
 
@@ -113,11 +126,12 @@ class Pool:
     def close(self, kill: bool = False) -> None:
         raise NotImplementedError(f"{type(self).__name__}.close")
 
-    def idle_workers(self) -> list[Any]:
-        return [w for w in self.workers if w.ready and w.job is None]
+    def ready_workers(self, jobs: int) -> list[Any]:
+        """Started workers holding exactly ``jobs`` jobs."""
+        return [w for w in self.workers if w.ready and len(w.jobs) == jobs]
 
     def busy_workers(self) -> list[Any]:
-        return [w for w in self.workers if w.job is not None]
+        return [w for w in self.workers if w.jobs]
 
 
 class ChunkSizer:
@@ -255,22 +269,34 @@ class _Run:
     # --- feeding workers --------------------------------------------------------------------
 
     def dispatch(self) -> None:
-        for worker in self.pool.idle_workers():
-            while True:
-                job = self.next_job()
+        """Give idle workers a job, then queue one more behind each busy worker where it fits."""
+        for queued in (0, 1):
+            for worker in self.pool.ready_workers(queued):
+                job = self.encoded_job()
                 if job is None:
                     return
-                try:
-                    self.pool.encode(job)
-                except SerializationError:
-                    self.split_unpicklable(job)
+                if queued and not self.pool.can_queue(worker, job):
+                    self.retry.append(job)  # too big to wait in the pipe: it goes out later
                     continue
-                # Clear the slot first: until the worker starts this job, it must not look like
-                # the previous job's last item (stale index and start time read as a timeout).
-                worker.slot.started = 0
-                worker.slot.index = -1
+                if not queued:
+                    # Clear the slot: until the worker starts this job, it must not look like the
+                    # previous job's last item (a stale index and start time read as a timeout).
+                    worker.slot.started = 0
+                    worker.slot.index = -1
                 self.pool.submit(worker, job, self.fail_fast, self.timeout is not None)
-                break
+
+    def encoded_job(self) -> Job | None:
+        """The next job to send, already serialised; unpicklable items are failed on the way."""
+        while True:
+            job = self.next_job()
+            if job is None:
+                return None
+            try:
+                self.pool.encode(job)
+            except SerializationError:
+                self.split_unpicklable(job)
+                continue
+            return job
 
     def next_job(self) -> Job | None:
         if self.retry:
@@ -357,6 +383,7 @@ class _Run:
         self.settle(chunk)
 
     def on_died(self, event: Died) -> None:
+        self.retry.extend(event.queued)  # never started: they simply go out again
         job = event.job
         if job is None:
             return
@@ -426,7 +453,7 @@ class _Run:
             if snapshot is None:
                 continue
             index, attempt, started = snapshot
-            job = worker.job
+            job = worker.jobs[0]
             if now - started > limit and job.start <= index < job.start + len(job.items):
                 self.pool.stop(worker)
-                self.on_died(Died(worker, job, None, ("timeout", index, attempt)))
+                self.on_died(worker.died(None, ("timeout", index, attempt)))

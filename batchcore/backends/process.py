@@ -47,6 +47,7 @@ THREAD_LIMIT_VARS = (
 )
 BOOT = "from batchcore.backends._worker import main; main()"
 PIPE_BYTES = 1 << 20  # bigger pipes move large items with fewer context switches
+DEFAULT_PIPE_BYTES = 1 << 16
 TERMINATE_GRACE = 1.0  # seconds a worker gets to exit after SIGTERM before SIGKILL
 NODE_HINT = (
     "Create such resources inside exec (or prep), or use backend='thread', which does not pickle."
@@ -69,6 +70,7 @@ class ProcessWorker(WorkerState):
         self.outbox = outbox
         self.memory = memory
         self.batch = 0
+        self.pipe_capacity = DEFAULT_PIPE_BYTES
 
     def release(self) -> None:
         """Close our ends of the pipes and the slot (keeping the slot's last values readable)."""
@@ -92,13 +94,17 @@ def worker_env(workers: int) -> dict[str, str]:
     return env
 
 
-def _enlarge_pipe(fd: int) -> None:
+def _enlarge_pipe(fd: int) -> int:
+    """Grow a pipe's buffer (Linux); return its capacity in bytes."""
     setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if setpipe is not None:
-        try:
-            fcntl.fcntl(fd, setpipe, PIPE_BYTES)
-        except OSError:  # capped by /proc/sys/fs/pipe-max-size: the default still works
-            pass
+    getpipe = getattr(fcntl, "F_GETPIPE_SZ", None)
+    if setpipe is None or getpipe is None:  # pragma: no cover - not Linux
+        return DEFAULT_PIPE_BYTES
+    try:
+        fcntl.fcntl(fd, setpipe, PIPE_BYTES)
+    except OSError:  # capped by /proc/sys/fs/pipe-max-size: the default still works
+        pass
+    return int(fcntl.fcntl(fd, getpipe))
 
 
 def _slot_fd() -> int:
@@ -143,8 +149,8 @@ class ProcessPool(Pool):
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
         slot_fd = _slot_fd()
-        for fd in (task_w, result_w):
-            _enlarge_pipe(fd)
+        capacity = _enlarge_pipe(task_w)
+        _enlarge_pipe(result_w)
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", BOOT, str(task_r), str(result_w), str(slot_fd)],
@@ -159,6 +165,7 @@ class ProcessPool(Pool):
         worker = ProcessWorker(
             proc, Connection(task_w, readable=False), Connection(result_r, writable=False), memory
         )
+        worker.pipe_capacity = capacity
         try:
             worker.inbox.send_bytes(pickle.dumps({"sys_path": list(sys.path)}))
         except OSError:
@@ -191,10 +198,15 @@ class ProcessPool(Pool):
                 bad.append((offset, exc))
         return bad
 
+    def can_queue(self, worker: ProcessWorker, job: Job) -> bool:
+        # The worker read its current job whole before running it, so its pipe is empty: a
+        # message that fits the buffer is written at once, never waiting on the busy worker.
+        return job.payload_size + 1024 <= worker.pipe_capacity
+
     def submit(self, worker: ProcessWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
         has_task = worker.batch != self.batch
         header = ("run", self.batch, has_task, job.start, job.first_attempt, fail_fast, track_time)
-        worker.job = job
+        worker.jobs.append(job)
         worker.batch = self.batch
         try:
             worker.inbox.send_bytes(pickle.dumps(header))
@@ -227,9 +239,7 @@ class ProcessPool(Pool):
             return None
         if kind == "startup_error":
             raise WorkerStartupError(f"worker pid {worker.ident} failed to start:\n{message[1]}")
-        job = worker.job
-        assert job is not None
-        worker.job = None
+        job = worker.jobs.popleft()
         if kind == "setup_error":
             raise SerializationError(
                 "node",
@@ -307,7 +317,7 @@ class ProcessPool(Pool):
                     f"worker processes keep exiting before they are ready (pid {worker.ident} "
                     f"{describe_exit(exitcode)}); see their output above"
                 )
-        return Died(worker, worker.job, exitcode, reason)
+        return worker.died(exitcode, reason)
 
     def retire(self, worker: ProcessWorker) -> None:
         """Drop a worker that is gone or being stopped, and start its replacement."""
@@ -336,7 +346,7 @@ class ProcessPool(Pool):
         self.closed = True
         workers, self.workers = self.workers, []
         for worker in workers:
-            if kill or worker.job is not None:
+            if kill or worker.jobs:
                 worker.proc.send_signal(signal.SIGTERM)
             worker.release()  # an idle worker sees its task pipe close and exits
         _stop_processes([worker.proc for worker in workers], TERMINATE_GRACE)

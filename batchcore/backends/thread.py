@@ -36,7 +36,7 @@ class ThreadWorker(WorkerState):
         with mark_worker():
             while True:
                 message = self.inbox.get()
-                if message is None:
+                if message is None or self.abandoned:
                     return
                 job, task, fail_fast, track_time = message
                 try:
@@ -50,8 +50,9 @@ class ThreadWorker(WorkerState):
                         track_time,
                     )
                 except BaseException:  # SystemExit or the like inside exec: this thread is done
-                    reason = ("crash", self.slot.index, self.slot.attempt)
-                    self.events.put(Died(self, job, None, reason))
+                    self.events.put(
+                        Died(self, job, None, ("crash", self.slot.index, self.slot.attempt))
+                    )
                     return
                 self.events.put(Done(self, job, chunk))
 
@@ -72,7 +73,7 @@ class ThreadPool(Pool):
 
     def submit(self, worker: ThreadWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
         assert self.task is not None
-        worker.job = job
+        worker.jobs.append(job)
         worker.inbox.put((job, self.task, fail_fast, track_time))
 
     def wait(self, timeout: float | None) -> list[Done | Died]:
@@ -83,15 +84,17 @@ class ThreadPool(Pool):
                 events.append(self.events.get_nowait())
         except queue.Empty:
             pass
-        live = []
+        live: list[Done | Died] = []
         for event in events:
             worker = event.worker
             if worker.abandoned:
                 continue
-            worker.job = None
             if isinstance(event, Died):
+                live.append(worker.died(None, event.reason))
                 self.replace(worker)
-            live.append(event)
+            else:
+                worker.jobs.popleft()
+                live.append(event)
         return live
 
     def replace(self, worker: ThreadWorker) -> None:
