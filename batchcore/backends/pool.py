@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -30,6 +31,7 @@ from typing import Any
 
 from ..errors import ItemTimeoutError, SerializationError, WorkerCrashedError, short_repr
 from ..tasks import CUR_RETRY, Chunk, Failure, Task
+from . import Backend
 
 TARGET_SECONDS = 0.005  # work per job: >> the ~0.1 ms the parent spends per job; short tails
 TARGET_BYTES = 8 << 20  # pickled input per job, so big items are not batched into huge messages
@@ -95,6 +97,7 @@ class Pool:
     size: int
     workers: list[Any]
     kind: str = "worker"
+    closed: bool = False
 
     def begin(self, task: Task) -> None:
         """Prepare to run ``task`` (a process pool pickles it here, once per batch)."""
@@ -457,3 +460,59 @@ class _Run:
             if now - started > limit and job.start <= index < job.start + len(job.items):
                 self.pool.stop(worker)
                 self.on_died(worker.died(None, ("timeout", index, attempt)))
+
+
+class PooledBackend(Backend):
+    """A backend whose ``map`` runs ``map_jobs`` on a pool it keeps warm between batches.
+
+    Subclasses say how to build their pool. A second ``map`` running at the same time (from
+    another thread) gets a pool of its own, closed when that map is done.
+    """
+
+    def __init__(self, workers: int | None = None) -> None:
+        super().__init__(workers)
+        self._idle: list[Pool] = []
+        self._lock = threading.Lock()
+
+    def make_pool(self) -> Pool:
+        raise NotImplementedError(f"{type(self).__name__}.make_pool")
+
+    def map(
+        self,
+        task: Task,
+        items: Iterable[Any],
+        *,
+        chunksize: int | None = None,
+        timeout: float | None = None,
+        fail_fast: bool = True,
+    ) -> Iterator[Chunk]:
+        pool = self._lease()
+        try:
+            yield from map_jobs(
+                pool, task, items, chunksize=chunksize, timeout=timeout, fail_fast=fail_fast
+            )
+        finally:
+            self._give_back(pool)
+
+    def start(self) -> None:
+        """Start the workers now instead of at the first batch (e.g. before timing a run)."""
+        self._give_back(self._lease())
+
+    def _lease(self) -> Pool:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return self.make_pool()
+
+    def _give_back(self, pool: Pool) -> None:
+        with self._lock:
+            if not pool.closed and not self._idle:
+                self._idle.append(pool)
+                return
+        pool.close()
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._idle = self._idle, []
+        for pool in pools:
+            pool.close()

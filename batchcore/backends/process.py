@@ -24,19 +24,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
 from multiprocessing.connection import Connection, wait
-from typing import Any
 
 from ..errors import SerializationError, WorkerStartupError, describe_exit
 from ..pickling import dumps, dumps_checked, loads
 from ..tasks import Chunk, Failure, Slot, Task
-from . import WORKER_ENV, Backend, default_workers
+from . import WORKER_ENV, default_workers
 from ._worker import SLOT_SIZE, SlotStruct
-from .pool import Died, Done, Job, Pool, WorkerState, map_jobs
+from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState
 
 THREAD_LIMIT_VARS = (
     "OMP_NUM_THREADS",  # also read by pyarrow's CPU pool
@@ -355,57 +352,17 @@ class ProcessPool(Pool):
 _LIVE: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 
 
-class ProcessBackend(Backend):
+class ProcessBackend(PooledBackend):
     """Runs items in ``workers`` processes; the pool stays warm between batches and nodes."""
 
     name = "process"
 
     def __init__(self, workers: int | None = None) -> None:
         super().__init__(workers)
-        self._idle: list[ProcessPool] = []
-        self._lock = threading.Lock()
         _LIVE.add(self)
 
-    def map(
-        self,
-        task: Task,
-        items: Iterable[Any],
-        *,
-        chunksize: int | None = None,
-        timeout: float | None = None,
-        fail_fast: bool = True,
-    ) -> Iterator[Chunk]:
-        pool = self._lease()
-        try:
-            yield from map_jobs(
-                pool, task, items, chunksize=chunksize, timeout=timeout, fail_fast=fail_fast
-            )
-        finally:
-            self._give_back(pool)
-
-    def start(self) -> None:
-        """Start the workers now instead of at the first batch (e.g. before timing a run)."""
-        self._give_back(self._lease())
-
-    def _lease(self) -> ProcessPool:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        # A second concurrent map (another thread) gets its own pool, closed when it is done.
+    def make_pool(self) -> ProcessPool:
         return ProcessPool(self.workers)
-
-    def _give_back(self, pool: ProcessPool) -> None:
-        with self._lock:
-            if not pool.closed and not self._idle:
-                self._idle.append(pool)
-                return
-        pool.close()
-
-    def close(self) -> None:
-        with self._lock:
-            pools, self._idle = self._idle, []
-        for pool in pools:
-            pool.close()
 
 
 @atexit.register

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
 from itertools import count
-from typing import Any
 
-from ..tasks import Chunk, Slot, Task, run_chunk
-from . import Backend, mark_worker
-from .pool import Died, Done, Job, Pool, WorkerState, map_jobs
+from ..tasks import Slot, Task, run_chunk
+from . import mark_worker
+from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState
 
 _names = count(1)
 
@@ -111,46 +109,17 @@ class ThreadPool(Pool):
                 self.replace(worker)
 
     def close(self, kill: bool = False) -> None:
+        self.closed = True
         for worker in self.workers:
             worker.abandoned = True
             worker.inbox.put(None)
         self.workers = []
 
 
-class ThreadBackend(Backend):
+class ThreadBackend(PooledBackend):
     """Runs items on ``workers`` threads; the pool is kept between batches."""
 
     name = "thread"
 
-    def __init__(self, workers: int | None = None) -> None:
-        super().__init__(workers)
-        self._pools: list[ThreadPool] = []
-        self._lock = threading.Lock()
-
-    def map(
-        self,
-        task: Task,
-        items: Iterable[Any],
-        *,
-        chunksize: int | None = None,
-        timeout: float | None = None,
-        fail_fast: bool = True,
-    ) -> Iterator[Chunk]:
-        with self._lock:
-            pool = self._pools.pop() if self._pools else ThreadPool(self.workers)
-        try:
-            yield from map_jobs(
-                pool, task, items, chunksize=chunksize, timeout=timeout, fail_fast=fail_fast
-            )
-        finally:
-            with self._lock:
-                if pool.workers and not self._pools:
-                    self._pools.append(pool)
-                else:
-                    pool.close()
-
-    def close(self) -> None:
-        with self._lock:
-            pools, self._pools = self._pools, []
-        for pool in pools:
-            pool.close()
+    def make_pool(self) -> ThreadPool:
+        return ThreadPool(self.workers)
