@@ -75,8 +75,13 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], settings: Resolved) 
     if not isinstance(stats, BatchStats):
         stats = BatchStats()
     stats.reset(backend.name, backend.workers)
-    total = len(items) if hasattr(items, "__len__") else None  # type: ignore[arg-type]
-    bar = progress_bar(settings.progress, total, type(owner).__name__)
+    # A node may weigh its items for the bar (the CSV job counts bytes): progress_units(item).
+    units = getattr(owner, "progress_units", None) if settings.progress else None
+    total: int | None = None
+    if settings.progress and hasattr(items, "__len__"):
+        total = sum(units(item) for item in items) if units else len(items)  # type: ignore[arg-type]
+    unit = str(getattr(owner, "progress_unit", "item"))
+    bar = progress_bar(settings.progress, total, type(owner).__name__, unit)
     results: list[Any] = []
     began = time.perf_counter()
     chunks = backend.map(
@@ -104,7 +109,10 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], settings: Resolved) 
             else:
                 results.extend(chunk.values)
             stats.items += len(chunk.values)
-            bar.update(len(chunk.values))
+            if units is not None:
+                bar.update(sum(units(item) for item in chunk.items[: len(chunk.values)]))
+            else:
+                bar.update(len(chunk.values))
     except BaseException:
         close_source(items)
         raise

@@ -23,15 +23,25 @@ class _NoBar:
         pass
 
 
-def progress_bar(enabled: bool, total: int | None, desc: str) -> ProgressBar:
-    """A tqdm bar advanced as results arrive (``total=None`` when the input length is unknown)."""
+def progress_bar(enabled: bool, total: int | None, desc: str, unit: str = "item") -> ProgressBar:
+    """A tqdm bar advanced as results arrive (``total=None`` when the input length is unknown).
+
+    ``unit="B"`` shows bytes with binary prefixes (KiB, MiB, ...).
+    """
     if not enabled:
         return _NoBar()
     import sys
 
     from tqdm.auto import tqdm
 
+    binary = unit == "B"
     bar: ProgressBar = tqdm(
-        total=total, desc=desc, unit="item", file=sys.stderr, dynamic_ncols=True
+        total=total,
+        desc=desc,
+        unit=unit,
+        unit_scale=binary,
+        unit_divisor=1024 if binary else 1000,
+        file=sys.stderr,
+        dynamic_ncols=True,
     )
     return bar

@@ -23,7 +23,6 @@ EXIT_DATA = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 PROG = "batchcore"
-CSV_CHUNK_ROWS = 100_000
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -73,15 +72,109 @@ def show_progress(args: argparse.Namespace) -> bool:
 
 # --- csv ------------------------------------------------------------------------------------
 
+SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def byte_size(text: str) -> int:
+    """An argparse ``type`` for sizes: ``33554432``, ``32MiB``, ``50MB``."""
+    number = text.strip().upper().rstrip()
+    unit = number.lstrip("0123456789.")
+    digits = number[: len(number) - len(unit)]
+    try:
+        value = float(digits) * SIZE_UNITS[unit.strip()]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 32MiB or 50MB, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return int(value)
+
+
+def column_type(text: str) -> tuple[str, str]:
+    """An argparse ``type`` for ``COL=TYPE`` (a pyarrow type name: int64, float64, string...)."""
+    name, sep, kind = text.partition("=")
+    if not sep or not name or not kind:
+        raise argparse.ArgumentTypeError(f"expected COL=TYPE, got {text!r}")
+    return name, kind
+
+
+def add_csv_options(parser: argparse.ArgumentParser) -> None:
+    """How to read the CSV: shared by ``csv stats`` and ``csv to-parquet``."""
+    group = parser.add_argument_group("CSV options")
+    group.add_argument(
+        "--chunk-bytes",
+        type=byte_size,
+        default=32 << 20,
+        metavar="SIZE",
+        help="bytes per range a worker parses (default: 32MiB)",
+    )
+    group.add_argument("--delimiter", default=",", metavar="C", help="field separator (default: ,)")
+    group.add_argument("--encoding", default="utf-8", help="file encoding (default: utf-8)")
+    group.add_argument(
+        "--no-header",
+        dest="header",
+        action="store_false",
+        help="the first row is data; columns are named f0, f1, ...",
+    )
+    group.add_argument(
+        "--type",
+        dest="types",
+        action="append",
+        type=column_type,
+        default=[],
+        metavar="COL=TYPE",
+        help="a column's type instead of the one inferred from the first rows",
+    )
+    group.add_argument(
+        "--null",
+        dest="null_values",
+        action="append",
+        metavar="TEXT",
+        help="a value that means missing; repeat for more (default: pyarrow's)",
+    )
+    group.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="skip rows with the wrong number of fields (counted and reported)",
+    )
+
+
+def csv_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "chunk_bytes": args.chunk_bytes,
+        "delimiter": args.delimiter,
+        "encoding": args.encoding,
+        "header": args.header,
+        "column_types": dict(args.types) or None,
+        "null_values": args.null_values,
+        "bad_rows": "skip" if args.skip_bad_rows else "error",
+        "backend": args.backend,
+        "workers": args.workers,
+        "progress": show_progress(args),
+    }
+
 
 def add_csv_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     csv_parser = commands.add_parser(
-        "csv", help="statistics of CSV files", description="Jobs on CSV files."
+        "csv",
+        help="statistics and Parquet conversion of CSV files",
+        description="Jobs on CSV files, parsed in parallel by byte range with pyarrow.",
     )
     csv_commands = csv_parser.add_subparsers(
         title="csv commands", dest="csv_command", metavar="COMMAND", required=True
     )
     add_csv_stats(csv_commands)
+    add_csv_to_parquet(csv_commands)
 
 
 def add_csv_stats(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,71 +182,176 @@ def add_csv_stats(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "stats",
         help="row count and sum/count/mean/min/max of numeric columns",
         description=(
-            "Read PATH in chunks and print the row count and, for each --sum column, its sum, "
-            "count of non-missing values, mean, min and max. Missing values are skipped."
+            "Count the rows of PATH and, for each --sum column, its sum, count of non-missing "
+            "values, mean, min and max; with --group-by, the same per key. Missing values are "
+            "skipped in sums and counted in rows."
         ),
     )
-    parser.add_argument("path", metavar="PATH", help="CSV file with a header row")
+    parser.add_argument("path", metavar="PATH", help="CSV file")
     parser.add_argument(
         "--sum",
-        dest="columns",
+        dest="sums",
         action="append",
+        default=[],
         metavar="COL",
-        help="numeric column to total; repeat for more (default: amount)",
+        help="numeric column to total; repeat for more",
     )
+    parser.add_argument("--group-by", metavar="KEY", help="also give the statistics per KEY value")
     parser.add_argument(
-        "--chunk-rows",
-        type=positive_int,
-        default=CSV_CHUNK_ROWS,
-        metavar="N",
-        help="rows per chunk (default: %(default)s)",
+        "--json",
+        action="store_true",
+        help="print exactly one JSON object on stdout instead of tables",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print one JSON object instead of a table"
-    )
+    add_csv_options(parser)
     add_batch_options(parser)
     parser.set_defaults(handler=run_csv_stats)
 
 
-def run_csv_stats(args: argparse.Namespace) -> int:
-    """``batchcore csv stats``: run the seed's chunked statistics flow and print the result."""
-    from . import seed_csv  # pandas loads here, not for --help
+def add_csv_to_parquet(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "to-parquet",
+        help="convert a CSV file to a Parquet dataset, one part per range",
+        description=(
+            "Write PATH as a Parquet dataset in OUT_DIR: one part file per range, the same schema "
+            "in every part, each written under a temporary name and renamed when complete; "
+            "_SUCCESS is written last."
+        ),
+    )
+    parser.add_argument("path", metavar="PATH", help="CSV file")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the dataset")
+    parser.add_argument(
+        "--columns",
+        type=lambda text: text.split(","),
+        metavar="COL,COL",
+        help="write only these columns (default: all)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset already in OUT_DIR"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_csv_options(parser)
+    add_batch_options(parser)
+    parser.set_defaults(handler=run_csv_to_parquet)
 
-    columns: list[str] = args.columns or ["amount"]
+
+def run_csv_job(args: argparse.Namespace, job: Callable[[], Any]) -> tuple[int, Any]:
+    """Run ``job`` and map its failures to one line on stderr and an exit code."""
+    from .csv_read import CsvFormatError, UnknownColumnError
+
     try:
-        statistics, batch, seconds = seed_csv.run_sales_stats(
-            args.path,
-            columns,
-            backend=args.backend,
-            workers=args.workers,
-            chunk_rows=args.chunk_rows,
-            progress=show_progress(args),
-        )
-    except (FileNotFoundError, IsADirectoryError) as exc:
-        return fail(f"{exc.filename}: {exc.strerror}", EXIT_USAGE)
-    except seed_csv.UnknownColumnError as exc:
-        return fail(str(exc), EXIT_USAGE)
+        return EXIT_OK, job()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
+        return fail(f"{exc.filename}: {exc.strerror}", EXIT_USAGE), None
+    except UnknownColumnError as exc:
+        return fail(str(exc), EXIT_USAGE), None
+    except CsvFormatError as exc:
+        return fail(str(exc), EXIT_DATA), None
+    except (TypeError, ValueError) as exc:  # options rejected before any work (bad --type, ...)
+        if isinstance(exc, batchcore.BatchcoreError):
+            raise
+        return fail(str(exc), EXIT_USAGE), None
     except OSError as exc:
-        return fail(f"{args.path}: cannot read: {exc.strerror or exc}", EXIT_DATA)
-    except seed_csv.DataError as exc:
-        return fail(str(exc), EXIT_DATA)
+        return fail(f"{args.path}: cannot read: {exc.strerror or exc}", EXIT_DATA), None
     except batchcore.BatchcoreError as exc:
-        return fail(f"{args.path}: {type(exc).__name__}: {exc}", EXIT_DATA)
+        return fail(f"{args.path}: {type(exc).__name__}: {exc}", EXIT_DATA), None
     finally:
         batchcore.shutdown()  # stop worker processes now rather than at interpreter exit
 
+
+def run_csv_stats(args: argparse.Namespace) -> int:
+    """``batchcore csv stats``: statistics of one CSV file, as tables or one JSON object."""
+    import time
+
+    from .csv_jobs import csv_stats  # pyarrow loads here, not for --help
+
+    began = time.perf_counter()
+    code, stats = run_csv_job(
+        args, lambda: csv_stats(args.path, args.sums, group_by=args.group_by, **csv_options(args))
+    )
+    if code != EXIT_OK:
+        return code
+    seconds = time.perf_counter() - began
     if args.json:
-        report: dict[str, Any] = {
-            "rows": statistics["rows"],
-            "sum": {name: stats["sum"] for name, stats in statistics["columns"].items()},
-            "columns": statistics["columns"],
-            "backend": batch.backend,
-            "workers": batch.workers,
-            "seconds": round(seconds, 6),
-        }
-        print(json.dumps(report, allow_nan=False))
+        report = stats.as_json()
+        report.update(backend=args.backend, seconds=round(seconds, 6))
+        print(json.dumps(report, allow_nan=False, default=str))
     else:
-        print(seed_csv.format_stats(statistics))
+        print(format_csv_stats(stats, seconds, args.backend))
+    for line in stats.skipped_lines:
+        print(f"{PROG}: skipped bad row at {args.path}:{line}", file=sys.stderr)
+    return EXIT_OK
+
+
+def format_csv_stats(stats: Any, seconds: float, backend: str) -> str:
+    """The human-readable ``csv stats`` output: a summary line and aligned tables."""
+    lines = [f"{stats.path}: {stats.rows:,} rows in {seconds:.2f} s ({backend} backend)"]
+    if stats.skipped_rows:
+        lines[0] += f"; {stats.skipped_rows:,} bad rows skipped"
+    rows: list[list[str]] = []
+    for name, column in stats.columns.items():
+        rows.append([name, *_numbers(column)])
+    if rows:
+        lines += ["", *_table(["column", "sum", "count", "mean", "min", "max"], rows)]
+    if stats.group_by is not None:
+        grouped: list[list[str]] = []
+        for key, group in sorted(stats.groups.items(), key=lambda kv: str(kv[0])):
+            if not group.columns:
+                grouped.append([str(key), f"{group.rows:,}", "", "", "", "", "", ""])
+            for name, column in group.columns.items():
+                grouped.append([str(key), f"{group.rows:,}", name, *_numbers(column)])
+        header = [stats.group_by, "rows", "column", "sum", "count", "mean", "min", "max"]
+        lines += ["", *_table(header, grouped)]
+    return "\n".join(lines)
+
+
+def _numbers(column: Any) -> list[str]:
+    def show(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:,.2f}"
+        return f"{value:,}"
+
+    return [
+        show(column.sum),
+        f"{column.count:,}",
+        show(column.mean),
+        show(column.min),
+        show(column.max),
+    ]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    out = []
+    for row in [header, *rows]:
+        cells = [
+            cell.ljust(w)
+            if i == 0 or (not row[i][:1].isdigit() and row[i][:1] != "-")
+            else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def run_csv_to_parquet(args: argparse.Namespace) -> int:
+    """``batchcore csv to-parquet``: convert, then print a one-line (or JSON) summary."""
+    from .csv_jobs import csv_to_parquet
+
+    options = csv_options(args)
+    options["columns"] = args.columns
+    code, result = run_csv_job(
+        args, lambda: csv_to_parquet(args.path, args.out_dir, overwrite=args.overwrite, **options)
+    )
+    if code != EXIT_OK:
+        return code
+    if args.json:
+        summary = {key: value for key, value in result.items() if key != "schema"}
+        summary["schema"] = {field.name: str(field.type) for field in result["schema"]}
+        print(json.dumps(summary))
+    else:
+        print(f"{args.out_dir}: {result['rows']:,} rows in {result['parts']} parts")
     return EXIT_OK
 
 

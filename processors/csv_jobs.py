@@ -1,0 +1,294 @@
+"""The built-in CSV jobs: statistics (optionally grouped) and conversion to a Parquet dataset.
+
+Both are ``CSVBatchNode`` subclasses, so they run on any backend and parse only the columns they
+need; ``csv_stats`` and ``csv_to_parquet`` are the functions behind the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from .csv_node import CSVBatchNode
+from .csv_read import CsvFormatError
+from .csv_split import CsvRange
+
+__all__ = ["ColumnStats", "CsvStats", "csv_stats", "csv_to_parquet"]
+
+
+# --- statistics --------------------------------------------------------------------------------
+
+
+@dataclass
+class ColumnStats:
+    """Sum, count of non-null values, min and max of one numeric column; mergeable."""
+
+    sum: float | int = 0
+    count: int = 0
+    min: float | int | None = None
+    max: float | int | None = None
+
+    def merge(self, other: ColumnStats) -> None:
+        self.sum += other.sum
+        self.count += other.count
+        if other.min is not None and (self.min is None or other.min < self.min):
+            self.min = other.min
+        if other.max is not None and (self.max is None or other.max > self.max):
+            self.max = other.max
+
+    @property
+    def mean(self) -> float | None:
+        return self.sum / self.count if self.count else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "sum": self.sum,
+            "count": self.count,
+            "mean": self.mean,
+            "min": self.min,
+            "max": self.max,
+        }
+
+
+@dataclass
+class GroupStats:
+    rows: int = 0
+    columns: dict[str, ColumnStats] = field(default_factory=dict)
+
+    def merge(self, other: GroupStats) -> None:
+        self.rows += other.rows
+        for name, stats in other.columns.items():
+            self.columns.setdefault(name, ColumnStats()).merge(stats)
+
+
+@dataclass
+class CsvStats:
+    """Rows and per-column statistics of a whole file, and per group with ``group_by``."""
+
+    path: str
+    rows: int = 0
+    columns: dict[str, ColumnStats] = field(default_factory=dict)
+    group_by: str | None = None
+    groups: dict[Any, GroupStats] = field(default_factory=dict)
+    skipped_rows: int = 0
+    skipped_lines: list[int] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        """The CLI's ``--json`` object: ``rows``, ``sum``, ``groups`` (and more detail)."""
+        report: dict[str, Any] = {
+            "path": self.path,
+            "rows": self.rows,
+            "sum": {name: stats.sum for name, stats in self.columns.items()},
+            "columns": {name: stats.as_dict() for name, stats in self.columns.items()},
+            "skipped_rows": self.skipped_rows,
+            "skipped_lines": self.skipped_lines,
+        }
+        if self.group_by is not None:
+            report["group_by"] = self.group_by
+            report["groups"] = {
+                group_key(key): {
+                    "rows": group.rows,
+                    "sum": {name: stats.sum for name, stats in group.columns.items()},
+                    "columns": {name: stats.as_dict() for name, stats in group.columns.items()},
+                }
+                for key, group in sorted(self.groups.items(), key=lambda kv: group_key(kv[0]))
+            }
+        return report
+
+
+def group_key(value: Any) -> str:
+    """A group's key as JSON object keys must be: text (``"null"`` for missing values)."""
+    return "null" if value is None else str(value)
+
+
+def _column_stats(array: pa.ChunkedArray) -> ColumnStats:
+    extremes = pc.min_max(array)
+    return ColumnStats(
+        sum=pc.sum(array).as_py() or 0,
+        count=pc.count(array).as_py(),
+        min=extremes["min"].as_py(),
+        max=extremes["max"].as_py(),
+    )
+
+
+class StatsNode(CSVBatchNode):
+    """Per range: row count and column statistics (and per group); ``post`` merges them in order."""
+
+    def __init__(
+        self, path: str | None, sums: Sequence[str], group_by: str | None = None, **options: Any
+    ) -> None:
+        columns = list(dict.fromkeys([*sums, *([group_by] if group_by else [])]))
+        super().__init__(path, columns=columns, **options)
+        self.sums = list(sums)
+        self.group_by = group_by
+
+    def split(self, path: str) -> list[CsvRange]:
+        ranges = super().split(path)
+        assert self.csv_plan is not None
+        for name in self.sums:
+            kind = self.csv_plan.schema.field(name).type
+            if not (
+                pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+            ):
+                raise CsvFormatError(
+                    self.csv_plan.path,
+                    None,
+                    f"is {kind}, not a number, so it cannot be summed (its first rows hold "
+                    "non-numeric values; pass column_types / --type COL=float64 to force a number)",
+                    name,
+                )
+        return ranges
+
+    def exec(self, table: pa.Table) -> tuple[int, dict[str, ColumnStats], dict[Any, GroupStats]]:
+        columns = {name: _column_stats(table[name]) for name in self.sums}
+        groups: dict[Any, GroupStats] = {}
+        if self.group_by is not None and table.num_rows:
+            aggregations: list[tuple[Any, str]] = [([], "count_all")]
+            for name in self.sums:
+                aggregations += [(name, "sum"), (name, "count"), (name, "min"), (name, "max")]
+            grouped = table.group_by(self.group_by).aggregate(aggregations)
+            for row in grouped.to_pylist():
+                groups[row[self.group_by]] = GroupStats(
+                    rows=row["count_all"],
+                    columns={
+                        name: ColumnStats(
+                            row[f"{name}_sum"] or 0,
+                            row[f"{name}_count"],
+                            row[f"{name}_min"],
+                            row[f"{name}_max"],
+                        )
+                        for name in self.sums
+                    },
+                )
+        return table.num_rows, columns, groups
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> str:
+        stats = CsvStats(self.csv_report.path, group_by=self.group_by)
+        stats.columns = {name: ColumnStats() for name in self.sums}
+        for rows, columns, groups in exec_res:
+            stats.rows += rows
+            for name, column in columns.items():
+                stats.columns[name].merge(column)
+            for key, group in groups.items():
+                stats.groups.setdefault(key, GroupStats()).merge(group)
+        stats.skipped_rows = self.csv_report.skipped
+        stats.skipped_lines = list(self.csv_report.skipped_lines)
+        shared["csv_stats"] = stats
+        return "done"
+
+
+def csv_stats(
+    path: str | os.PathLike[str],
+    sums: Sequence[str],
+    *,
+    group_by: str | None = None,
+    **options: Any,
+) -> CsvStats:
+    """Row count and sum/count/mean/min/max of the ``sums`` columns (per ``group_by`` key too).
+
+    ``options`` are ``CSVBatchNode``'s: CSV options (``chunk_bytes``, ``delimiter``,
+    ``column_types``, ``bad_rows``...) and batch options (``backend``, ``workers``, ``progress``).
+    Nulls are skipped in sums and counted in rows.
+    """
+    shared: dict[str, Any] = {}
+    StatsNode(os.fspath(path), sums, group_by, **options).run(shared)
+    stats: CsvStats = shared["csv_stats"]
+    return stats
+
+
+# --- Parquet -----------------------------------------------------------------------------------
+
+PART = "part-{index:05d}.parquet"
+SUCCESS = "_SUCCESS"
+
+
+class ParquetNode(CSVBatchNode):
+    """Writes each range as one Parquet part, atomically (hidden temporary name, then rename)."""
+
+    def __init__(
+        self, path: str | None, out_dir: str, overwrite: bool = False, **options: Any
+    ) -> None:
+        super().__init__(path, **options)
+        self.out_dir = out_dir
+        self.overwrite = overwrite
+
+    def prep(self, shared: dict[str, Any]) -> list[CsvRange]:
+        ranges = super().prep(shared)  # a bad input fails here, before anything is written
+        prepare_out_dir(Path(self.out_dir), self.overwrite)
+        return ranges
+
+    def exec(self, table: pa.Table) -> tuple[str, int]:
+        rng = self.current_range
+        assert rng is not None
+        final = Path(self.out_dir) / PART.format(index=rng.index)
+        temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        try:
+            pq.write_table(table, temporary)
+            os.replace(temporary, final)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        return final.name, table.num_rows
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> str:
+        rows = sum(count for _, count in exec_res)
+        summary = {"source": self.csv_report.path, "rows": rows, "parts": len(exec_res)}
+        (Path(self.out_dir) / SUCCESS).write_text(json.dumps(summary) + "\n")
+        shared["parquet"] = {
+            **summary,
+            "out_dir": self.out_dir,
+            "skipped_rows": self.csv_report.skipped,
+        }
+        return "done"
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create ``out_dir``; refuse to mix with an earlier dataset unless ``overwrite``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(20, "exists and is not a directory", str(out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".part-*.parquet.tmp-*"):  # left by an interrupted run
+        stale.unlink()
+    existing = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+    if existing and not overwrite:
+        raise FileExistsError(
+            17,
+            f"is not empty ({', '.join(existing[:3])}); pass overwrite=True / --overwrite",
+            str(out_dir),
+        )
+    for name in existing:
+        if name != SUCCESS and not (name.startswith("part-") and name.endswith(".parquet")):
+            raise FileExistsError(
+                17, f"holds {name!r}, which is not part of a dataset this job wrote", str(out_dir)
+            )
+    for name in existing:
+        (out_dir / name).unlink()
+
+
+def csv_to_parquet(
+    path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """Convert a CSV file to a Parquet dataset: one part per range, the same schema in every part.
+
+    Parts appear atomically; ``_SUCCESS`` is written last, so a dataset without it is incomplete.
+    Returns ``{"source", "rows", "parts", "out_dir", "skipped_rows", "schema"}``.
+    """
+    node = ParquetNode(os.fspath(path), os.fspath(out_dir), overwrite, **options)
+    shared: dict[str, Any] = {}
+    node.run(shared)
+    result: dict[str, Any] = shared["parquet"]
+    assert node.csv_plan is not None
+    result["schema"] = node.csv_plan.schema
+    return result

@@ -1,0 +1,215 @@
+"""``CSVBatchNode``: the seed's CSVProcessor, made parallel: workers parse their own byte ranges.
+
+    class TotalSales(CSVBatchNode):
+        def exec(self, table):                      # a pyarrow.Table: one range's rows
+            return pc.sum(table["amount"]).as_py()
+        def post(self, shared, prep_res, exec_res):
+            shared["total"] = sum(exec_res)
+
+    TotalSales(columns=["amount"], backend="process").run({"input_file": "sales.csv"})
+
+``prep`` does not parse: it reads the header, fixes one schema from the head of the file, and
+splits the file into record-aligned byte ranges (see ``csv_split``). Each worker opens the file
+and parses only its range, so the parent never parses or pickles the data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from batchcore import Backend, BatchNode, Node
+from batchcore.backends import resolve_settings
+
+from .csv_read import CsvFormatError, CsvOptions, CsvPlan, RangeData, make_plan, read_range
+from .csv_split import (
+    BlockScan,
+    CsvRange,
+    blocks,
+    ends_inside_quotes,
+    line_of,
+    plan_ranges,
+    scan_block,
+    unterminated_record,
+)
+
+__all__ = ["CSVBatchNode", "CsvReport"]
+
+# The range whose table ``exec`` is running on (per thread and asyncio task): ``current_range``.
+CURRENT_RANGE: ContextVar[CsvRange | None] = ContextVar("processors_csv_range", default=None)
+
+
+@dataclass
+class CsvReport:
+    """What the last run read: rows, bytes, and the bad rows it skipped (never silently)."""
+
+    path: str = ""
+    bytes: int = 0
+    ranges: int = 0
+    rows: int = 0
+    skipped: int = 0
+    skipped_lines: list[int] = field(default_factory=list)
+
+    def reset(self, path: str, size: int, ranges: int) -> None:
+        self.path, self.bytes, self.ranges = path, size, ranges
+        self.rows = self.skipped = 0
+        self.skipped_lines = []
+
+
+@dataclass
+class _RangeResult:
+    """What the per-range step returns: the user's exec result plus the range's counts."""
+
+    value: Any
+    rows: int
+    skipped: int
+    skipped_lines: list[int]
+
+
+class _ScanBlocks(BatchNode):
+    """Phase 1 of the split, run on the CSV node's own backend: one scan per block."""
+
+    def __init__(
+        self, path: str, quote: int | None, spans: list[tuple[int, int]], backend: Backend
+    ) -> None:
+        super().__init__(backend=backend)
+        self.path = path
+        self.quote = quote
+        self.spans = spans
+
+    def prep(self, shared: dict[str, Any]) -> list[tuple[int, int]]:
+        return self.spans
+
+    def exec(self, block: tuple[int, int]) -> BlockScan:
+        return scan_block(self.path, block[0], block[1], self.quote)
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[BlockScan]) -> None:
+        shared["scans"] = exec_res
+
+
+class _ParsesRange(Node):
+    """The per-item step: parse the range, then PocketFlow's retry loop runs ``exec`` on it."""
+
+    csv_plan: CsvPlan | None
+
+    def _exec(self, prep_res: Any) -> Any:
+        if not isinstance(prep_res, CsvRange):  # a subclass whose prep yields something else
+            return super()._exec(prep_res)
+        assert self.csv_plan is not None, "prep must call self.split(path)"
+        data: RangeData = read_range(self.csv_plan, prep_res)
+        table: Any = data.table
+        if self.csv_plan.options.output == "pandas":
+            table = data.table.to_pandas()
+        token = CURRENT_RANGE.set(prep_res)
+        try:
+            value = super()._exec(table)
+        finally:
+            CURRENT_RANGE.reset(token)
+        return _RangeResult(value, data.table.num_rows, data.skipped, data.skipped_lines)
+
+
+class CSVBatchNode(BatchNode, _ParsesRange):
+    """A BatchNode over a CSV file whose ``exec`` gets a ``pyarrow.Table`` (or a DataFrame with
+    ``output="pandas"``) holding one record-aligned range of the file.
+
+    The file is ``path``, else ``shared["input_file"]``. CSV options: ``chunk_bytes`` (range
+    size), ``delimiter``, ``quote_char`` (``None``: no quoting), ``header``, ``column_names``,
+    ``columns`` (parse only these), ``column_types`` (``{"qty": "int64"}``; others are inferred
+    once from the head), ``null_values``, ``encoding`` (ASCII-compatible), ``bad_rows`` ("error",
+    or "skip" to drop ragged rows and report them in ``csv_report``). Batch options (``backend``,
+    ``workers``, ...) are BatchNode's.
+    """
+
+    progress_unit = "B"
+
+    def __init__(
+        self,
+        path: str | None = None,
+        *,
+        chunk_bytes: int = 32 << 20,
+        delimiter: str = ",",
+        quote_char: str | None = '"',
+        header: bool = True,
+        column_names: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+        column_types: Mapping[str, pa.DataType | str] | None = None,
+        null_values: Sequence[str] | None = None,
+        encoding: str = "utf-8",
+        bad_rows: str = "error",
+        output: str = "arrow",
+        max_retries: int = 1,
+        wait: float = 0,
+        **batch_options: Any,
+    ) -> None:
+        super().__init__(max_retries, wait, **batch_options)
+        self.path = path
+        self.csv_options = CsvOptions(
+            chunk_bytes=chunk_bytes,
+            delimiter=delimiter,
+            quote_char=quote_char,
+            header=header,
+            column_names=column_names,
+            columns=columns,
+            column_types=column_types,
+            null_values=null_values,
+            encoding=encoding,
+            bad_rows=bad_rows,
+            output=output,
+        )
+        self.csv_plan: CsvPlan | None = None
+        self.csv_report = CsvReport()
+
+    def prep(self, shared: dict[str, Any]) -> list[CsvRange]:
+        """Split ``self.path`` (or ``shared["input_file"]``) into record-aligned ranges."""
+        return self.split(self.path or shared["input_file"])
+
+    def split(self, path: str) -> list[CsvRange]:
+        """Plan the file (names, one schema) and cut it into ranges; call this from ``prep``."""
+        plan = make_plan(path, self.csv_options)
+        self.csv_plan = plan
+        quote = plan.options.quote_byte
+        spans = blocks(plan.data_start, plan.size, plan.options.chunk_bytes)
+        if len(spans) <= 1:
+            scans = [scan_block(plan.path, start, end, quote) for start, end in spans]
+        else:
+            shared: dict[str, Any] = {}
+            _ScanBlocks(plan.path, quote, spans, resolve_settings(self).backend).run(shared)
+            scans = shared["scans"]
+        if quote is not None and ends_inside_quotes(scans):
+            start = unterminated_record(plan.path, plan.data_start, quote)
+            raise CsvFormatError(
+                plan.path,
+                line_of(plan.path, start),
+                "a quoted field opened in this record is never closed (unterminated quote)",
+            )
+        ranges = plan_ranges(plan.path, plan.data_start, plan.size, scans, quote)
+        self.csv_report.reset(plan.path, plan.size, len(ranges))
+        return ranges
+
+    @property
+    def current_range(self) -> CsvRange | None:
+        """The byte range whose rows ``exec`` is looking at (``None`` outside ``exec``)."""
+        return CURRENT_RANGE.get()
+
+    def progress_units(self, item: Any) -> int:
+        """Progress counts bytes of the file."""
+        return item.size if isinstance(item, CsvRange) else 1
+
+    def _exec(self, items: Any) -> list[Any]:
+        results = super()._exec(items)
+        report = self.csv_report
+        values = []
+        for result in results:
+            if isinstance(result, _RangeResult):
+                report.rows += result.rows
+                report.skipped += result.skipped
+                room = 20 - len(report.skipped_lines)
+                report.skipped_lines.extend(result.skipped_lines[: max(room, 0)])
+                values.append(result.value)
+            else:
+                values.append(result)
+        return values

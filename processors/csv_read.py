@@ -1,0 +1,372 @@
+"""Parse one record-aligned byte range of a CSV file with pyarrow, with one schema for all ranges.
+
+The parent builds a ``CsvPlan`` once (column names from the header, types inferred from the head
+of the file or given by the user); every worker parses its ranges with exactly that schema, so a
+column never changes type between chunks. pyarrow's errors name neither the file nor the line:
+``read_range`` turns them into ``CsvFormatError`` with both (and the column where known).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from .csv_split import NEWLINE, CsvRange, first_record_start, line_of
+
+__all__ = ["CsvFormatError", "CsvOptions", "CsvPlan", "RangeData", "make_plan", "read_range"]
+
+BOM = b"\xef\xbb\xbf"
+BAD_ROW_CHOICES = ("error", "skip")
+OUTPUT_CHOICES = ("arrow", "pandas")
+MAX_REPORTED_LINES = 20
+
+
+class CsvFormatError(ValueError):
+    """Bad CSV input, located: ``path``, 1-based ``line`` (physical) and ``column`` when known."""
+
+    def __init__(self, path: str, line: int | None, reason: str, column: str | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.column = column
+        self.reason = reason
+        where = f"{path}:{line}" if line is not None else path
+        what = f"column {column!r}: {reason}" if column is not None else reason
+        super().__init__(f"{where}: {what}")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.path, self.line, self.reason, self.column))
+
+
+class UnknownColumnError(KeyError):
+    """A requested column is not in the file; the message lists the ones that are."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """How to read a CSV file; validated when created."""
+
+    chunk_bytes: int = 32 << 20
+    delimiter: str = ","
+    quote_char: str | None = '"'
+    header: bool = True
+    column_names: Sequence[str] | None = None
+    columns: Sequence[str] | None = None
+    column_types: Mapping[str, pa.DataType | str] | None = None
+    null_values: Sequence[str] | None = None
+    encoding: str = "utf-8"
+    bad_rows: str = "error"
+    output: str = "arrow"
+    infer_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if isinstance(self.chunk_bytes, bool) or not isinstance(self.chunk_bytes, int):
+            raise TypeError(f"chunk_bytes must be an int, got {self.chunk_bytes!r}")
+        if self.chunk_bytes < 1:
+            raise ValueError(f"chunk_bytes must be >= 1, got {self.chunk_bytes!r}")
+        for name in ("delimiter", "quote_char"):
+            value = getattr(self, name)
+            if value is None and name == "quote_char":
+                continue
+            if not isinstance(value, str) or len(value.encode("ascii", "replace")) != 1:
+                raise ValueError(f"{name} must be one ASCII character, got {value!r}")
+            if value in "\r\n":
+                raise ValueError(f"{name} cannot be a line break, got {value!r}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {self.encoding!r}") from None
+        if '\n",;|\t'.encode(self.encoding) != b'\n",;|\t':
+            raise ValueError(
+                f"encoding {self.encoding!r} is not ASCII-compatible; only encodings that write "
+                "newlines, quotes and delimiters as single ASCII bytes can be split in parallel"
+            )
+        if self.bad_rows not in BAD_ROW_CHOICES:
+            raise ValueError(
+                f"bad_rows must be one of {list(BAD_ROW_CHOICES)}, got {self.bad_rows!r}"
+            )
+        if self.output not in OUTPUT_CHOICES:
+            raise ValueError(f"output must be one of {list(OUTPUT_CHOICES)}, got {self.output!r}")
+        if not self.header and self.column_names is None:
+            pass  # names f0, f1, ... are made from the first record
+        for name, value in (self.column_types or {}).items():
+            if isinstance(value, str):
+                try:
+                    pa.type_for_alias(value)
+                except ValueError:
+                    raise ValueError(f"column_types[{name!r}]: unknown type {value!r}") from None
+
+    @property
+    def quote_byte(self) -> int | None:
+        return None if self.quote_char is None else ord(self.quote_char)
+
+
+@dataclass(frozen=True)
+class CsvPlan:
+    """Everything a worker needs to parse any range of one file: made once, in the parent."""
+
+    path: str
+    size: int
+    data_start: int
+    names: tuple[str, ...]
+    schema: pa.Schema
+    options: CsvOptions
+
+    @property
+    def included(self) -> list[str]:
+        return list(self.schema.names)
+
+
+@dataclass
+class RangeData:
+    """A parsed range: the table, and the rows skipped as bad (``bad_rows="skip"``)."""
+
+    table: pa.Table
+    skipped: int = 0
+    skipped_lines: list[int] = field(default_factory=list)
+
+
+def _types(options: CsvOptions) -> dict[str, pa.DataType]:
+    return {
+        name: pa.type_for_alias(value) if isinstance(value, str) else value
+        for name, value in (options.column_types or {}).items()
+    }
+
+
+def _parse_options(options: CsvOptions, handler: Any = None) -> pacsv.ParseOptions:
+    return pacsv.ParseOptions(
+        delimiter=options.delimiter,
+        quote_char=options.quote_char if options.quote_char is not None else False,
+        newlines_in_values=options.quote_char is not None,
+        invalid_row_handler=handler,
+    )
+
+
+def _convert_options(
+    options: CsvOptions, include: Sequence[str], types: Mapping[str, pa.DataType]
+) -> pacsv.ConvertOptions:
+    kwargs: dict[str, Any] = {"include_columns": list(include), "column_types": dict(types)}
+    if options.null_values is not None:
+        kwargs["null_values"] = list(options.null_values)
+    return pacsv.ConvertOptions(**kwargs)
+
+
+def _read_options(options: CsvOptions, names: Sequence[str]) -> pacsv.ReadOptions:
+    return pacsv.ReadOptions(
+        use_threads=False,
+        column_names=list(names),
+        block_size=4 << 20,
+        encoding=options.encoding,
+    )
+
+
+def _first_record_fields(data: bytes, options: CsvOptions) -> list[str]:
+    text = data.decode(options.encoding, errors="replace")
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter=options.delimiter,
+        quotechar=options.quote_char or '"',
+        quoting=csv.QUOTE_MINIMAL if options.quote_char else csv.QUOTE_NONE,
+    )
+    return next(reader, [])
+
+
+def make_plan(path: str, options: CsvOptions) -> CsvPlan:
+    """Read the header and the head of ``path``; settle the column names and one schema.
+
+    Raises ``FileNotFoundError`` for a missing file, ``CsvFormatError`` for an empty file or a bad
+    header, ``UnknownColumnError`` for a requested column that is not there.
+    """
+    path = os.fspath(path)
+    size = os.stat(path).st_size  # FileNotFoundError names the path
+    if os.path.isdir(path):
+        raise IsADirectoryError(21, "is a directory, not a CSV file", path)
+    quote = options.quote_byte
+    with open(path, "rb", buffering=0) as handle:
+        head = handle.read(min(size, 1 << 16))
+        begin = len(BOM) if head.startswith(BOM) else 0
+        first_end = first_record_start(handle, begin, False, quote)
+        handle.seek(begin)
+        first = handle.read(first_end - begin)
+    if options.header and not first.strip(b"\r\n"):
+        raise CsvFormatError(path, 1, "the file is empty: no header row")
+    fields = _first_record_fields(first, options) if first else []
+    if options.column_names is not None:
+        names = [str(name) for name in options.column_names]
+        if fields and len(names) != len(fields):
+            raise CsvFormatError(
+                path, 1, f"column_names has {len(names)} names but rows have {len(fields)} fields"
+            )
+    elif options.header:
+        names = fields
+    else:
+        names = [f"f{i}" for i in range(len(fields))]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise CsvFormatError(path, 1, f"duplicate column names {duplicates}")
+    data_start = first_end if options.header else begin
+    include = list(options.columns) if options.columns is not None else names
+    missing = [name for name in include if name not in names]
+    types = _types(options)
+    missing += [name for name in types if name not in names]
+    if missing:
+        raise UnknownColumnError(
+            f"{path} has no column {missing[0]!r}; its columns are {names}"
+            if names
+            else f"{path} has no column {missing[0]!r}: the file has no columns"
+        )
+    schema = _infer_schema(path, options, names, include, types, data_start, size)
+    return CsvPlan(path, size, data_start, tuple(names), schema, options)
+
+
+def _infer_schema(
+    path: str,
+    options: CsvOptions,
+    names: Sequence[str],
+    include: Sequence[str],
+    types: Mapping[str, pa.DataType],
+    data_start: int,
+    size: int,
+) -> pa.Schema:
+    """Types of the included columns: the user's, else pyarrow's guess from the head, widened so
+    that later chunks cannot silently get another type (binary and null become string)."""
+    quote = options.quote_byte
+    with open(path, "rb", buffering=0) as handle:
+        cut = min(size, data_start + options.infer_bytes)
+        if cut < size:
+            # cut at a record start: the head is short, so count its quotes to know the state
+            handle.seek(data_start)
+            head = handle.read(cut - data_start)
+            inside = quote is not None and head.count(bytes([quote])) % 2 == 1
+            cut = first_record_start(handle, cut, inside, quote)
+        handle.seek(data_start)
+        head = handle.read(cut - data_start)
+    table = pacsv.read_csv(
+        pa.BufferReader(pa.py_buffer(head)),
+        read_options=_read_options(options, names),
+        parse_options=_parse_options(options, handler=lambda row: "skip"),
+        convert_options=_convert_options(options, include, types),
+    )
+    fields = []
+    for name in include:
+        kind = types.get(name) or table.schema.field(name).type
+        if pa.types.is_binary(kind) or pa.types.is_null(kind):
+            kind = pa.string()
+        fields.append(pa.field(name, kind))
+    return pa.schema(fields)
+
+
+# --- workers ---------------------------------------------------------------------------------
+
+_local = threading.local()  # one reusable read buffer per thread: no fresh pages per chunk
+
+
+def _buffer(size: int) -> memoryview:
+    buffer: bytearray | None = getattr(_local, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = bytearray(max(size, 1 << 20))
+        _local.buffer = buffer
+    return memoryview(buffer)[:size]
+
+
+def read_range(plan: CsvPlan, rng: CsvRange) -> RangeData:
+    """Parse ``rng`` of ``plan.path`` with the plan's schema (in a worker)."""
+    view = _buffer(rng.size)
+    with open(plan.path, "rb", buffering=0) as handle:
+        handle.seek(rng.start)
+        got = handle.readinto(view)
+    if got != rng.size:
+        raise CsvFormatError(plan.path, None, "the file changed while it was being read")
+    options = plan.options
+    skipped: list[int] = []
+
+    def skip(row: Any) -> str:
+        skipped.append(row.number)
+        return "skip"
+
+    handler = skip if options.bad_rows == "skip" else None
+    types = {f.name: f.type for f in plan.schema}
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(pa.py_buffer(view)),
+            read_options=_read_options(options, plan.names),
+            parse_options=_parse_options(options, handler),
+            convert_options=_convert_options(options, plan.included, types),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        raise _locate(plan, rng, bytes(view), exc) from None
+    data = RangeData(table, len(skipped))
+    if skipped:
+        lines = _record_lines(plan, rng, bytes(view), skipped[:MAX_REPORTED_LINES])
+        data.skipped_lines = lines
+    return data
+
+
+_ROW = re.compile(r"Row #(\d+)")
+_COLUMN = re.compile(r"In CSV column #(\d+)")
+_COLUMNS = re.compile(r"Expected (\d+) columns, got (\d+): (.*)", re.DOTALL)
+_CONVERSION = re.compile(r"CSV conversion error to (\S+): (.*)")
+
+
+def _locate(plan: CsvPlan, rng: CsvRange, data: bytes, exc: Exception) -> CsvFormatError:
+    """Turn a pyarrow error about a range into one that names the file, line and column."""
+    text = str(exc)
+    row = _ROW.search(text)
+    line = _record_lines(plan, rng, data, [int(row.group(1))])[0] if row else None
+    column_match = _COLUMN.search(text)
+    column = plan.names[int(column_match.group(1))] if column_match else None
+    columns = _COLUMNS.search(text)
+    if columns:
+        expected, got, snippet = columns.groups()
+        reason = f"expected {expected} fields, found {got}: {snippet[:80]}"
+        hint = " (pass bad_rows='skip' / --skip-bad-rows to skip such rows)"
+        return CsvFormatError(plan.path, line, reason + hint)
+    conversion = _CONVERSION.search(text)
+    if conversion:
+        kind, detail = conversion.groups()
+        if "invalid UTF8" in detail:
+            reason = (
+                f"bytes that are not valid {plan.options.encoding} "
+                "(pass encoding=... / --encoding if the file uses another one)"
+            )
+        else:
+            reason = (
+                f"{detail} does not fit the column's type {kind} (inferred from the first rows; "
+                "pass column_types / --type COL=TYPE to choose another)"
+            )
+        return CsvFormatError(plan.path, line, reason, column)
+    if isinstance(exc, UnicodeDecodeError):
+        line = line_of(plan.path, rng.start) + data[: exc.start].count(b"\n")
+        return CsvFormatError(plan.path, line, f"cannot decode as {plan.options.encoding}: {exc}")
+    return CsvFormatError(plan.path, line or line_of(plan.path, rng.start), text)
+
+
+def _record_lines(plan: CsvPlan, rng: CsvRange, data: bytes, rows: list[int]) -> list[int]:
+    """Physical line numbers of 1-based record numbers ``rows`` within a range's bytes."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(array == NEWLINE)
+    quote = plan.options.quote_byte
+    if quote is not None:
+        quotes_before = np.searchsorted(np.flatnonzero(array == quote), newlines)
+        record_ends = newlines[(quotes_before & 1) == 0]
+    else:
+        record_ends = newlines
+    first_line = line_of(plan.path, rng.start)
+    lines = []
+    for row in rows:
+        start = 0 if row <= 1 else int(record_ends[min(row - 2, len(record_ends) - 1)]) + 1
+        lines.append(first_line + int(np.count_nonzero(newlines < start)))
+    return lines

@@ -1,0 +1,183 @@
+"""Split a CSV file into byte ranges that start and end on real record boundaries.
+
+A newline inside a quoted field is not a record boundary, so a naive split at "the next newline"
+silently creates phantom rows. Whether a position is inside quotes depends on every quote before
+it (RFC 4180 escapes a quote by doubling it, which keeps the count's parity right). So:
+
+1. the quote bytes of each block of ``chunk_bytes`` are counted (in parallel, by the workers);
+2. a prefix sum of those counts gives the quote state at every block start, and from there the
+   next newline outside quotes is usually a few bytes away: it starts the range. The ranges are
+   ``[boundary_k, boundary_k+1)``; a block that starts inside a quoted field longer than itself
+   simply joins the range before it.
+
+Counting runs with numpy over cache-sized steps (~10 GB/s), far faster than parsing, so the scan
+costs a few percent of a parse. An odd total means an unterminated quote: an error names its line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "BlockScan",
+    "CsvRange",
+    "ends_inside_quotes",
+    "line_of",
+    "plan_ranges",
+    "scan_block",
+    "unterminated_record",
+]
+
+NEWLINE = 10
+STEP = 1 << 18  # bytes per numpy step: fits in cache, which is what makes counting fast
+WINDOW = 1 << 16  # bytes read at a time while looking for a boundary
+
+
+@dataclass(frozen=True)
+class CsvRange:
+    """Bytes ``start..end-1`` of a file hold whole records; ``index`` is its place in the file."""
+
+    index: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class BlockScan:
+    """What phase 1 learns about one block: how many quote bytes it holds."""
+
+    start: int
+    end: int
+    quotes: int
+
+
+def count_byte(handle: object, start: int, end: int, byte: int) -> int:
+    """How many times ``byte`` occurs in ``start..end-1`` of an open binary file."""
+    buffer = bytearray(min(STEP * 16, max(end - start, 1)))
+    view = memoryview(buffer)
+    array = np.frombuffer(buffer, dtype=np.uint8)
+    total = 0
+    position = start
+    handle.seek(start)  # type: ignore[attr-defined]
+    while position < end:
+        got = handle.readinto(view[: min(len(buffer), end - position)])  # type: ignore[attr-defined]
+        if not got:
+            break
+        for offset in range(0, got, STEP):
+            total += int(np.count_nonzero(array[offset : min(offset + STEP, got)] == byte))
+        position += got
+    return total
+
+
+def first_record_start(handle: object, position: int, inside: bool, quote: int | None) -> int:
+    """The offset just after the first newline at or after ``position`` that is outside quotes,
+    given the quote state before ``position``; the file's size when there is none."""
+    handle.seek(position)  # type: ignore[attr-defined]
+    while True:
+        window = handle.read(WINDOW)  # type: ignore[attr-defined]
+        if not window:
+            return position
+        data = np.frombuffer(window, dtype=np.uint8)
+        newlines = np.flatnonzero(data == NEWLINE)
+        if quote is None:
+            if newlines.size:
+                return position + int(newlines[0]) + 1
+            position += len(window)
+            continue
+        quotes = np.flatnonzero(data == quote)
+        if newlines.size:
+            before = np.searchsorted(quotes, newlines)  # quotes before each newline
+            outside = ((before + int(inside)) & 1) == 0
+            hits = np.flatnonzero(outside)
+            if hits.size:
+                return position + int(newlines[hits[0]]) + 1
+        inside ^= bool(quotes.size & 1)
+        position += len(window)
+
+
+def scan_block(path: str, start: int, end: int, quote: int | None) -> BlockScan:
+    """Phase 1 for one block (in a worker): count its quote bytes."""
+    if quote is None:
+        return BlockScan(start, end, 0)
+    with open(path, "rb", buffering=0) as handle:
+        return BlockScan(start, end, count_byte(handle, start, end, quote))
+
+
+def blocks(data_start: int, size: int, chunk_bytes: int) -> list[tuple[int, int]]:
+    """The nominal blocks ``[start, end)`` covering the data part of a file."""
+    edges = [*list(range(data_start, size, chunk_bytes)), size]
+    return list(itertools.pairwise(edges))
+
+
+def plan_ranges(
+    path: str, data_start: int, size: int, scans: list[BlockScan], quote: int | None
+) -> list[CsvRange]:
+    """Turn ordered block scans into record-aligned ranges covering ``data_start..size``.
+
+    ``data_start`` is a record start, so it is outside quotes; the quote state at each later block
+    start is the parity of the quotes counted in the blocks before it.
+    """
+    starts = [data_start]
+    quotes = 0
+    with open(path, "rb", buffering=0) as handle:
+        for previous, scan in itertools.pairwise(scans):
+            quotes += previous.quotes
+            starts.append(first_record_start(handle, scan.start, bool(quotes & 1), quote))
+    starts.append(size)
+    ranges: list[CsvRange] = []
+    for left, right in itertools.pairwise(starts):
+        left = max(left, ranges[-1].end if ranges else data_start)
+        if right > left:
+            ranges.append(CsvRange(len(ranges), left, right))
+    return ranges
+
+
+def ends_inside_quotes(scans: list[BlockScan]) -> bool:
+    """True when the data holds an odd number of quotes: a quoted field is never closed."""
+    return sum(scan.quotes for scan in scans) % 2 == 1
+
+
+def unterminated_record(path: str, data_start: int, quote: int) -> int:
+    """The offset of the record whose quoted field never closes (only called when one doesn't).
+
+    Walks the file once: the field opened at the last quote that left the quote state odd, and
+    its record starts after the last newline seen outside quotes before that quote.
+    """
+    record = data_start
+    inside = False
+    opened_record = data_start
+    position = data_start
+    with open(path, "rb", buffering=0) as handle:
+        handle.seek(data_start)
+        while True:
+            window = handle.read(WINDOW)
+            if not window:
+                return opened_record
+            data = np.frombuffer(window, dtype=np.uint8)
+            marks = np.flatnonzero((data == quote) | (data == NEWLINE))
+            for offset in marks.tolist():
+                if data[offset] == quote:
+                    if not inside:
+                        opened_record = record
+                    inside = not inside
+                elif not inside:
+                    record = position + offset + 1
+            position += len(window)
+
+
+def line_of(path: str, offset: int) -> int:
+    """The 1-based line number (counting every newline byte) that ``offset`` is on."""
+    with open(path, "rb", buffering=0) as handle:
+        return count_byte(handle, 0, offset, NEWLINE) + 1
+
+
+def file_size(path: str) -> int:
+    return os.stat(path).st_size
