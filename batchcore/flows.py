@@ -107,6 +107,8 @@ class _IsolatedSubflow(Task):
         self.label = f"{name} sub-flow"
         self.sub = Flow(start=flow.start_node)  # the sub-flow graph, without the outer successors
         self.params = dict(flow.params)
+        outputs = flow.shared_outputs
+        self.outputs = None if outputs is None else frozenset(outputs)
         self.shared_blob = dumps_checked(
             shared,
             "shared",
@@ -122,6 +124,7 @@ class _IsolatedSubflow(Task):
             "label": self.label,
             "sub": self.sub,
             "params": self.params,
+            "outputs": self.outputs,
             "shared_blob": self.shared_blob,
         }
 
@@ -139,6 +142,8 @@ class _IsolatedSubflow(Task):
         base = self._base
         writes: dict[str, Any] = {}
         for key, value in after.items():
+            if self.outputs is not None and key not in self.outputs:
+                continue  # a scratch key: it stays in the worker
             if key not in base:
                 writes[key] = value
             elif isinstance(value, dict) and isinstance(base[key], dict):
@@ -169,8 +174,11 @@ class BatchFlow(Flow):
     as in PocketFlow. On a parallel backend each run gets its own copy of ``shared``; afterwards
     the keys each run added or changed are merged into ``shared`` in batch order (dict values key
     by key, otherwise the last run wins) and ``post`` gets one ``RunResult`` per run.
+    ``shared_outputs`` (a class attribute) names the keys to merge back; keys a run writes that
+    are not named (scratch keys such as a decoded image) then never leave the worker.
     """
 
+    shared_outputs: tuple[str, ...] | None = None
     backend: str | Backend | None = None
     workers: int | None = None
     chunksize: int | None = None

@@ -143,3 +143,15 @@ def test_any_backend_merges_like_sequential(name: str, keys: list[str]) -> None:
         return shared
 
     assert run(name) == run("sequential")
+
+
+def test_shared_outputs_keeps_scratch_keys_in_the_worker(parallel_backend: str) -> None:
+    class OnlyOutputs(ImageBatch):
+        shared_outputs = ("outputs",)
+
+    flow = OnlyOutputs(start=image_subflow(), backend=parallel_backend, workers=2)
+    shared: dict[str, Any] = {"images": IMAGES, "outputs": {}}
+    flow.run(shared)
+    assert shared["outputs"] == EXPECTED
+    assert "image" not in shared and "last_saved" not in shared  # scratch keys never came back
+    assert all(set(run.writes) == {"outputs"} for run in shared["post_got"])
