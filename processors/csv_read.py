@@ -254,6 +254,8 @@ def _infer_schema(
             cut = first_record_start(handle, cut, inside, quote)
         handle.seek(data_start)
         head = handle.read(cut - data_start)
+    if not head.strip():  # header only: no rows to infer from, so text unless told otherwise
+        return pa.schema([pa.field(name, types.get(name, pa.string())) for name in include])
     table = pacsv.read_csv(
         pa.BufferReader(pa.py_buffer(head)),
         read_options=_read_options(options, names),
