@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -274,12 +275,23 @@ def run_csv_stats(args: argparse.Namespace) -> int:
     if args.json:
         report = stats.as_json()
         report.update(backend=args.backend, seconds=round(seconds, 6))
-        print(json.dumps(report, allow_nan=False, default=str))
+        print(json.dumps(finite(report), allow_nan=False, default=str))
     else:
         print(format_csv_stats(stats, seconds, args.backend))
     for line in stats.skipped_lines:
         print(f"{PROG}: skipped bad row at {args.path}:{line}", file=sys.stderr)
     return EXIT_OK
+
+
+def finite(value: Any) -> Any:
+    """``value`` with infinities and NaN spelled as strings, so the output stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [finite(item) for item in value]
+    return value
 
 
 def format_csv_stats(stats: Any, seconds: float, backend: str) -> str:
@@ -351,7 +363,12 @@ def run_csv_to_parquet(args: argparse.Namespace) -> int:
         summary["schema"] = {field.name: str(field.type) for field in result["schema"]}
         print(json.dumps(summary))
     else:
-        print(f"{args.out_dir}: {result['rows']:,} rows in {result['parts']} parts")
+        line = f"{args.out_dir}: {result['rows']:,} rows in {result['parts']} parts"
+        if result["skipped_rows"]:
+            line += f"; {result['skipped_rows']:,} bad rows skipped"
+        print(line)
+    for number in result["skipped_lines"]:
+        print(f"{PROG}: skipped bad row at {args.path}:{number}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -369,6 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
         title="commands", dest="command", metavar="COMMAND", required=True
     )
     add_csv_commands(commands)
+    from .images_cli import add_images_command  # imports .cli itself, so not at the top
+
+    add_images_command(commands)
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,14 @@ def _numpy(array: pa.Array) -> np.ndarray[Any, Any]:
     Built from the buffer directly: ``Array.to_numpy`` would import pandas (a fifth of a second
     and ~40 MiB in every worker process).
     """
-    dtype = np.dtype(str(array.type))  # int64, double, ...: numpy knows Arrow's names
+    kind = (
+        "f"
+        if pa.types.is_floating(array.type)
+        else "u"
+        if pa.types.is_unsigned_integer(array.type)
+        else "i"
+    )
+    dtype = np.dtype(f"{kind}{array.type.bit_width // 8}")
     return np.frombuffer(
         array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize
     )
@@ -155,8 +162,14 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
         codes = np.where(_valid(encoded.indices), codes, size - 1)
     rows = np.bincount(codes, minlength=size)
     groups = {names[code]: GroupStats(int(rows[code])) for code in np.flatnonzero(rows)}
+    present_codes = np.flatnonzero(rows)
     for name in sums:
         column = table[name].combine_chunks()
+        if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+            for code in present_codes:  # decimals: exact, one filter per group
+                chosen = pa.array(codes == code)
+                groups[names[code]].columns[name] = _column_stats(pc.filter(column, chosen))
+            continue
         values = _numpy(column)
         valid = _valid(column)
         at, kept = (codes, values) if column.null_count == 0 else (codes[valid], values[valid])
@@ -171,7 +184,7 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
             maxima = np.full(size, info.min, dtype=values.dtype)
         np.minimum.at(minima, at, kept)
         np.maximum.at(maxima, at, kept)
-        for code in np.flatnonzero(rows):
+        for code in present_codes:
             present = counts[code] > 0
             groups[names[code]].columns[name] = ColumnStats(
                 totals[code].item(),
@@ -195,6 +208,14 @@ class StatsNode(CSVBatchNode):
 
     def split(self, path: str) -> list[CsvRange]:
         ranges = super().split(path)
+        plan = self.csv_plan
+        assert plan is not None
+        untyped = [name for name in self.sums if name in plan.untyped]
+        if untyped:  # no value in the head to infer from: a summed column is a number
+            fields = [
+                pa.field(f.name, pa.float64()) if f.name in untyped else f for f in plan.schema
+            ]
+            self.csv_plan = replace(plan, schema=pa.schema(fields))
         assert self.csv_plan is not None
         for name in self.sums:
             kind = self.csv_plan.schema.field(name).type
@@ -293,6 +314,7 @@ class ParquetNode(CSVBatchNode):
             **summary,
             "out_dir": self.out_dir,
             "skipped_rows": self.csv_report.skipped,
+            "skipped_lines": list(self.csv_report.skipped_lines),
         }
         return "done"
 

@@ -169,23 +169,30 @@ class CSVBatchNode(BatchNode, _ParsesRange):
 
     def split(self, path: str) -> list[CsvRange]:
         """Plan the file (names, one schema) and cut it into ranges; call this from ``prep``."""
-        plan = make_plan(path, self.csv_options)
+        options = self.csv_options
+        quote = options.quote_byte
+        scans: list[BlockScan] = []
+
+        def count_quotes(data_start: int, size: int) -> None:
+            # Phase 1, on this node's backend: quote counts per block; an odd total is an
+            # unterminated quote, reported before anything tries to read past it.
+            spans = blocks(data_start, size, options.chunk_bytes)
+            if len(spans) <= 1 or quote is None:
+                scans.extend(scan_block(path, start, end, quote) for start, end in spans)
+            else:
+                shared: dict[str, Any] = {}
+                _ScanBlocks(path, quote, spans, resolve_settings(self).backend).run(shared)
+                scans.extend(shared["scans"])
+            if quote is not None and ends_inside_quotes(scans):
+                start = unterminated_record(path, data_start, quote)
+                raise CsvFormatError(
+                    path,
+                    line_of(path, start),
+                    "a quoted field opened in this record is never closed (unterminated quote)",
+                )
+
+        plan = make_plan(path, options, count_quotes)
         self.csv_plan = plan
-        quote = plan.options.quote_byte
-        spans = blocks(plan.data_start, plan.size, plan.options.chunk_bytes)
-        if len(spans) <= 1:
-            scans = [scan_block(plan.path, start, end, quote) for start, end in spans]
-        else:
-            shared: dict[str, Any] = {}
-            _ScanBlocks(plan.path, quote, spans, resolve_settings(self).backend).run(shared)
-            scans = shared["scans"]
-        if quote is not None and ends_inside_quotes(scans):
-            start = unterminated_record(plan.path, plan.data_start, quote)
-            raise CsvFormatError(
-                plan.path,
-                line_of(plan.path, start),
-                "a quoted field opened in this record is never closed (unterminated quote)",
-            )
         ranges = plan_ranges(plan.path, plan.data_start, plan.size, scans, quote)
         self.csv_report.reset(plan.path, plan.size, len(ranges))
         return ranges

@@ -14,7 +14,7 @@ import io
 import os
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,7 @@ class CsvOptions:
             value = getattr(self, name)
             if value is None and name == "quote_char":
                 continue
-            if not isinstance(value, str) or len(value.encode("ascii", "replace")) != 1:
+            if not isinstance(value, str) or len(value) != 1 or not value.isascii():
                 raise ValueError(f"{name} must be one ASCII character, got {value!r}")
             if value in "\r\n":
                 raise ValueError(f"{name} cannot be a line break, got {value!r}")
@@ -89,7 +89,7 @@ class CsvOptions:
             codecs.lookup(self.encoding)
         except LookupError:
             raise ValueError(f"unknown encoding {self.encoding!r}") from None
-        if '\n",;|\t'.encode(self.encoding) != b'\n",;|\t':
+        if '\n",;|\t'.encode(self.encoding).removeprefix(BOM) != b'\n",;|\t':
             raise ValueError(
                 f"encoding {self.encoding!r} is not ASCII-compatible; only encodings that write "
                 "newlines, quotes and delimiters as single ASCII bytes can be split in parallel"
@@ -124,6 +124,7 @@ class CsvPlan:
     names: tuple[str, ...]
     schema: pa.Schema
     options: CsvOptions
+    untyped: frozenset[str] = frozenset()  # columns typed by default: the head had no value
 
     @property
     def included(self) -> list[str]:
@@ -159,8 +160,9 @@ def _convert_options(
     options: CsvOptions, include: Sequence[str], types: Mapping[str, pa.DataType]
 ) -> pacsv.ConvertOptions:
     kwargs: dict[str, Any] = {"include_columns": list(include), "column_types": dict(types)}
-    if options.null_values is not None:
+    if options.null_values is not None:  # the user's list means missing in text columns too
         kwargs["null_values"] = list(options.null_values)
+        kwargs["strings_can_be_null"] = True
     return pacsv.ConvertOptions(**kwargs)
 
 
@@ -184,10 +186,14 @@ def _first_record_fields(data: bytes, options: CsvOptions) -> list[str]:
     return next(reader, [])
 
 
-def make_plan(path: str, options: CsvOptions) -> CsvPlan:
+def make_plan(
+    path: str, options: CsvOptions, check_data: Callable[[int, int], None] | None = None
+) -> CsvPlan:
     """Read the header and the head of ``path``; settle the column names and one schema.
 
-    Raises ``FileNotFoundError`` for a missing file, ``CsvFormatError`` for an empty file or a bad
+    ``check_data(data_start, size)`` runs between the two (the CSV node counts quotes there, so
+    an unterminated quote is reported before inference tries to read past it). Raises
+    ``FileNotFoundError`` for a missing file, ``CsvFormatError`` for an empty file or a bad
     header, ``UnknownColumnError`` for a requested column that is not there.
     """
     path = os.fspath(path)
@@ -228,8 +234,20 @@ def make_plan(path: str, options: CsvOptions) -> CsvPlan:
             if names
             else f"{path} has no column {missing[0]!r}: the file has no columns"
         )
-    schema = _infer_schema(path, options, names, include, types, data_start, size)
-    return CsvPlan(path, size, data_start, tuple(names), schema, options)
+    if check_data is not None:
+        check_data(data_start, size)
+    schema, untyped = _infer_schema(path, options, names, include, types, data_start, size)
+    return CsvPlan(path, size, data_start, tuple(names), schema, options, untyped)
+
+
+def _last_record_end(data: bytes, quote: int | None) -> int:
+    """Offset just after the last newline of ``data`` that is outside quotes (0 if none)."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(array == NEWLINE)
+    if quote is not None and newlines.size:
+        quotes_before = np.searchsorted(np.flatnonzero(array == quote), newlines)
+        newlines = newlines[(quotes_before & 1) == 0]
+    return int(newlines[-1]) + 1 if newlines.size else 0
 
 
 def _infer_schema(
@@ -240,35 +258,52 @@ def _infer_schema(
     types: Mapping[str, pa.DataType],
     data_start: int,
     size: int,
-) -> pa.Schema:
+) -> tuple[pa.Schema, frozenset[str]]:
     """Types of the included columns: the user's, else pyarrow's guess from the head, widened so
-    that later chunks cannot silently get another type (binary and null become string)."""
+    that later chunks cannot silently get another type (binary and null become string).
+
+    Also returns the columns whose type is only a default because the head holds no value.
+    """
+    if not include:
+        return pa.schema([]), frozenset()
     quote = options.quote_byte
     with open(path, "rb", buffering=0) as handle:
-        cut = min(size, data_start + options.infer_bytes)
-        if cut < size:
-            # cut at a record start: the head is short, so count its quotes to know the state
-            handle.seek(data_start)
-            head = handle.read(cut - data_start)
-            inside = quote is not None and head.count(bytes([quote])) % 2 == 1
-            cut = first_record_start(handle, cut, inside, quote)
         handle.seek(data_start)
-        head = handle.read(cut - data_start)
+        head = handle.read(min(size - data_start, options.infer_bytes))
+        if data_start + len(head) < size:
+            # End the head on a record boundary; a single record longer than the head (or a
+            # quote that never closes) means reading on to the next boundary.
+            end = _last_record_end(head, quote)
+            if end == 0:
+                end = first_record_start(handle, data_start, False, quote) - data_start
+                handle.seek(data_start)
+                head = handle.read(end)
+            head = head[:end]
     if not head.strip():  # header only: no rows to infer from, so text unless told otherwise
-        return pa.schema([pa.field(name, types.get(name, pa.string())) for name in include])
-    table = pacsv.read_csv(
-        pa.BufferReader(pa.py_buffer(head)),
-        read_options=_read_options(options, names),
-        parse_options=_parse_options(options, handler=lambda row: "skip"),
-        convert_options=_convert_options(options, include, types),
-    )
+        schema = pa.schema([pa.field(name, types.get(name, pa.string())) for name in include])
+        return schema, frozenset(name for name in include if name not in types)
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(pa.py_buffer(head)),
+            read_options=_read_options(options, names),
+            parse_options=_parse_options(options, handler=lambda row: "skip"),
+            convert_options=_convert_options(options, include, types),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
+        provisional = CsvPlan(path, size, data_start, tuple(names), pa.schema([]), options)
+        raise _locate(
+            provisional, CsvRange(0, data_start, data_start + len(head)), head, exc
+        ) from None
     fields = []
+    untyped = set()
     for name in include:
         kind = types.get(name) or table.schema.field(name).type
+        if pa.types.is_null(kind):
+            untyped.add(name)
         if pa.types.is_binary(kind) or pa.types.is_null(kind):
             kind = pa.string()
         fields.append(pa.field(name, kind))
-    return pa.schema(fields)
+    return pa.schema(fields), frozenset(untyped)
 
 
 # --- workers ---------------------------------------------------------------------------------
@@ -300,16 +335,22 @@ def read_range(plan: CsvPlan, rng: CsvRange) -> RangeData:
         return "skip"
 
     handler = skip if options.bad_rows == "skip" else None
+    include = plan.included
     types = {f.name: f.type for f in plan.schema}
+    if not include and plan.names:
+        # pyarrow reads every column when asked for none; ask for one as text, then drop it
+        include, types = [plan.names[0]], {plan.names[0]: pa.string()}
     try:
         table = pacsv.read_csv(
             pa.BufferReader(pa.py_buffer(view)),
             read_options=_read_options(options, plan.names),
             parse_options=_parse_options(options, handler),
-            convert_options=_convert_options(options, plan.included, types),
+            convert_options=_convert_options(options, include, types),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
         raise _locate(plan, rng, bytes(view), exc) from None
+    if not plan.included:
+        table = table.select([])  # no columns, but the row count stays
     data = RangeData(table, len(skipped))
     if skipped:
         lines = _record_lines(plan, rng, bytes(view), skipped[:MAX_REPORTED_LINES])
@@ -351,13 +392,24 @@ def _locate(plan: CsvPlan, rng: CsvRange, data: bytes, exc: Exception) -> CsvFor
             )
         return CsvFormatError(plan.path, line, reason, column)
     if isinstance(exc, UnicodeDecodeError):
-        line = line_of(plan.path, rng.start) + data[: exc.start].count(b"\n")
-        return CsvFormatError(plan.path, line, f"cannot decode as {plan.options.encoding}: {exc}")
+        # pyarrow transcodes piece by piece, so exc.start is not an offset into the range
+        try:
+            data.decode(plan.options.encoding)
+            offset = 0
+        except UnicodeDecodeError as located:
+            offset = located.start
+        line = line_of(plan.path, rng.start) + data[:offset].count(b"\n")
+        return CsvFormatError(
+            plan.path, line, f"bytes that are not valid {plan.options.encoding}: {exc.reason}"
+        )
     return CsvFormatError(plan.path, line or line_of(plan.path, rng.start), text)
 
 
 def _record_lines(plan: CsvPlan, rng: CsvRange, data: bytes, rows: list[int]) -> list[int]:
-    """Physical line numbers of 1-based record numbers ``rows`` within a range's bytes."""
+    """Physical line numbers of 1-based record numbers ``rows`` within a range's bytes.
+
+    pyarrow numbers records without counting empty lines, so neither do we.
+    """
     array = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(array == NEWLINE)
     quote = plan.options.quote_byte
@@ -366,9 +418,15 @@ def _record_lines(plan: CsvPlan, rng: CsvRange, data: bytes, rows: list[int]) ->
         record_ends = newlines[(quotes_before & 1) == 0]
     else:
         record_ends = newlines
+    starts = np.concatenate(([0], record_ends + 1))
+    ends = np.concatenate((record_ends + 1, [len(array)]))
+    length = ends - starts
+    first_byte = array[np.minimum(starts, max(len(array) - 1, 0))] if len(array) else starts
+    empty = (length == 0) | (length == 1) | ((length == 2) & (first_byte == 13))
+    records = starts[~empty]
     first_line = line_of(plan.path, rng.start)
     lines = []
     for row in rows:
-        start = 0 if row <= 1 else int(record_ends[min(row - 2, len(record_ends) - 1)]) + 1
+        start = int(records[min(row - 1, len(records) - 1)]) if len(records) else 0
         lines.append(first_line + int(np.count_nonzero(newlines < start)))
     return lines

@@ -1,7 +1,8 @@
-"""The ``batchcore`` command: ``csv stats`` output, JSON shape and exit codes."""
+"""The ``batchcore`` command: ``csv stats`` and ``csv to-parquet``: output, JSON, exit codes."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -9,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
+from csv_helpers import ROOT, SALES, nulls_sales, write_bytes
 
 import batchcore
-from processors import seed_csv
-from processors.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-SALES = ROOT / "data" / "sales.csv"
+from processors import csv_jobs
+from processors.cli import byte_size, main
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -25,11 +26,11 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     return code, out, err
 
 
-def check_json(report: dict[str, Any], columns: list[str]) -> None:
-    """``report`` has the documented shape and agrees with plain pandas on data/sales.csv."""
-    assert set(report) == {"rows", "sum", "columns", "backend", "workers", "seconds"}
-    frame = pd.read_csv(SALES)
-    assert report["rows"] == len(frame) == 5000
+def check_json(report: dict[str, Any], path: Path, columns: list[str]) -> None:
+    """``report`` has the documented shape and agrees with plain pandas."""
+    assert {"rows", "sum", "columns"} <= set(report)
+    frame = pd.read_csv(path)
+    assert report["rows"] == len(frame)
     assert list(report["sum"]) == columns
     assert list(report["columns"]) == columns
     for column in columns:
@@ -41,55 +42,189 @@ def check_json(report: dict[str, Any], columns: list[str]) -> None:
         assert stats["mean"] == pytest.approx(frame[column].mean(), rel=1e-12)
         assert stats["min"] == frame[column].min()
         assert stats["max"] == frame[column].max()
-    assert isinstance(report["workers"], int) and report["workers"] >= 1
-    assert isinstance(report["seconds"], float) and report["seconds"] >= 0
+
+
+# --- csv stats -------------------------------------------------------------------------------
 
 
 def test_json_matches_pandas_on_every_backend(
     backend: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["csv", "stats", str(SALES), "--sum", "amount", "--sum", "qty"]
-    argv += ["--backend", backend, "--workers", "2", "--chunk-rows", "1500", "--json"]
+    argv += ["--backend", backend, "--workers", "2", "--chunk-bytes", "64KiB", "--json"]
     code, out, err = run(argv, capsys)
     assert (code, err) == (0, "")
-    assert out.count("\n") == 1  # exactly one JSON object on one line
+    assert out.count("\n") == 1 and out.endswith("\n")  # exactly one JSON object on one line
     report = json.loads(out)
-    check_json(report, ["amount", "qty"])
+    check_json(report, SALES, ["amount", "qty"])
+    assert report["rows"] == 5000
     assert report["backend"] == backend
-    assert report["workers"] == (1 if backend == "sequential" else 2)
+    assert "groups" not in report
+
+
+def test_json_group_by(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["csv", "stats", str(SALES), "--sum", "amount", "--group-by", "region", "--json"]
+    code, out, err = run([*argv, "--chunk-bytes", "50000"], capsys)
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    frame = pd.read_csv(SALES)
+    expected = frame.groupby("region")["amount"].agg(["size", "sum"])
+    assert set(report["groups"]) == set(expected.index)
+    for key, group in report["groups"].items():
+        assert {"rows", "sum"} <= set(group)
+        assert group["rows"] == expected.loc[key, "size"]
+        assert group["sum"]["amount"] == pytest.approx(expected.loc[key, "sum"], rel=1e-12)
+
+
+def test_json_with_nulls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = nulls_sales(tmp_path / "nulls.csv", rows=500)
+    argv = ["csv", "stats", str(path), "--sum", "amount", "--sum", "qty", "--json"]
+    code, out, _ = run([*argv, "--chunk-bytes", "1KiB"], capsys)
+    assert code == 0
+    check_json(json.loads(out), path, ["amount", "qty"])
 
 
 def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run(["csv", "stats", str(SALES), "--sum", "amount", "--sum", "qty"], capsys)
+    argv = ["csv", "stats", str(SALES), "--sum", "amount", "--sum", "qty"]
+    code, out, err = run(argv, capsys)
     assert (code, err) == (0, "")
     lines = out.splitlines()
-    assert lines[0] == "rows: 5000"
-    assert lines[1].split() == ["column", "sum", "count", "mean", "min", "max"]
-    assert lines[2].split()[0] == "amount"
-    assert lines[3].split()[0] == "qty"
+    assert lines[0].startswith(f"{SALES}: 5,000 rows in ")
+    assert lines[0].endswith("(sequential backend)")
+    table = [line.split() for line in lines if line.strip()][1:]
+    assert table[0] == ["column", "sum", "count", "mean", "min", "max"]
+    frame = pd.read_csv(SALES)
+    amount = dict(zip(table[0], table[1], strict=True))
+    assert amount["column"] == "amount"
+    assert amount["sum"] == f"{frame['amount'].sum():,.2f}"
+    assert amount["count"] == "5,000"
+    assert amount["mean"] == f"{frame['amount'].mean():,.2f}"
+    assert amount["min"] == f"{frame['amount'].min():,.2f}"
+    assert amount["max"] == f"{frame['amount'].max():,.2f}"
+    qty = dict(zip(table[0], table[2], strict=True))
+    assert (qty["column"], qty["sum"], qty["min"], qty["max"]) == (
+        "qty",
+        f"{frame['qty'].sum():,}",
+        "1",
+        "12",
+    )
 
 
-def test_default_column_is_amount(capsys: pytest.CaptureFixture[str]) -> None:
+def test_table_output_group_by(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["csv", "stats", str(SALES), "--sum", "qty", "--group-by", "region"]
+    code, out, _ = run(argv, capsys)
+    assert code == 0
+    frame = pd.read_csv(SALES)
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["North"], ["West"])]
+    assert len(rows) == 2
+    for row in rows:
+        part = frame[frame["region"] == row[0]]
+        assert row[1:4] == [f"{len(part):,}", "qty", f"{part['qty'].sum():,}"]
+
+
+def test_stats_without_sum_columns_counts_rows(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["csv", "stats", str(SALES), "--json"], capsys)
     assert code == 0
-    assert list(json.loads(out)["sum"]) == ["amount"]
+    report = json.loads(out)
+    assert (report["rows"], report["sum"]) == (5000, {})
+
+
+def test_csv_options_reach_the_reader(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = "1;2,5;x\n3;NA;y\n".replace("2,5", "2.5")
+    path = write_bytes(tmp_path / "semi.csv", text, "latin-1")
+    argv = ["csv", "stats", str(path), "--no-header", "--delimiter", ";", "--sum", "f1"]
+    argv += ["--null", "NA", "--type", "f0=float64", "--sum", "f0", "--encoding", "latin-1"]
+    code, out, err = run([*argv, "--json"], capsys)
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert report["rows"] == 2
+    assert report["columns"]["f1"] == {"sum": 2.5, "count": 1, "mean": 2.5, "min": 2.5, "max": 2.5}
+    assert report["sum"]["f0"] == 4.0 and isinstance(report["sum"]["f0"], float)
 
 
 def test_progress_bar_goes_to_stderr_only_when_asked(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["csv", "stats", str(SALES), "--chunk-rows", "1000", "--json"]
+    argv = ["csv", "stats", str(SALES), "--sum", "amount", "--chunk-bytes", "50KB", "--json"]
     code, out, err = run([*argv, "--progress"], capsys)
     assert code == 0
-    assert "SalesChunkStats" in err
+    assert err != "" and "Traceback" not in err
     json.loads(out)
     code, _, err = run(argv, capsys)  # captured stderr is not a terminal: no bar by default
     assert (code, err) == (0, "")
 
 
+# --- csv to-parquet --------------------------------------------------------------------------
+
+
+def test_to_parquet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "ds"
+    argv = ["csv", "to-parquet", str(SALES), str(out_dir), "--chunk-bytes", "100KB"]
+    code, out, err = run(argv, capsys)
+    assert (code, err) == (0, "")
+    assert out == f"{out_dir}: 5,000 rows in 5 parts\n"
+    table = pq.read_table(out_dir)
+    want = pacsv.read_csv(SALES)
+    assert table.cast(want.schema).equals(want)
+    assert (out_dir / "_SUCCESS").exists()
+
+    code, out, err = run(argv, capsys)  # again, into the dataset it just wrote
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "--overwrite" in err and str(out_dir) in err
+    assert len(list(out_dir.glob("part-*.parquet"))) == 5
+
+    argv[-1] = "200KB"
+    code, out, err = run([*argv, "--overwrite", "--json", "--columns", "order_id,amount"], capsys)
+    assert (code, err) == (0, "")
+    summary = json.loads(out)
+    assert (summary["rows"], summary["parts"]) == (5000, 3)
+    assert summary["schema"] == {"order_id": "int64", "amount": "double"}
+    assert len(list(out_dir.glob("part-*.parquet"))) == 3
+    assert pq.read_table(out_dir).column_names == ["order_id", "amount"]
+
+
+# --- errors and exit codes -------------------------------------------------------------------
+
+
+def test_ragged_row_exits_1_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_bytes(tmp_path / "ragged.csv", "amount,qty\n1,2\n3,4,5\n6,7\n")
+    for command in (
+        ["stats", str(path), "--sum", "amount"],
+        ["to-parquet", str(path), str(tmp_path / "o")],
+    ):
+        code, out, err = run(["csv", *command], capsys)
+        assert (code, out) == (1, "")
+        assert err.count("\n") == 1
+        assert err.startswith(f"batchcore: error: {path}:3: ")
+        assert "Traceback" not in err
+
+
+def test_skip_bad_rows_reports_each_skipped_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_bytes(tmp_path / "ragged.csv", "amount,qty\n1,2\n3,4,5\n6,7\n8\n")
+    argv = ["csv", "stats", str(path), "--sum", "amount", "--skip-bad-rows", "--json"]
+    code, out, err = run(argv, capsys)
+    assert code == 0
+    report = json.loads(out)
+    assert (report["rows"], report["skipped_rows"], report["sum"]) == (2, 2, {"amount": 7})
+    assert err.splitlines() == [
+        f"batchcore: skipped bad row at {path}:3",
+        f"batchcore: skipped bad row at {path}:5",
+    ]
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["csv", "stats", "missing.csv"], "missing.csv: no such CSV file"),
-        (["csv", "stats", str(SALES), "--sum", "amout"], "no column 'amout'; available columns"),
+        (["csv", "stats", "missing.csv"], "missing.csv: No such file or directory"),
+        (["csv", "stats", str(SALES), "--sum", "amout"], "no column 'amout'; its columns are"),
+        (["csv", "stats", str(SALES), "--group-by", "regio"], "no column 'regio'"),
+        (["csv", "stats", str(SALES), "--type", "qty=int65"], "unknown type 'int65'"),
+        (["csv", "stats", str(SALES), "--type", "nope=int64"], "no column 'nope'"),
+        (["csv", "stats", str(SALES), "--encoding", "utf-16"], "not ASCII-compatible"),
+        (["csv", "stats", str(SALES), "--delimiter", ";;"], "delimiter"),
+        (["csv", "to-parquet", "missing.csv", "out"], "missing.csv: No such file or directory"),
     ],
 )
 def test_usage_errors_are_one_line_and_exit_2(
@@ -109,9 +244,16 @@ def test_usage_errors_are_one_line_and_exit_2(
         [],
         ["csv"],
         ["csv", "stats"],
+        ["csv", "to-parquet", str(SALES)],
         ["csv", "stats", str(SALES), "--backend", "nope"],
         ["csv", "stats", str(SALES), "--workers", "0"],
-        ["csv", "stats", str(SALES), "--chunk-rows", "many"],
+        ["csv", "stats", str(SALES), "--chunk-bytes", "many"],
+        ["csv", "stats", str(SALES), "--chunk-bytes", "0"],
+        ["csv", "stats", str(SALES), "--chunk-bytes", "-5MB"],
+        ["csv", "stats", str(SALES), "--chunk-bytes", "32PB"],
+        ["csv", "stats", str(SALES), "--type", "qty"],
+        ["csv", "stats", str(SALES), "--type", "=int64"],
+        ["csv", "stats", str(SALES), "--chunk-rows", "1000"],
         ["csv", "frobnicate"],
     ],
 )
@@ -121,6 +263,30 @@ def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str
     assert out == ""
     assert "usage: batchcore" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("33554432", 32 << 20),
+        ("32MiB", 32 << 20),
+        ("32mib", 32 << 20),
+        ("50MB", 50 * 10**6),
+        ("64KiB", 64 << 10),
+        ("1.5KiB", 1536),
+        ("2GiB", 2 << 30),
+        ("100B", 100),
+        ("1", 1),
+    ],
+)
+def test_chunk_bytes_sizes(text: str, size: int) -> None:
+    assert byte_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "0", "0.4", "-1", "1e6", "12 parsecs", "32TB"])
+def test_chunk_bytes_rejects_nonsense(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        byte_size(text)
 
 
 def test_non_numeric_column_exits_1_naming_file_and_column(
@@ -134,13 +300,64 @@ def test_non_numeric_column_exits_1_naming_file_and_column(
     assert "'region'" in err
 
 
-def test_malformed_csv_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = tmp_path / "ragged.csv"
-    path.write_text("amount,qty\n1,2\n3,4,5\n")
-    code, _, err = run(["csv", "stats", str(path)], capsys)
-    assert code == 1
-    assert err.count("\n") == 1
-    assert "ragged.csv: malformed CSV" in err
+def test_bad_value_past_the_head_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = ["qty"] + [str(i % 9) for i in range(700_000)]
+    lines[650_000] = "oops"  # past the first MiB, which the types are inferred from
+    path = write_bytes(tmp_path / "late.csv", "\n".join(lines) + "\n")
+    code, out, err = run(["csv", "stats", str(path), "--sum", "qty"], capsys)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"batchcore: error: {path}:650001: column 'qty': ")
+    code, out, _ = run(["csv", "stats", str(path), "--type", "qty=string", "--json"], capsys)
+    assert code == 0 and json.loads(out)["rows"] == 700_000
+
+
+def test_header_only_file_has_zero_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_bytes(tmp_path / "header.csv", "amount,qty\n")
+    code, out, err = run(["csv", "stats", str(path), "--sum", "amount", "--json"], capsys)
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert (report["rows"], report["sum"]) == (0, {"amount": 0})
+
+
+def test_json_stays_strict_json_with_infinite_values(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``inf`` parses as a float: --json must still print one valid JSON object (or fail with
+    one line), never a traceback."""
+    path = write_bytes(tmp_path / "inf.csv", "amount\n1.5\ninf\n")
+
+    def strict(name: str) -> None:
+        raise ValueError(f"not JSON: {name}")
+
+    code, out, err = run(["csv", "stats", str(path), "--sum", "amount", "--json"], capsys)
+    if code == 0:
+        assert json.loads(out, parse_constant=strict)["rows"] == 2
+    else:
+        assert (code, out, err.count("\n")) == (1, "", 1)
+
+
+def test_a_user_type_the_head_does_not_fit_exits_1_with_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_bytes(tmp_path / "t.csv", "a,b\n1,2\n3,oops\n")
+    code, out, err = run(["csv", "stats", str(path), "--type", "b=int64", "--sum", "b"], capsys)
+    assert (code, out) == (1, "")
+    assert err.startswith(f"batchcore: error: {path}:3: column 'b': ")
+
+
+def test_to_parquet_reports_skipped_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Skipping is never silent: the human summary (or stderr) says rows were skipped."""
+    path = write_bytes(tmp_path / "ragged.csv", "a,b\n1,2\n1,2,3\n4,5\n")
+    argv = ["csv", "to-parquet", str(path), str(tmp_path / "ds"), "--skip-bad-rows"]
+    code, out, err = run(argv, capsys)
+    assert code == 0
+    assert pq.read_table(tmp_path / "ds").num_rows == 2
+    assert "skipped" in out + err
+    assert f"{path}:3" in out + err
 
 
 def test_interrupt_exits_130(
@@ -149,8 +366,8 @@ def test_interrupt_exits_130(
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(seed_csv, "run_sales_stats", interrupted)
-    code, out, err = run(["csv", "stats", str(SALES)], capsys)
+    monkeypatch.setattr(csv_jobs, "csv_stats", interrupted)
+    code, out, err = run(["csv", "stats", str(SALES), "--sum", "amount"], capsys)
     assert code == 130
     assert out == ""
     assert err == "batchcore: interrupted\n"
@@ -166,15 +383,23 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     for backend in batchcore.available_backends():
         assert backend in out
+    for option in ("--sum", "--group-by", "--chunk-bytes", "--json", "--workers"):
+        assert option in out
+    code, out, _ = run(["csv", "to-parquet", "--help"], capsys)
+    assert code == 0 and "--overwrite" in out
 
 
-def test_help_does_not_import_pandas() -> None:
+# --- real processes (two) --------------------------------------------------------------------
+
+
+def test_help_does_not_import_pandas_or_pyarrow() -> None:
     code = (
         "import sys\n"
         "from processors.cli import main\n"
         "assert main(['--help']) == 0\n"
         "assert main(['csv', 'stats', '--help']) == 0\n"
-        "sys.exit(3 if 'pandas' in sys.modules else 0)\n"
+        "heavy = [name for name in ('pandas', 'pyarrow') if name in sys.modules]\n"
+        "sys.exit(f'imported {heavy}' if heavy else 0)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
@@ -183,7 +408,8 @@ def test_help_does_not_import_pandas() -> None:
 
 
 def test_real_process_run_through_python_m_processors() -> None:
-    argv = ["csv", "stats", "data/sales.csv", "--backend", "process", "--workers", "2", "--json"]
+    argv = ["csv", "stats", "data/sales.csv", "--sum", "amount", "--group-by", "region"]
+    argv += ["--backend", "process", "--workers", "2", "--chunk-bytes", "64KiB", "--json"]
     result = subprocess.run(
         [sys.executable, "-m", "processors", *argv],
         cwd=ROOT,
@@ -195,5 +421,6 @@ def test_real_process_run_through_python_m_processors() -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     report = json.loads(result.stdout)
-    check_json(report, ["amount"])
-    assert (report["backend"], report["workers"]) == ("process", 2)
+    check_json(report, SALES, ["amount"])
+    assert report["backend"] == "process"
+    assert sum(group["rows"] for group in report["groups"].values()) == 5000

@@ -56,6 +56,7 @@ class Job:
     crashes: int = 0
     payload: Any = None
     payload_size: int = 0
+    cancelled: bool = False  # queued behind a worker's current job when the run stopped
 
 
 @dataclass(eq=False)
@@ -98,6 +99,7 @@ class Pool:
     workers: list[Any]
     kind: str = "worker"
     closed: bool = False
+    can_kill: bool = True  # False for threads: a running item can only be waited for
 
     def begin(self, task: Task) -> None:
         """Prepare to run ``task`` (a process pool pickles it here, once per batch)."""
@@ -237,7 +239,7 @@ class _Run:
                     self.next_start = chunk.start + len(chunk.items)
                     yield chunk
                     if self.fail_fast and chunk.failures:
-                        self.pool.end(clean=False)
+                        self.stop_early()
                         return
                 if self.exhausted and self.outstanding == 0:
                     self.pool.end(clean=True)
@@ -252,11 +254,27 @@ class _Run:
                         self.on_died(event)
                 self.check_timeouts()
         except (Exception, GeneratorExit):
-            self.pool.end(clean=False)
+            self.stop_early()
             raise
         except BaseException:  # Ctrl-C, SystemExit: no worker may outlive this
             self.pool.close(kill=True)
             raise
+
+    def stop_early(self) -> None:
+        """The run ends before its items do: stop what is still running for it.
+
+        Processes are killed. Threads cannot be: their queued jobs are cancelled and their
+        running items (still subject to ``timeout``) are waited for, so nothing of this batch
+        runs, or writes, after the caller sees the error.
+        """
+        if not self.pool.can_kill:
+            for worker in self.pool.busy_workers():
+                for job in list(worker.jobs)[1:]:
+                    job.cancelled = True
+            while self.pool.busy_workers():
+                self.pool.wait(0.05)
+                self.check_timeouts()
+        self.pool.end(clean=False)
 
     def wait_time(self) -> float | None:
         deadlines: list[float] = []

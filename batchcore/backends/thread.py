@@ -12,7 +12,7 @@ import queue
 import threading
 from itertools import count
 
-from ..tasks import Slot, Task, run_chunk
+from ..tasks import Chunk, Slot, Task, run_chunk
 from . import mark_worker
 from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState
 
@@ -37,6 +37,9 @@ class ThreadWorker(WorkerState):
                 if message is None or self.abandoned:
                     return
                 job, task, fail_fast, track_time = message
+                if job.cancelled:
+                    self.events.put(Done(self, job, Chunk(job.start, job.items, [])))
+                    continue
                 try:
                     chunk = run_chunk(
                         task,
@@ -59,6 +62,7 @@ class ThreadPool(Pool):
     """``size`` thread workers and one queue of events back to the scheduler."""
 
     kind = "thread"
+    can_kill = False
 
     def __init__(self, size: int) -> None:
         self.size = size

@@ -1,0 +1,118 @@
+"""Bounded memory on a ~100 MB file: the peak RSS of the whole process tree (the job's process and
+its workers) is sampled from outside, every 20 ms, and must not grow with the file's size."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from csv_helpers import MAKE_SALES, ROOT
+
+pytestmark = pytest.mark.slow
+
+MiB = 1 << 20
+BOUND = 600 * MiB  # a constant: the same for a 100 MB or a 100 GB file
+
+
+@pytest.fixture(scope="module")
+def sales_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A ~100 MB sales file made by data/make_sales.py, and its first ~25 MB (whole rows)."""
+    folder = tmp_path_factory.mktemp("memory")
+    big = folder / "sales-100mb.csv"
+    subprocess.run(
+        [sys.executable, str(MAKE_SALES), str(big), "--size", "100MB"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert big.stat().st_size >= 100 * 10**6
+    small = folder / "sales-25mb.csv"
+    with open(big, "rb") as source, open(small, "wb") as target:
+        head = source.read(25 * 10**6)
+        target.write(head[: head.rindex(b"\n") + 1])
+    return big, small
+
+
+def peak_tree_rss(code: str) -> int:
+    """Run ``code`` in a fresh interpreter; return the peak summed RSS of it and its children."""
+    proc = psutil.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    peak = 0
+    deadline = time.monotonic() + 60
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            total = 0
+            try:
+                tree = [proc, *proc.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for member in tree:
+                try:
+                    total += member.memory_info().rss
+                except psutil.NoSuchProcess:
+                    pass
+            peak = max(peak, total)
+            time.sleep(0.02)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert out.strip(), "the job printed nothing"
+    return peak
+
+
+def stats_code(path: Path) -> str:
+    return (
+        "from processors.csv_jobs import csv_stats\n"
+        f"stats = csv_stats({str(path)!r}, ['amount', 'qty'], group_by='region',"
+        " backend='process', workers=2, chunk_bytes=8 << 20)\n"
+        "print(stats.rows)\n"
+    )
+
+
+def seed_code(path: Path, backend: str) -> str:
+    return (
+        "from processors.seed_csv import sales_stats\n"
+        f"stats = sales_stats({str(path)!r}, ['amount', 'qty'], backend={backend!r},"
+        " workers=2, chunk_rows=50_000)\n"
+        "print(stats['rows'])\n"
+    )
+
+
+def test_csv_stats_on_processes_has_bounded_memory(sales_files: tuple[Path, Path]) -> None:
+    big, small = sales_files
+    peak_big = peak_tree_rss(stats_code(big))
+    peak_small = peak_tree_rss(stats_code(small))
+    report = (
+        f"peak tree RSS {peak_big / MiB:.0f} MiB on {big.stat().st_size / MiB:.0f} MiB, "
+        f"{peak_small / MiB:.0f} MiB on {small.stat().st_size / MiB:.0f} MiB"
+    )
+    assert peak_big < BOUND, report
+    # four times the data, (almost) the same memory: what is held is a few 8 MiB ranges
+    assert peak_big - peak_small < 64 * MiB, report
+
+
+def test_seed_pattern_consumes_pandas_chunks_lazily(sales_files: tuple[Path, Path]) -> None:
+    big, small = sales_files
+    size = big.stat().st_size
+    sequential_big = peak_tree_rss(seed_code(big, "sequential"))
+    sequential_small = peak_tree_rss(seed_code(small, "sequential"))
+    process_big = peak_tree_rss(seed_code(big, "process"))
+    report = (
+        f"seed pattern peak tree RSS: sequential {sequential_big / MiB:.0f} MiB "
+        f"({sequential_small / MiB:.0f} MiB on the 25 MB prefix), "
+        f"process x2 {process_big / MiB:.0f} MiB, file {size / MiB:.0f} MiB"
+    )
+    assert process_big < BOUND, report
+    # read whole, the file would take more than its own size in memory; chunked, a fraction
+    assert sequential_big < BOUND, report
+    assert sequential_big - sequential_small < size / 4, report

@@ -1,0 +1,241 @@
+"""processors.csv_split: record-aligned byte ranges found by quote parity (no parsing)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import tempfile
+from pathlib import Path
+
+import pytest
+from csv_helpers import csv_text, write_bytes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.csv_split import (
+    STEP,
+    WINDOW,
+    BlockScan,
+    CsvRange,
+    blocks,
+    ends_inside_quotes,
+    line_of,
+    plan_ranges,
+    scan_block,
+    unterminated_record,
+)
+
+QUOTE = ord('"')
+
+
+def split(
+    path: Path, data_start: int, chunk_bytes: int, quote: int | None = QUOTE
+) -> list[CsvRange]:
+    """Phase 1 and 2 exactly as CSVBatchNode.split runs them, in this process."""
+    size = path.stat().st_size
+    scans = [scan_block(str(path), a, b, quote) for a, b in blocks(data_start, size, chunk_bytes)]
+    return plan_ranges(str(path), data_start, size, scans, quote)
+
+
+def record_ends(data: bytes, start: int = 0) -> set[int]:
+    """Offsets just after every newline that is outside quotes (true record boundaries)."""
+    ends = set()
+    inside = False
+    for offset in range(start, len(data)):
+        byte = data[offset]
+        if byte == QUOTE:
+            inside = not inside
+        elif byte == 10 and not inside:
+            ends.add(offset + 1)
+    return ends
+
+
+def check_ranges(data: bytes, data_start: int, ranges: list[CsvRange]) -> None:
+    """Ranges tile ``data_start..len(data)`` in order, each one is non-empty, starts and ends on
+    a record boundary, and parses to whole records (the same records as the whole data)."""
+    size = len(data)
+    if data_start == size:
+        assert ranges == []
+        return
+    assert [r.index for r in ranges] == list(range(len(ranges)))
+    assert ranges[0].start == data_start
+    assert ranges[-1].end == size
+    for left, right in itertools.pairwise(ranges):
+        assert left.end == right.start
+    boundaries = record_ends(data, data_start) | {size}
+    for r in ranges:
+        assert r.size > 0
+        assert r.end in boundaries, (r, data[max(r.end - 5, 0) : r.end + 5])
+        assert data[r.start : r.end].count(b'"') % 2 == 0
+    whole = list(csv.reader(io.StringIO(data[data_start:].decode(), newline="")))
+    pieces = []
+    for r in ranges:
+        pieces += list(csv.reader(io.StringIO(data[r.start : r.end].decode(), newline="")))
+    assert pieces == whole
+
+
+# --- blocks and scans ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data_start", "size", "chunk", "expected"),
+    [
+        (0, 10, 4, [(0, 4), (4, 8), (8, 10)]),
+        (3, 10, 4, [(3, 7), (7, 10)]),
+        (0, 10, 10, [(0, 10)]),
+        (0, 10, 100, [(0, 10)]),
+        (5, 5, 4, []),
+        (0, 3, 1, [(0, 1), (1, 2), (2, 3)]),
+    ],
+)
+def test_blocks_cover_the_data_exactly(
+    data_start: int, size: int, chunk: int, expected: list[tuple[int, int]]
+) -> None:
+    assert blocks(data_start, size, chunk) == expected
+
+
+def test_scan_block_counts_quote_bytes(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "q.csv", b'a,"b""c"\n"x",y\n')
+    assert path.stat().st_size == 15
+    assert scan_block(str(path), 0, 15, QUOTE) == BlockScan(0, 15, 6)
+    assert scan_block(str(path), 2, 9, QUOTE).quotes == 4
+    assert scan_block(str(path), 0, 15, None) == BlockScan(0, 15, 0)
+
+
+def test_scan_block_counts_across_numpy_steps(tmp_path: Path) -> None:
+    """A block bigger than one numpy step and one read buffer counts every quote once."""
+    data = (b'"' + b"x" * 1000 + b'"\n') * (STEP * 20 // 1000)
+    path = write_bytes(tmp_path / "big.csv", data)
+    assert len(data) > STEP * 16
+    assert scan_block(str(path), 0, len(data), QUOTE).quotes == data.count(b'"')
+    assert scan_block(str(path), 7, len(data) - 3, QUOTE).quotes == data[7:-3].count(b'"')
+
+
+def test_ends_inside_quotes_is_the_parity_of_all_quotes() -> None:
+    assert not ends_inside_quotes([BlockScan(0, 1, 1), BlockScan(1, 2, 3)])
+    assert ends_inside_quotes([BlockScan(0, 1, 2), BlockScan(1, 2, 1)])
+    assert not ends_inside_quotes([])
+
+
+def test_line_of_counts_every_newline_byte(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "l.csv", b'a,b\r\n"x\ny",1\n2,3\n')
+    assert line_of(str(path), 0) == 1
+    assert line_of(str(path), 5) == 2  # just after the first CRLF
+    assert line_of(str(path), 8) == 3  # inside the quoted field, after its newline
+    assert line_of(str(path), 14) == 4
+
+
+def test_unterminated_record_finds_the_record_that_opens_the_quote(tmp_path: Path) -> None:
+    data = b'a,b\n1,"fine\nstill fine"\n2,3\n4,"never closed\n5,6\n7,8\n'
+    path = write_bytes(tmp_path / "u.csv", data)
+    offset = unterminated_record(str(path), 4, QUOTE)
+    assert offset == data.index(b'4,"never')
+    assert line_of(str(path), offset) == 5
+
+
+def test_unterminated_record_across_read_windows(tmp_path: Path) -> None:
+    head = b"a,b\n" + b"1,2\n" * (WINDOW // 2)  # the bad record starts past the first window
+    data = head + b'3,"open' + b"x" * WINDOW + b"\n4,5\n"
+    path = write_bytes(tmp_path / "u.csv", data)
+    assert unterminated_record(str(path), 4, QUOTE) == len(head)
+
+
+# --- plan_ranges -----------------------------------------------------------------------------
+
+
+def test_a_newline_inside_quotes_is_not_a_boundary(tmp_path: Path) -> None:
+    data = b'h\n"a\nb\nc\nd"\n"e\n"\nf\n'
+    path = write_bytes(tmp_path / "n.csv", data)
+    for chunk in range(1, len(data) + 2):
+        ranges = split(path, 2, chunk)
+        check_ranges(data, 2, ranges)
+        assert {r.start for r in ranges} <= {2, 12, 17}
+
+
+def test_crlf_split_between_blocks_stays_in_one_range(tmp_path: Path) -> None:
+    data = b"h\r\n1\r\n2\r\n3\r\n"
+    path = write_bytes(tmp_path / "crlf.csv", data)
+    for chunk in range(1, 6):
+        ranges = split(path, 3, chunk)
+        check_ranges(data, 3, ranges)
+        assert all(data[r.start : r.end].endswith(b"\r\n") for r in ranges)
+
+
+def test_a_quoted_field_longer_than_a_block_joins_the_range_before(tmp_path: Path) -> None:
+    long_field = b'"' + b"line\n" * 200 + b'"'
+    data = b"h,i\n1,2\n" + long_field + b",3\n4,5\n"
+    path = write_bytes(tmp_path / "long.csv", data)
+    ranges = split(path, 4, 16)
+    check_ranges(data, 4, ranges)
+    assert len(ranges) < len(blocks(4, len(data), 16))  # blocks inside the field merged away
+    assert any(long_field in data[r.start : r.end] for r in ranges)
+
+
+def test_a_quoted_field_longer_than_the_read_window(tmp_path: Path) -> None:
+    """The boundary search reads 64 KiB windows: the quote state must carry across them."""
+    field = 'say "hi"\n' * (3 * WINDOW // 9)
+    rows = [["h", "i"], ["1", "2"], [field, "3"], ["4", "5"]]
+    data = csv_text(rows).encode()
+    assert len(data) > 3 * WINDOW
+    path = write_bytes(tmp_path / "window.csv", data)
+    limit = csv.field_size_limit(len(data))  # the stdlib reader refuses such a field by default
+    try:
+        for chunk in (1000, WINDOW - 7, WINDOW + 13):
+            ranges = split(path, 4, chunk)
+            check_ranges(data, 4, ranges)
+            assert ranges[-1].start == len(data) - 4  # "4,5" after the field: its own range
+    finally:
+        csv.field_size_limit(limit)
+
+
+def test_no_quote_char_splits_at_every_newline(tmp_path: Path) -> None:
+    data = b'h\n"a\nb"\nc\n'
+    path = write_bytes(tmp_path / "nq.csv", data)
+    ranges = split(path, 2, 1, quote=None)
+    assert [(r.start, r.end) for r in ranges] == [(2, 5), (5, 8), (8, 10)]
+
+
+def test_data_without_a_final_newline_keeps_its_last_record(tmp_path: Path) -> None:
+    data = b"h\n1\n2\n3"
+    path = write_bytes(tmp_path / "nofinal.csv", data)
+    for chunk in range(1, 8):
+        ranges = split(path, 2, chunk)
+        check_ranges(data, 2, ranges)
+        assert ranges[-1].end == len(data)
+
+
+def test_header_only_gives_no_ranges(tmp_path: Path) -> None:
+    path = write_bytes(tmp_path / "h.csv", b"a,b\n")
+    assert split(path, 4, 3) == []
+
+
+def test_csv_range_size() -> None:
+    assert CsvRange(0, 10, 25).size == 15
+
+
+# --- the property ----------------------------------------------------------------------------
+
+FIELD = st.text(alphabet=st.sampled_from(list('ab ,"\n\r\xe9\u20ac')), max_size=8)
+
+
+@st.composite
+def csv_files(draw: st.DrawFn) -> bytes:
+    width = draw(st.integers(1, 4))
+    rows = draw(st.lists(st.lists(FIELD, min_size=width, max_size=width), max_size=12))
+    terminator = draw(st.sampled_from(["\n", "\r\n"]))
+    quoting = draw(st.sampled_from([csv.QUOTE_MINIMAL, csv.QUOTE_ALL]))
+    header = [f"c{i}" for i in range(width)]
+    text = csv_text([header, *rows], terminator, quoting=quoting)
+    if not draw(st.booleans()) and text.endswith(terminator):
+        text = text[: -len(terminator)]  # no final newline
+    return text.encode()
+
+
+@settings(max_examples=400)
+@given(data=csv_files(), chunk_bytes=st.integers(1, 40))
+def test_ranges_tile_the_data_and_parse_to_whole_records(data: bytes, chunk_bytes: int) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_bytes(Path(folder) / "p.csv", data)
+        data_start = min(record_ends(data) | {len(data)})  # after the header record
+        check_ranges(data, data_start, split(path, data_start, chunk_bytes))
