@@ -1,0 +1,180 @@
+"""``batchcore images SRC -o OUT -f FILTER ...``: batch image filtering on any backend.
+
+Writes ``OUT/<relative folder>/<stem>_<filter>.<ext>`` for every image under SRC and every
+``-f``. Prints one line per failed job on stderr, then a summary (or one JSON object with
+``--json``). Exit codes: 0 every job succeeded, 1 some failed (all the others were written),
+2 usage (bad filter, no images, an output path that leaves OUT...), 130 interrupted.
+Pillow is imported by the handler, not here, so ``batchcore --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import batchcore
+
+from .cli import (
+    EXIT_DATA,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    add_batch_options,
+    fail,
+    positive_int,
+    show_progress,
+)
+
+__all__ = ["add_images_command", "format_filters", "run_images_command"]
+
+# images_io.FORMATS' keys, written out so --help does not import Pillow (a test keeps them equal).
+FORMAT_CHOICES = ("bmp", "gif", "jpeg", "jpg", "png", "tif", "tiff", "webp")
+DEFAULT_QUALITY = 90  # images_io.DEFAULT_QUALITY
+DEFAULT_MAX_PIXELS = 89_478_485  # images_io.DEFAULT_MAX_PIXELS: Pillow's own default
+
+
+def quality(text: str) -> int:
+    """An argparse ``type`` for ``--quality``: a whole number from 1 to 100."""
+    value = positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be from 1 to 100, got {value}")
+    return value
+
+
+def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``batchcore images`` on the top-level subcommands."""
+    parser = commands.add_parser(
+        "images",
+        help="apply image filters to every image in a folder",
+        description=(
+            "Apply each -f filter chain to every image under SRC (recursively: jpg, jpeg, png, "
+            "webp, tif, tiff, bmp, gif; hidden files skipped), writing "
+            "OUT/<relative folder>/<stem>_<filter>.<ext>. A filter is NAME or "
+            "NAME:KEY=VALUE,KEY=VALUE; chain filters with | (one output per chain; in the file "
+            "name | becomes - and blur:radius=3 becomes blur-radius3). Each image is decoded "
+            "once for all its filters, EXIF orientation applied; outputs are written atomically."
+        ),
+    )
+    parser.add_argument("src", metavar="SRC", nargs="?", help="an image, or a folder of images")
+    parser.add_argument("-o", "--out", metavar="OUT", help="output folder (created if needed)")
+    parser.add_argument(
+        "-f",
+        "--filter",
+        dest="filters",
+        action="append",
+        default=[],
+        metavar="FILTER",
+        help="a filter or chain, e.g. grayscale, blur:radius=3, 'grayscale|blur'; repeat for more",
+    )
+    parser.add_argument(
+        "--list-filters",
+        action="store_true",
+        help="list the filters with their parameters and defaults, then exit",
+    )
+    parser.add_argument(
+        "--format",
+        dest="fmt",
+        type=lambda text: text.lower().lstrip("."),
+        choices=FORMAT_CHOICES,
+        metavar="EXT",
+        help="output format for every image (default: the input's); one of "
+        + ", ".join(FORMAT_CHOICES),
+    )
+    parser.add_argument(
+        "--quality",
+        type=quality,
+        default=DEFAULT_QUALITY,
+        metavar="Q",
+        help="JPEG and WebP quality, 1-100 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave outputs that already exist alone (resume an interrupted run)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        metavar="N",
+        help="refuse images with more pixels, as decompression bombs (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--per-job",
+        dest="grouped",
+        action="store_false",
+        help="run the seed's LoadImage -> ApplyFilter -> SaveImage flow once per job "
+        "(decodes each image once per filter) instead of once per image",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_batch_options(parser)
+    parser.set_defaults(handler=run_images_command)
+
+
+def run_images_command(args: argparse.Namespace) -> int:
+    """``batchcore images``: check, run, report; returns the exit code."""
+    from .images_filters import FilterSpecError, list_filters
+    from .images_jobs import ImagesUsageError, run_images
+
+    if args.list_filters:
+        print(format_filters(list_filters()))
+        return EXIT_OK
+    missing = [name for name, value in (("SRC", args.src), ("-o OUT", args.out)) if not value]
+    if not args.filters:
+        missing.append("-f FILTER")
+    if missing:
+        return fail(
+            f"images: missing {', '.join(missing)} (see batchcore images --help)", EXIT_USAGE
+        )
+    try:
+        summary = run_images(
+            args.src,
+            args.out,
+            args.filters,
+            backend=args.backend,
+            workers=args.workers,
+            fmt=args.fmt,
+            quality=args.quality,
+            skip_existing=args.skip_existing,
+            max_pixels=args.max_pixels,
+            progress=show_progress(args),
+            grouped=args.grouped,
+        )
+    except (FilterSpecError, ImagesUsageError) as exc:
+        return fail(str(exc), EXIT_USAGE)
+    except OSError as exc:  # SRC missing, OUT a file, an output folder that cannot be made
+        if exc.filename is None:
+            raise
+        return fail(f"{exc.filename}: {exc.strerror or exc}", EXIT_USAGE)
+    finally:
+        batchcore.shutdown()  # stop worker processes now rather than at interpreter exit
+    for result in summary.failed:
+        print(f"{PROG}: failed [{result.filter}]: {result.reason}", file=sys.stderr)
+    plural = "" if summary.workers == 1 else "s"
+    if args.json:
+        report: dict[str, Any] = summary.as_json()
+        report["out"] = args.out
+        print(json.dumps(report))
+    else:
+        print(
+            f"{args.out}: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped "
+            f"in {summary.seconds:.2f} s ({summary.jobs_per_second:.1f} jobs/s, "
+            f"{summary.backend} backend, {summary.workers} worker{plural})"
+        )
+    return EXIT_DATA if summary.failed else EXIT_OK
+
+
+def format_filters(filters: list[Any]) -> str:
+    """The ``--list-filters`` text: each filter with its parameters (defaults, types, ranges),
+    then its description on an indented line."""
+    lines = []
+    for info in filters:
+        params = ", ".join(param.describe() for param in info.params)
+        lines.append(f"{info.name}  {params}".rstrip())
+        if info.doc:
+            lines.append(f"    {info.doc.replace('``', '')}")  # reST literals, without quotes
+    lines.append("")
+    lines.append("A filter is NAME or NAME:KEY=VALUE,...; chain with |: 'grayscale|blur:radius=3'.")
+    return "\n".join(lines)

@@ -1,0 +1,545 @@
+"""The image job: every image under SRC times every filter chain, each written to
+``OUT/<relative folder>/<stem>_<chain label>.<ext>``; ``run_images`` is what the CLI runs.
+
+Two shapes run the same jobs, with pixel-identical outputs on every backend:
+
+- ``ImageJobsNode``, a ``BatchNode`` whose items are images, each with all of its jobs: the
+  image is decoded once and every chain runs on that one decode (a chain that starts with
+  ``thumbnail`` gets its own reduced-size JPEG decode, which is cheaper still);
+- ``ImageBatchFlow``, the seed's ``BatchFlow``: ``LoadImage -> ApplyFilter -> SaveImage`` once per
+  ``{input, filter}`` params dict, passing the image through ``shared["image"]`` and
+  ``shared["filtered_image"]``, which stay in the worker (``shared_outputs = ()``).
+
+Both report one ``JobResult`` per job and fail only the jobs a bad file, filter or write touches.
+``plan_images`` checks everything before any work: filter specs, the output format, output
+paths that would leave OUT, two jobs writing one file, an output that would overwrite an input.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from batchcore import (
+    BaseNode,
+    BatchFlow,
+    BatchNode,
+    Flow,
+    ItemTimeoutError,
+    Node,
+    WorkerCrashedError,
+)
+
+from .images_filters import FilterChain, FilterError, Size, parse_chain, parse_chains
+from .images_io import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_QUALITY,
+    FORMATS,
+    ImageDecodeError,
+    ImageWriteError,
+    decode_image,
+    discover_images,
+    load_image,
+    output_format,
+    remove_stale_temps,
+    save_image,
+)
+
+__all__ = [
+    "ApplyFilter",
+    "ImageBatchFlow",
+    "ImageGroup",
+    "ImageJob",
+    "ImageJobsNode",
+    "ImagesPlan",
+    "ImagesSummary",
+    "ImagesUsageError",
+    "JobResult",
+    "LoadImage",
+    "SaveImage",
+    "create_base_flow",
+    "plan_images",
+    "prepare_outputs",
+    "run_images",
+]
+
+
+class ImagesUsageError(ValueError):
+    """A job that must not start: no images, two jobs writing one file, a path leaving OUT..."""
+
+
+# --- jobs and results --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One output: ``source`` through ``chain`` into ``output`` (a Pillow ``format``)."""
+
+    source: str
+    chain: FilterChain
+    output: str
+    format: str
+
+    @property
+    def filter(self) -> str:
+        return self.chain.spec
+
+
+@dataclass(frozen=True)
+class ImageGroup:
+    """The items of ``ImageJobsNode``: one source image and all of its jobs."""
+
+    source: str
+    jobs: tuple[ImageJob, ...]
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What became of one job: ``ok``, or the ``reason`` it failed (naming the file)."""
+
+    source: str
+    filter: str
+    output: str
+    ok: bool
+    reason: str = ""
+
+    @classmethod
+    def done(cls, job: ImageJob) -> JobResult:
+        return cls(job.source, job.filter, job.output, True)
+
+    @classmethod
+    def failed(cls, job: ImageJob, reason: str) -> JobResult:
+        return cls(job.source, job.filter, job.output, False, reason)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "filter": self.filter,
+            "output": self.output,
+            "reason": self.reason,
+        }
+
+
+def group_jobs(jobs: Iterable[ImageJob]) -> list[ImageGroup]:
+    """Jobs grouped by source image, in first-seen order (jobs keep their order too)."""
+    groups: dict[str, list[ImageJob]] = {}
+    for job in jobs:
+        groups.setdefault(job.source, []).append(job)
+    return [ImageGroup(source, tuple(members)) for source, members in groups.items()]
+
+
+def failure_reason(source: str, exc: BaseException) -> str:
+    """One line for a failed job: our own errors already name the file; others get it added."""
+    if isinstance(exc, ImageDecodeError | FilterError | ImageWriteError):
+        return str(exc)
+    if isinstance(exc, WorkerCrashedError):
+        return f"{source}: the worker process crashed on this image ({exc})"
+    if isinstance(exc, ItemTimeoutError):
+        return f"{source}: timed out ({exc})"
+    return f"{source}: {type(exc).__name__}: {exc}"
+
+
+# --- the decode-once node ----------------------------------------------------------------------
+
+
+class _Decoder:
+    """Decodes of one source, made on demand and kept for its other chains: one full decode,
+    plus one reduced-size decode per thumbnail size when the source is a JPEG."""
+
+    def __init__(self, source: str, max_pixels: int | None) -> None:
+        self.source = source
+        self.max_pixels = max_pixels
+        self.jpeg: bool | None = None  # unknown until the first decode
+        self.images: dict[Size | None, Image.Image | ImageDecodeError] = {}
+
+    def image(self, draft_size: Size | None) -> Image.Image:
+        key = None if self.jpeg is False else draft_size  # only JPEG decodes at reduced size
+        if key not in self.images:
+            try:
+                image, self.jpeg = decode_image(
+                    self.source, max_pixels=self.max_pixels, draft_size=key
+                )
+                self.images[key] = image
+            except ImageDecodeError as exc:
+                self.images[key] = exc
+        found = self.images[key]
+        if isinstance(found, ImageDecodeError):
+            raise found
+        return found
+
+
+def run_job(
+    job: ImageJob, image_for: Callable[[Size | None], Image.Image], quality: int
+) -> JobResult:
+    """Decode (through ``image_for``), filter and save one job; failures become its result."""
+    try:
+        image = image_for(job.chain.draft_size)
+        result = job.chain.apply(image, job.source)
+        profile = image.info.get("icc_profile")
+        save_image(result, job.output, fmt=job.format, quality=quality, icc_profile=profile)
+    except Exception as exc:  # one bad file, filter or write fails only this job
+        return JobResult.failed(job, failure_reason(job.source, exc))
+    return JobResult.done(job)
+
+
+class ImageJobsNode(BatchNode):
+    """Runs image jobs grouped by source, so each image is decoded once for all its chains.
+
+    Items are ``ImageGroup``s; ``exec`` returns one ``JobResult`` per job and never raises for
+    a bad input, filter or write; a worker crash fails the jobs of the image it was on. ``post``
+    writes every result, in job order, to ``shared["image_results"]``.
+    """
+
+    on_error = "collect"
+    progress_unit = "job"
+
+    def __init__(
+        self,
+        jobs: Iterable[ImageJob] = (),
+        *,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        quality: int = DEFAULT_QUALITY,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.jobs = list(jobs)
+        self.max_pixels = max_pixels
+        self.quality = quality
+
+    def progress_units(self, group: ImageGroup) -> int:
+        return len(group.jobs)
+
+    def prep(self, shared: dict[str, Any]) -> list[ImageGroup]:
+        return group_jobs(self.jobs)
+
+    def exec(self, group: ImageGroup) -> list[JobResult]:
+        decoder = _Decoder(group.source, self.max_pixels)
+        return [run_job(job, decoder.image, self.quality) for job in group.jobs]
+
+    def post(
+        self, shared: dict[str, Any], prep_res: list[ImageGroup], exec_res: list[list[JobResult]]
+    ) -> str:
+        # on_error="collect": exec_res holds the groups that ran, batch_stats the ones that did
+        # not (a crashed worker, a timeout); results go back in job order either way
+        failed = {failure.index: failure.exception for failure in self.batch_stats.failures}
+        ran = iter(exec_res)
+        results: list[JobResult] = []
+        for index, group in enumerate(prep_res):
+            if index in failed:
+                reason = failure_reason(group.source, failed[index])
+                results.extend(JobResult.failed(job, reason) for job in group.jobs)
+            else:
+                results.extend(next(ran))
+        shared["image_results"] = results
+        return "default"
+
+
+# --- the seed's shape: LoadImage -> ApplyFilter -> SaveImage in a BatchFlow -------------------
+
+
+def as_chain(spec: FilterChain | str) -> FilterChain:
+    """``params["filter"]`` as a chain: already parsed, or a spec such as ``"grayscale"``."""
+    return spec if isinstance(spec, FilterChain) else parse_chain(spec)
+
+
+class LoadImage(Node):
+    """Decodes ``self.params["input"]`` (checked, upright, working mode) to ``shared["image"]``."""
+
+    def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__()
+        self.max_pixels = max_pixels
+
+    def prep(self, shared: dict[str, Any]) -> tuple[str, Size | None]:
+        return self.params["input"], as_chain(self.params["filter"]).draft_size
+
+    def exec(self, inputs: tuple[str, Size | None]) -> Image.Image:
+        path, draft_size = inputs
+        return load_image(path, max_pixels=self.max_pixels, draft_size=draft_size)
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Image.Image) -> str:
+        shared["image"] = exec_res
+        return "apply_filter"
+
+
+class ApplyFilter(Node):
+    """Runs ``self.params["filter"]`` (a chain or a spec) on ``shared["image"]``."""
+
+    def prep(self, shared: dict[str, Any]) -> tuple[Image.Image, FilterChain | str]:
+        return shared["image"], self.params["filter"]
+
+    def exec(self, inputs: tuple[Image.Image, FilterChain | str]) -> Image.Image:
+        image, spec = inputs
+        return as_chain(spec).apply(image, self.params["input"])
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Image.Image) -> str:
+        shared["filtered_image"] = exec_res
+        return "save"
+
+
+class SaveImage(Node):
+    """Writes ``shared["filtered_image"]`` to ``self.params["output"]``, atomically."""
+
+    def __init__(self, quality: int = DEFAULT_QUALITY) -> None:
+        super().__init__()
+        self.quality = quality
+
+    def prep(self, shared: dict[str, Any]) -> tuple[Image.Image, bytes | None, str, str | None]:
+        profile = shared["image"].info.get("icc_profile")
+        return shared["filtered_image"], profile, self.params["output"], self.params.get("format")
+
+    def exec(self, inputs: tuple[Image.Image, bytes | None, str, str | None]) -> str:
+        image, profile, output, fmt = inputs
+        save_image(image, output, fmt=fmt, quality=self.quality, icc_profile=profile)
+        return output
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: str) -> str:
+        return "default"
+
+
+def create_base_flow(
+    max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: int = DEFAULT_QUALITY
+) -> Flow:
+    """The seed's sub-flow for one image and one filter: load, apply the filter, save."""
+    load = LoadImage(max_pixels)
+    filter_node = ApplyFilter()
+    save = SaveImage(quality)
+    load - "apply_filter" >> filter_node
+    filter_node - "save" >> save
+    return Flow(start=load)
+
+
+class ImageBatchFlow(BatchFlow):
+    """The seed's ``ImageBatchFlow``: the sub-flow once per ``{input, filter, output, format}``.
+
+    ``start`` defaults to ``create_base_flow(max_pixels, quality)``. A failing run fails only
+    its job; ``post`` writes every result, in job order, to ``shared["image_results"]``.
+    """
+
+    shared_outputs = ()  # the decoded images are scratch keys: they never leave the worker
+    on_error = "collect"
+    progress_unit = "job"
+
+    def __init__(
+        self,
+        start: BaseNode | None = None,
+        *,
+        jobs: Iterable[ImageJob] = (),
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        quality: int = DEFAULT_QUALITY,
+        **options: Any,
+    ) -> None:
+        super().__init__(start or create_base_flow(max_pixels, quality), **options)
+        self.jobs = list(jobs)
+
+    def prep(self, shared: dict[str, Any]) -> list[dict[str, Any]]:
+        return [
+            {"input": job.source, "filter": job.chain, "output": job.output, "format": job.format}
+            for job in self.jobs
+        ]
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> str:
+        shared.pop("image", None)  # on the sequential backend the runs shared the caller's dict
+        shared.pop("filtered_image", None)
+        failed = {failure.index: failure.exception for failure in self.batch_stats.failures}
+        shared["image_results"] = [
+            JobResult.failed(job, failure_reason(job.source, failed[index]))
+            if index in failed
+            else JobResult.done(job)
+            for index, job in enumerate(self.jobs)
+        ]
+        return "default"
+
+
+# --- planning ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ImagesPlan:
+    """Every job of a run, checked; ``skipped`` are those whose output already exists."""
+
+    src: Path
+    out: Path
+    chains: list[FilterChain]
+    jobs: list[ImageJob] = field(default_factory=list)
+    skipped: list[ImageJob] = field(default_factory=list)
+
+    @property
+    def folders(self) -> list[Path]:
+        """The output folders of the plan's jobs (skipped ones included)."""
+        return sorted({Path(job.output).parent for job in [*self.jobs, *self.skipped]})
+
+
+def plan_images(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    filters: str | Iterable[str],
+    *,
+    fmt: str | None = None,
+    skip_existing: bool = False,
+) -> ImagesPlan:
+    """Every (image, chain) job with its output path, checked before any work; writes nothing.
+
+    Raises ``FilterSpecError`` (a bad filter), ``FileNotFoundError`` (no SRC),
+    ``NotADirectoryError`` (OUT is a file) or ``ImagesUsageError`` (no images; a path that
+    would leave OUT; two jobs writing one file; an output overwriting an input).
+    """
+    chains = parse_chains([filters] if isinstance(filters, str) else filters)
+    if not chains:
+        raise ImagesUsageError("no filter given")
+    ext = None if fmt is None else fmt.lower().lstrip(".")
+    if ext is not None:
+        output_format(ext)
+    src_path, out_path = Path(src), Path(out)
+    if not src_path.exists():
+        raise FileNotFoundError(2, "no such file or folder", str(src_path))
+    if out_path.exists() and not out_path.is_dir():
+        raise NotADirectoryError(20, "exists and is not a folder", str(out_path))
+    real_out = Path(os.path.realpath(out_path))
+    if src_path.is_dir() and Path(os.path.realpath(src_path)) == real_out:
+        raise ImagesUsageError(
+            f"the output folder {out_path} is the source folder; choose another one "
+            "(a folder inside it is fine: it is left out of the inputs)"
+        )
+    sources = discover_images(src_path, exclude=out_path)
+    if not sources:
+        raise ImagesUsageError(
+            f"{src_path}: no images found (looked for {', '.join(sorted(FORMATS))}, "
+            "skipping hidden files)"
+        )
+    inputs = {os.path.realpath(source) for source, _ in sources}
+    claimed: dict[str, ImageJob] = {}
+    plan = ImagesPlan(src_path, out_path, chains)
+    for source, relative in sources:
+        suffix = ext or source.suffix[1:]
+        folder = out_path / relative
+        real_folder = Path(os.path.realpath(folder))
+        if not real_folder.is_relative_to(real_out):
+            raise ImagesUsageError(
+                f"{folder} resolves to {real_folder}, outside the output folder {out_path} "
+                "(a symlink?); refusing to write there"
+            )
+        for chain in chains:
+            output = folder / f"{source.stem}_{chain.label}.{suffix}"
+            real = real_folder / output.name
+            if output.is_symlink():
+                real = Path(os.path.realpath(output))
+                if not real.is_relative_to(real_out):
+                    raise ImagesUsageError(
+                        f"{output} is a symlink to {real}, outside the output folder {out_path}"
+                    )
+            job = ImageJob(str(source), chain, str(output), output_format(suffix))
+            key = str(real).casefold()  # names differing only in case collide on macOS/Windows
+            if key in claimed:
+                raise ImagesUsageError(
+                    f"{claimed[key].source} and {source} would both be written to {output} "
+                    f"(filter {chain.spec!r}); rename one, or choose another --format"
+                )
+            if str(real) in inputs:
+                raise ImagesUsageError(f"{output} would overwrite the input image {real}")
+            claimed[key] = job
+            if skip_existing and os.path.isfile(output):
+                plan.skipped.append(job)
+            else:
+                plan.jobs.append(job)
+    return plan
+
+
+def prepare_outputs(plan: ImagesPlan) -> int:
+    """Create the output folders and remove temporary files interrupted runs left in them;
+    returns how many were removed."""
+    removed = 0
+    for folder in plan.folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        removed += remove_stale_temps(folder)
+    return removed
+
+
+# --- the job -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ImagesSummary:
+    """A finished run: one result per job run, how many were skipped, time and throughput."""
+
+    results: list[JobResult]
+    skipped: int
+    seconds: float
+    backend: str = ""
+    workers: int = 0
+
+    @property
+    def ok(self) -> int:
+        return sum(result.ok for result in self.results)
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [result for result in self.results if not result.ok]
+
+    @property
+    def jobs_per_second(self) -> float:
+        return len(self.results) / self.seconds if self.seconds > 0 else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        """The CLI's ``--json`` object."""
+        return {
+            "ok": self.ok,
+            "failed": [result.as_json() for result in self.failed],
+            "skipped": self.skipped,
+            "jobs": len(self.results) + self.skipped,
+            "seconds": round(self.seconds, 6),
+            "jobs_per_second": round(self.jobs_per_second, 3),
+            "backend": self.backend,
+            "workers": self.workers,
+        }
+
+
+def run_images(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    filters: str | Iterable[str],
+    *,
+    backend: str | None = None,
+    workers: int | None = None,
+    fmt: str | None = None,
+    quality: int = DEFAULT_QUALITY,
+    skip_existing: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+    grouped: bool = True,
+) -> ImagesSummary:
+    """Apply every filter chain to every image under ``src``, writing into ``out``.
+
+    Outputs are ``out/<relative folder>/<stem>_<chain label>.<ext>`` (``ext`` from the input
+    unless ``fmt``). Usage problems raise before any work (see ``plan_images``); a bad image,
+    filter or write fails only its own jobs, reported in the summary. ``grouped=False`` runs
+    the seed-shaped ``ImageBatchFlow`` (one decode per job) instead of ``ImageJobsNode``.
+    """
+    began = time.perf_counter()
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        raise ValueError(f"quality must be a whole number from 1 to 100, got {quality!r}")
+    if max_pixels is not None and (isinstance(max_pixels, bool) or max_pixels < 1):
+        raise ValueError(f"max_pixels must be >= 1 or None (no limit), got {max_pixels!r}")
+    plan = plan_images(src, out, filters, fmt=fmt, skip_existing=skip_existing)
+    prepare_outputs(plan)
+    options: dict[str, Any] = {"backend": backend, "workers": workers, "progress": progress}
+    shared: dict[str, Any] = {}
+    runner: ImageJobsNode | ImageBatchFlow
+    if grouped:
+        runner = ImageJobsNode(plan.jobs, max_pixels=max_pixels, quality=quality, **options)
+    else:
+        runner = ImageBatchFlow(jobs=plan.jobs, max_pixels=max_pixels, quality=quality, **options)
+    runner.run(shared)
+    stats = runner.batch_stats
+    return ImagesSummary(
+        results=shared["image_results"],
+        skipped=len(plan.skipped),
+        seconds=time.perf_counter() - began,
+        backend=stats.backend,
+        workers=stats.workers,
+    )
