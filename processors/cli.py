@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ EXIT_OK = 0
 EXIT_DATA = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that stopped early
 PROG = "batchcore"
 
 Handler = Callable[[argparse.Namespace], int]
@@ -394,6 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``batchcore`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    try:
+        return run(argv)
+    except BrokenPipeError:
+        # stdout went away (``batchcore ... | head``): no traceback, and Python's own flush at
+        # exit must not fail again, so point stdout at /dev/null (as the Python docs advise).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def run(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

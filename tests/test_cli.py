@@ -424,3 +424,19 @@ def test_real_process_run_through_python_m_processors() -> None:
     check_json(report, SALES, ["amount"])
     assert report["backend"] == "process"
     assert sum(group["rows"] for group in report["groups"].values()) == 5000
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """``batchcore ... | head``: the pipe closes early; no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "processors", "images", "--list-filters"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # like `head -1`
+        err = proc.stderr.read().decode()
+        code = proc.wait(timeout=30)
+    assert "Traceback" not in err
+    assert code in (0, 141)
