@@ -8,14 +8,8 @@ contract. Batches run sequentially unless a backend is chosen, by keyword
 
 from __future__ import annotations
 
-from .async_nodes import (
-    AsyncBatchFlow,
-    AsyncBatchNode,
-    AsyncFlow,
-    AsyncNode,
-    AsyncParallelBatchFlow,
-    AsyncParallelBatchNode,
-)
+from typing import TYPE_CHECKING, Any
+
 from .backends import (
     Backend,
     available_backends,
@@ -36,7 +30,36 @@ from .errors import (
 from .flows import BatchFlow, Flow, RunResult
 from .nodes import BaseNode, BatchNode, Node
 
+if TYPE_CHECKING:
+    from .async_nodes import (
+        AsyncBatchFlow,
+        AsyncBatchNode,
+        AsyncFlow,
+        AsyncNode,
+        AsyncParallelBatchFlow,
+        AsyncParallelBatchNode,
+    )
+
 __version__ = "0.1.0"
+
+_ASYNC = {
+    "AsyncBatchFlow",
+    "AsyncBatchNode",
+    "AsyncFlow",
+    "AsyncNode",
+    "AsyncParallelBatchFlow",
+    "AsyncParallelBatchNode",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # The asyncio family loads on first use: worker processes (and programs that never touch
+    # it) skip importing asyncio, a sizeable part of a worker's start-up.
+    if name in _ASYNC:
+        from . import async_nodes
+
+        return getattr(async_nodes, name)
+    raise AttributeError(f"module 'batchcore' has no attribute {name!r}")
 
 __all__ = [
     "AsyncBatchFlow",

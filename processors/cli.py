@@ -117,9 +117,9 @@ def add_csv_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--chunk-bytes",
         type=byte_size,
-        default=32 << 20,
+        default=16 << 20,
         metavar="SIZE",
-        help="bytes per range a worker parses (default: 32MiB)",
+        help="bytes per range a worker parses (default: 16MiB)",
     )
     group.add_argument("--delimiter", default=",", metavar="C", help="field separator (default: ,)")
     group.add_argument("--encoding", default="utf-8", help="file encoding (default: utf-8)")

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from .csv_node import CSVBatchNode
 from .csv_read import CsvFormatError
@@ -294,6 +293,8 @@ class ParquetNode(CSVBatchNode):
         return ranges
 
     def exec(self, table: pa.Table) -> tuple[str, int]:
+        import pyarrow.parquet as pq  # here, not at the top: the stats job's workers never need it
+
         rng = self.current_range
         assert rng is not None
         final = Path(self.out_dir) / PART.format(index=rng.index)

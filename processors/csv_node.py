@@ -91,6 +91,12 @@ class _ScanBlocks(BatchNode):
         shared["scans"] = exec_res
 
 
+def _warm(backend: Backend) -> bool:
+    """Whether ``backend`` can count quotes in parallel right away (a booted pool, or threads)."""
+    is_warm = getattr(backend, "is_warm", None)
+    return backend.parallel and (is_warm is None or bool(is_warm()) or backend.name == "thread")
+
+
 class _ParsesRange(Node):
     """The per-item step: parse the range, then PocketFlow's retry loop runs ``exec`` on it."""
 
@@ -130,7 +136,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         self,
         path: str | None = None,
         *,
-        chunk_bytes: int = 32 << 20,
+        chunk_bytes: int = 16 << 20,
         delimiter: str = ",",
         quote_char: str | None = '"',
         header: bool = True,
@@ -177,12 +183,16 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             # Phase 1, on this node's backend: quote counts per block; an odd total is an
             # unterminated quote, reported before anything tries to read past it.
             spans = blocks(data_start, size, options.chunk_bytes)
-            if len(spans) <= 1 or quote is None:
-                scans.extend(scan_block(path, start, end, quote) for start, end in spans)
-            else:
+            backend = resolve_settings(self).backend
+            if len(spans) > 1 and quote is not None and _warm(backend):
                 shared: dict[str, Any] = {}
-                _ScanBlocks(path, quote, spans, resolve_settings(self).backend).run(shared)
+                _ScanBlocks(path, quote, spans, backend).run(shared)
                 scans.extend(shared["scans"])
+            else:
+                # A cold pool boots (imports and all) in the background meanwhile.
+                if hasattr(backend, "start") and backend.parallel:
+                    backend.start()
+                scans.extend(scan_block(path, start, end, quote) for start, end in spans)
             if quote is not None and ends_inside_quotes(scans):
                 start = unterminated_record(path, data_start, quote)
                 raise CsvFormatError(

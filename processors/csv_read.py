@@ -59,7 +59,7 @@ class UnknownColumnError(KeyError):
 class CsvOptions:
     """How to read a CSV file; validated when created."""
 
-    chunk_bytes: int = 32 << 20
+    chunk_bytes: int = 16 << 20
     delimiter: str = ","
     quote_char: str | None = '"'
     header: bool = True

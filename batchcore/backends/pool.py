@@ -513,8 +513,14 @@ class PooledBackend(Backend):
             self._give_back(pool)
 
     def start(self) -> None:
-        """Start the workers now instead of at the first batch (e.g. before timing a run)."""
+        """Start the workers now instead of at the first batch; returns without waiting for them
+        to boot, so the caller can do other work meanwhile."""
         self._give_back(self._lease())
+
+    def is_warm(self) -> bool:
+        """True when an idle pool's workers have all booted: a batch would start at once."""
+        with self._lock:
+            return any(pool.workers and all(w.ready for w in pool.workers) for pool in self._idle)
 
     def _lease(self) -> Pool:
         with self._lock:
