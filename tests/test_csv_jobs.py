@@ -446,7 +446,7 @@ def test_a_failed_write_leaves_no_partial_part(
             raise OSError(28, "No space left on device")
         real(table, where, **kwargs)
 
-    monkeypatch.setattr(csv_jobs.pq, "write_table", half_then_fail)
+    monkeypatch.setattr(pq, "write_table", half_then_fail)  # the module csv_jobs imports in exec
     out = tmp_path / "ds"
     with pytest.raises(OSError, match="No space left"):
         csv_to_parquet(SALES, out, chunk_bytes=50_000)
