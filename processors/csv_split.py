@@ -16,6 +16,7 @@ costs a few percent of a parse. An odd total means an unterminated quote: an err
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 from dataclasses import dataclass
@@ -59,16 +60,16 @@ class BlockScan:
     quotes: int
 
 
-def count_byte(handle: object, start: int, end: int, byte: int) -> int:
+def count_byte(handle: io.FileIO, start: int, end: int, byte: int) -> int:
     """How many times ``byte`` occurs in ``start..end-1`` of an open binary file."""
     buffer = bytearray(min(STEP * 16, max(end - start, 1)))
     view = memoryview(buffer)
     array = np.frombuffer(buffer, dtype=np.uint8)
     total = 0
     position = start
-    handle.seek(start)  # type: ignore[attr-defined]
+    handle.seek(start)
     while position < end:
-        got = handle.readinto(view[: min(len(buffer), end - position)])  # type: ignore[attr-defined]
+        got = handle.readinto(view[: min(len(buffer), end - position)])
         if not got:
             break
         for offset in range(0, got, STEP):
@@ -77,12 +78,12 @@ def count_byte(handle: object, start: int, end: int, byte: int) -> int:
     return total
 
 
-def first_record_start(handle: object, position: int, inside: bool, quote: int | None) -> int:
+def first_record_start(handle: io.FileIO, position: int, inside: bool, quote: int | None) -> int:
     """The offset just after the first newline at or after ``position`` that is outside quotes,
     given the quote state before ``position``; the file's size when there is none."""
-    handle.seek(position)  # type: ignore[attr-defined]
+    handle.seek(position)
     while True:
-        window = handle.read(WINDOW)  # type: ignore[attr-defined]
+        window = handle.read(WINDOW)
         if not window:
             return position
         data = np.frombuffer(window, dtype=np.uint8)
