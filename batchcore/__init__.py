@@ -61,6 +61,7 @@ def __getattr__(name: str) -> Any:
         return getattr(async_nodes, name)
     raise AttributeError(f"module 'batchcore' has no attribute {name!r}")
 
+
 __all__ = [
     "AsyncBatchFlow",
     "AsyncBatchNode",

@@ -91,10 +91,9 @@ class WorkerCrashedError(BatchcoreError, RuntimeError):
         self.exitcode = exitcode
         self.attempts = attempts
         tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-        super().__init__(
-            f"worker pid {pid} running item {index} ({item_repr}) {describe_exit(exitcode)}; "
-            f"gave up after {tries}"
-        )
+        who = f"worker pid {pid}" if pid is not None else "the worker"
+        how = describe_exit(exitcode) if exitcode is not None else "died"
+        super().__init__(f"{who} running item {index} ({item_repr}) {how}; gave up after {tries}")
 
     def __reduce__(self) -> Any:
         return (type(self), (self.index, self.item_repr, self.pid, self.exitcode, self.attempts))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psutil
 import pytest
@@ -22,27 +23,61 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+try:
+    import distributed  # noqa: F401
+
+    HAS_DASK = True
+except ImportError:
+    HAS_DASK = False
+
+
+def backend_params(names: list[str]) -> list[Any]:
+    """Backend names as pytest params; Dask is skipped only when its extra is not installed."""
+    params = []
+    for name in names:
+        marks = []
+        if name == "dask":
+            marks = [
+                pytest.mark.dask,
+                pytest.mark.skipif(not HAS_DASK, reason='needs pip install "batchcore[dask]"'),
+            ]
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
 BACKENDS = batchcore.available_backends()
 PARALLEL_BACKENDS = [name for name in BACKENDS if name != "sequential"]
+LOCAL_BACKENDS = [name for name in BACKENDS if name != "dask"]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=backend_params(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     """Every registered backend, by name: a new backend is tested without editing tests."""
     return str(request.param)
 
 
-@pytest.fixture(params=PARALLEL_BACKENDS)
+@pytest.fixture(params=backend_params(PARALLEL_BACKENDS))
 def parallel_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 def pool_worker_pids() -> set[int]:
-    """Pids of the warm workers that live process backends keep on purpose."""
+    """Pids of the warm workers that live backends keep on purpose (process pools, and the
+    processes of a Dask LocalCluster a Dask backend started)."""
     pids: set[int] = set()
     for backend in list(process_backend._LIVE):
         for pool in backend._idle:
             pids.update(worker.proc.pid for worker in pool.workers)
+    if HAS_DASK:
+        from batchcore.backends import dask as dask_backend
+
+        if any(b._cluster is not None for b in list(dask_backend._LIVE)):
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    if "multiprocessing" in " ".join(child.cmdline()):
+                        pids.add(child.pid)
+                except psutil.Error:
+                    continue
     return pids
 
 

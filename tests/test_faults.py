@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BACKENDS, backend_params
 from faulty import FaultyNode, Finicky
 
 import batchcore
@@ -28,20 +29,21 @@ BAD = 3
 
 # kind, backends it applies to, expected exception type, text the message must contain
 CASES: list[tuple[str, tuple[str, ...], type[BaseException], str]] = [
-    ("raise", ("sequential", "thread", "process"), ValueError, "bad item 3"),
+    ("raise", ("sequential", "thread", "process", "dask"), ValueError, "bad item 3"),
     ("exit", ("process",), WorkerCrashedError, "exited with code 3"),
     ("sigkill", ("process",), WorkerCrashedError, "SIGKILL"),
     ("segfault", ("process",), WorkerCrashedError, "SIGSEGV"),
-    ("hang", ("thread", "process"), ItemTimeoutError, "timeout=1"),
+    ("hang", ("thread", "process", "dask"), ItemTimeoutError, "timeout=1"),
     ("hang_ignoring_sigterm", ("process",), ItemTimeoutError, "timeout=1"),
-    ("return_lock", ("process",), SerializationError, "_thread.lock"),
+    ("return_lock", ("process", "dask"), SerializationError, "_thread.lock"),
     ("return_generator", ("process",), SerializationError, "generator"),
-    ("finicky", ("process",), RemoteItemError, "Finicky"),
+    ("finicky", ("process", "dask"), RemoteItemError, "Finicky"),
     ("unpicklable_payload", ("process",), RemoteItemError, "carries a lock"),
     ("finicky", ("sequential", "thread"), Finicky, "a/b"),
 ]
+MARKS = {param.values[0]: param.marks for param in backend_params(BACKENDS)}
 ROWS = [
-    pytest.param(kind, backend, error, text, id=f"{kind}-{backend}")
+    pytest.param(kind, backend, error, text, id=f"{kind}-{backend}", marks=MARKS[backend])
     for kind, backends, error, text in CASES
     for backend in backends
 ]
@@ -88,7 +90,10 @@ def test_collect_keeps_every_other_item(kind: str, backend: str, error: type, te
     assert failure.traceback
 
 
-TRANSIENT = [("raise", name) for name in batchcore.available_backends()] + [("exit", "process")]
+TRANSIENT = [
+    pytest.param("raise", param.values[0], marks=param.marks, id=f"raise-{param.values[0]}")
+    for param in backend_params(BACKENDS)
+] + [pytest.param("exit", "process", id="exit-process")]
 
 
 @pytest.mark.crash

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from conftest import BACKENDS, backend_params
 from flow_nodes import (
     ClassFlow,
     Fails,
@@ -131,7 +132,7 @@ def test_unpicklable_shared_is_named() -> None:
         flow.run(shared)
 
 
-@pytest.mark.parametrize("name", ["sequential", "thread", "process"])
+@pytest.mark.parametrize("name", backend_params(BACKENDS))
 @given(keys=st.lists(st.text(alphabet="abc", min_size=1, max_size=2), max_size=12))
 def test_any_backend_merges_like_sequential(name: str, keys: list[str]) -> None:
     """Writing distinct keys and a counter-free plain value: every backend ends as sequential."""

@@ -9,7 +9,8 @@ Choosing a backend, most specific first::
 
 Each option (backend, workers, chunksize, timeout, on_error, progress) is resolved the same way on
 its own. Backends are registered by name (``register_backend``); the built-in ones are
-``sequential``, ``thread`` and ``process``. Inside a worker, every batch runs sequentially so
+``sequential``, ``thread``, ``process`` and ``dask`` (with the optional extra). Inside a worker,
+every batch runs sequentially so
 nested parallel nodes never oversubscribe the machine.
 """
 
@@ -285,6 +286,13 @@ def resolve_settings(node: object) -> Resolved:
     )
 
 
+def _dask_backend(workers: int | None = None) -> Backend:
+    """Imported on first use: Dask is an optional extra, and a heavy import."""
+    from .dask import DaskBackend  # raises ImportError saying which extra to install
+
+    return DaskBackend(workers=workers)
+
+
 def _register_builtins() -> None:
     from .process import ProcessBackend
     from .sequential import SequentialBackend
@@ -293,6 +301,7 @@ def _register_builtins() -> None:
     register_backend("sequential", SequentialBackend)
     register_backend("thread", ThreadBackend)
     register_backend("process", ProcessBackend)
+    register_backend("dask", _dask_backend)
 
 
 _register_builtins()

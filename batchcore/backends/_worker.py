@@ -161,3 +161,40 @@ def pack(values: list[Any], failures: list[tuple[int, Any]], start: int) -> tupl
         for offset, f in failures
     ]
     return values_blob, dumps(records)
+
+
+def unpack(
+    start: int,
+    items: list[Any],
+    ran: int,
+    failures_blob: bytes,
+    values_blob: bytes,
+    retries: int,
+    elapsed: float,
+) -> Any:
+    """The parent's half of ``pack``: a ``Chunk``; what cannot be unpickled fails its items."""
+    from ..errors import SerializationError
+    from ..pickling import loads
+    from ..tasks import Chunk, Failure
+
+    try:
+        records = loads(failures_blob)
+        failures = [(o, Failure(exc, text, n, remote=True)) for o, exc, text, n in records]
+    except Exception as exc:
+        error = SerializationError(
+            "result", f"the errors of items {start}.. could not be unpickled: {exc}"
+        )
+        failures = [(0, Failure.capture(error, 1))]
+    try:
+        values = loads(values_blob)
+    except Exception as exc:
+        failed = {offset for offset, _ in failures}
+        error = SerializationError(
+            "result",
+            f"the results of items {start}..{start + ran - 1} could not be unpickled in the "
+            f"parent: {type(exc).__name__}: {exc}",
+        )
+        values = [None] * ran
+        failures += [(o, Failure.capture(error, 1)) for o in range(ran) if o not in failed]
+        failures.sort(key=lambda pair: pair[0])
+    return Chunk(start, items, values, failures, retries, elapsed)

@@ -142,8 +142,15 @@ class Pool:
 class ChunkSizer:
     """Chooses job sizes: fixed, or grown from 1 toward ``TARGET_SECONDS`` of measured work."""
 
-    def __init__(self, fixed: int | None, workers: int, total: int | None) -> None:
+    def __init__(
+        self,
+        fixed: int | None,
+        workers: int,
+        total: int | None,
+        target_seconds: float = TARGET_SECONDS,
+    ) -> None:
         self.fixed = fixed
+        self.target_seconds = target_seconds
         # With a known length, keep at least 4 jobs per worker so the tail stays balanced; and
         # never more than MAX_ITEMS items per job, which bounds the memory the window holds.
         self.cap = min(MAX_ITEMS, max(1, math.ceil(total / (4 * workers))) if total else MAX_ITEMS)
@@ -163,7 +170,7 @@ class ChunkSizer:
             self.seconds_per_item = per_item
         else:
             self.seconds_per_item = 0.5 * self.seconds_per_item + 0.5 * per_item
-        ideal = TARGET_SECONDS / self.seconds_per_item
+        ideal = self.target_seconds / self.seconds_per_item
         if payload_size:
             self.bytes_per_item = payload_size / count
         message_bytes = max(payload_size, result_size) / count

@@ -29,10 +29,10 @@ import weakref
 from multiprocessing.connection import Connection, wait
 
 from ..errors import SerializationError, WorkerStartupError, describe_exit
-from ..pickling import dumps, dumps_checked, loads
+from ..pickling import dumps, dumps_checked
 from ..tasks import Chunk, Failure, Slot, Task
 from . import WORKER_ENV, default_workers
-from ._worker import SLOT_SIZE, SlotStruct
+from ._worker import SLOT_SIZE, SlotStruct, unpack
 from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState
 
 THREAD_LIMIT_VARS = (
@@ -256,47 +256,8 @@ class ProcessPool(Pool):
         _, retries, elapsed, ran = message
         failures_blob = worker.outbox.recv_bytes()
         values_blob = worker.outbox.recv_bytes()
-        chunk = self.decode(job, ran, failures_blob, values_blob, retries, elapsed)
+        chunk = unpack(job.start, job.items, ran, failures_blob, values_blob, retries, elapsed)
         return Done(worker, job, chunk, len(values_blob))
-
-    def decode(
-        self,
-        job: Job,
-        ran: int,
-        failures_blob: bytes,
-        values_blob: bytes,
-        retries: int,
-        elapsed: float,
-    ) -> Chunk:
-        try:
-            records = loads(failures_blob)
-            failures = [(o, Failure(exc, text, n, remote=True)) for o, exc, text, n in records]
-        except Exception as exc:
-            failures = [
-                (
-                    0,
-                    Failure.capture(
-                        SerializationError(
-                            "result",
-                            f"the errors of items {job.start}.. could not be unpickled: {exc}",
-                        ),
-                        1,
-                    ),
-                )
-            ]
-        try:
-            values = loads(values_blob)
-        except Exception as exc:
-            failed = {offset for offset, _ in failures}
-            error = SerializationError(
-                "result",
-                f"the results of items {job.start}..{job.start + ran - 1} could not be "
-                f"unpickled in the parent: {type(exc).__name__}: {exc}",
-            )
-            values = [None] * ran
-            failures += [(o, Failure.capture(error, 1)) for o in range(ran) if o not in failed]
-            failures.sort(key=lambda pair: pair[0])
-        return Chunk(job.start, job.items, values, failures, retries, elapsed)
 
     def on_exit(self, worker: ProcessWorker) -> Died:
         """The worker's pipe hung up: reap it, replace it, report the job it had."""
