@@ -244,5 +244,5 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_output(tmp_path: Path) -> None:
     )
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
-    assert (report["ok"], report["skipped"]) == (40 - len(visible), len(visible))
-    assert len(files_under(out)) == 40  # every output, and no temporary file left
+    assert (report["ok"], report["skipped"]) == (120 - len(visible), len(visible))
+    assert len(files_under(out)) == 120  # every output, and no temporary file left
