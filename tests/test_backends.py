@@ -346,6 +346,15 @@ def test_bad_options_are_rejected_with_the_parameter_named(
         pass
 
 
+def test_backend_options_go_to_the_factory_or_are_refused() -> None:
+    with pytest.raises(TypeError, match=r"backend 'process' does not take options \['address'\]"):
+        with use_backend("process", address="tcp://nowhere:8786"):
+            pass
+    with pytest.raises(TypeError, match="need a backend name"):
+        with use_backend(None, address="tcp://nowhere:8786"):
+            pass
+
+
 def test_bad_class_attribute_is_reported_at_run_time() -> None:
     class Misconfigured(Square):
         backend = "gpu"

@@ -50,6 +50,17 @@ def test_an_explicit_address_is_used(cluster: Any) -> None:
         assert backend.client().scheduler.address == cluster.scheduler_address
 
 
+def test_use_backend_takes_the_address(cluster: Any) -> None:
+    shared: dict[str, Any] = {"items": [1, 2]}
+    with use_backend("dask", address=cluster.scheduler_address) as settings:
+        Square().run(shared)
+    assert shared["out"] == [1, 4]
+    backend = settings.backend
+    assert isinstance(backend, DaskBackend)
+    assert backend.client().scheduler.address == cluster.scheduler_address
+    backend.close()
+
+
 def test_the_dask_setting_names_the_scheduler(
     cluster: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -223,7 +223,11 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_output(tmp_path: Path) -> None:
     )
     try:
         began = time.monotonic()
-        while time.monotonic() - began < 30 and not (out.exists() and files_under(out)):
+        def finished() -> list[str]:  # whole outputs only: temp files are hidden (dot) names
+            found = files_under(out) if out.exists() else []
+            return [name for name in found if not Path(name).name.startswith(".")]
+
+        while time.monotonic() - began < 30 and not finished():
             time.sleep(0.02)
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=20)

@@ -104,7 +104,7 @@ def check_positive_int(name: str, value: object) -> None:
 
 BackendFactory = Callable[..., Backend]
 _FACTORIES: dict[str, BackendFactory] = {}
-_SHARED: dict[tuple[str, int | None], Backend] = {}
+_SHARED: dict[tuple[str, int | None, tuple[tuple[str, Any], ...]], Backend] = {}
 _SHARED_LOCK = threading.Lock()
 
 
@@ -125,14 +125,22 @@ def check_backend_name(name: str) -> None:
         raise ValueError(f"unknown backend {name!r}; valid names are {available_backends()}")
 
 
-def get_backend(name: str, workers: int | None = None) -> Backend:
-    """Return the shared backend for ``(name, workers)``, so pools stay warm across batches."""
+def get_backend(name: str, workers: int | None = None, **options: Any) -> Backend:
+    """Return the shared backend for ``(name, workers, options)``, so pools stay warm across
+    batches. ``options`` go to the backend's factory (``address=`` for Dask, for instance)."""
     check_backend_name(name)
-    key = (name, workers)
+    key = (name, workers, tuple(sorted(options.items())))
     with _SHARED_LOCK:
         backend = _SHARED.get(key)
         if backend is None:
-            backend = _FACTORIES[name](workers=workers)
+            try:
+                backend = _FACTORIES[name](workers=workers, **options)
+            except TypeError as exc:
+                if not options:
+                    raise
+                raise TypeError(
+                    f"backend {name!r} does not take options {sorted(options)}: {exc}"
+                ) from None
             _SHARED[key] = backend
         return backend
 
@@ -235,12 +243,20 @@ def use_backend(
     timeout: float | None = None,
     on_error: str | None = None,
     progress: bool | None = None,
+    **backend_options: Any,
 ) -> Iterator[Settings]:
     """Run every batch in the block on ``backend`` unless a node chooses otherwise.
 
-    Unset options inherit from an enclosing block. The pools themselves outlive the block (they
-    are shared and warm); ``batchcore.shutdown()`` closes them.
+    Unset options inherit from an enclosing block. ``backend_options`` configure the backend
+    itself (``use_backend("dask", address="tcp://scheduler:8786")``). The pools outlive the
+    block (they are shared and warm); ``batchcore.shutdown()`` closes them.
     """
+    if backend_options:
+        if not isinstance(backend, str):
+            raise TypeError(
+                f"backend options {sorted(backend_options)} need a backend name, got {backend!r}"
+            )
+        backend = get_backend(backend, workers, **backend_options)
     inner = Settings(backend, workers, chunksize, timeout, on_error, progress).validate()
     merged = inner.over(_CONTEXT.get())
     token = _CONTEXT.set(merged)
@@ -286,11 +302,11 @@ def resolve_settings(node: object) -> Resolved:
     )
 
 
-def _dask_backend(workers: int | None = None) -> Backend:
+def _dask_backend(workers: int | None = None, address: str | None = None) -> Backend:
     """Imported on first use: Dask is an optional extra, and a heavy import."""
     from .dask import DaskBackend  # raises ImportError saying which extra to install
 
-    return DaskBackend(workers=workers)
+    return DaskBackend(workers=workers, address=address)
 
 
 def _register_builtins() -> None:
