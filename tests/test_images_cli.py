@@ -223,6 +223,7 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_output(tmp_path: Path) -> None:
     )
     try:
         began = time.monotonic()
+
         def finished() -> list[str]:  # whole outputs only: temp files are hidden (dot) names
             found = files_under(out) if out.exists() else []
             return [name for name in found if not Path(name).name.startswith(".")]
