@@ -199,3 +199,30 @@ class BigCrash(BatchNode):
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> Any:
         shared["out"] = exec_res
+
+
+class Logs(BatchNode):
+    """Logs from ``exec`` through the logger ``params["logger"]`` (workers send records up)."""
+
+    def prep(self, shared: dict[str, Any]) -> list[Any]:
+        return list(shared["items"])
+
+    def exec(self, item: Any) -> int:
+        import logging
+
+        logger = logging.getLogger(self.params["logger"])
+        logger.debug("debug %s", item)
+        logger.info("item %s in pid %d", item, os.getpid(), extra={"lock": threading.Lock()})
+        if item == 0:
+            try:
+                raise KeyError("boom")
+            except KeyError:
+                logger.exception("failed on %s", item)
+        if item == 1:  # a thread of the worker logs too
+            thread = threading.Thread(target=logger.warning, args=("from a thread",))
+            thread.start()
+            thread.join()
+        return os.getpid()
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> None:
+        shared["pids"] = exec_res

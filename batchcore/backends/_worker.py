@@ -3,20 +3,24 @@
 Protocol (each message is one or more ``Connection`` frames of pickled data)::
 
     parent -> worker   hello {sys_path}
-                       ("run", batch, has_task, start, first_attempt, fail_fast, track_time)
-                       [task]  items
+                       ("run", batch, has_task, start, first_attempt, fail_fast, track_time,
+                        log_levels)  [task]  items
     worker -> parent   ("ready", pid) | ("startup_error", text) | ("setup_error", text)
                        | ("items_error", text) | ("done", retries, elapsed, ran)  failures  values
+                       | ("log", record)  at any time, from any thread of the worker
 
 The worker ignores SIGINT (the parent owns Ctrl-C), turns SIGTERM into ``SystemExit`` so cleanup
 code runs, and exits by itself when the parent dies (a thread waits for the task pipe to hang up).
 It records the item and attempt it is running in a shared-memory ``SlotStruct`` that the parent
-reads to charge crashes and timeouts to the right item.
+reads to charge crashes and timeouts to the right item. Log records reach the parent's handlers:
+the worker's loggers take the levels the parent's have (sent with each batch), and a handler on
+its root logger sends every record that passes them up the result pipe (``forward_record``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import mmap
 import os
 import pickle
@@ -53,6 +57,73 @@ def _watch_parent(fd: int) -> None:
                 os._exit(PARENT_GONE_EXIT)
 
 
+# The main thread's results and any thread's log records share the result pipe: one at a time.
+_SEND_LOCK = threading.Lock()
+
+
+class LogForwarder(logging.Handler):
+    """Sends each record to the parent, message merged and exception as text (as QueueHandler
+    prepares them), so that it pickles; a record holding unpicklable extras is sent without
+    them."""
+
+    def __init__(self, outbox: Connection) -> None:
+        super().__init__()
+        self.outbox = outbox
+        self.busy = threading.local()  # a record logged while sending one is dropped, not looped
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self.busy, "on", False):
+            return
+        self.busy.on = True
+        try:
+            blob = pickle.dumps(("log", portable_record(record)))
+            with _SEND_LOCK:
+                self.outbox.send_bytes(blob)
+        except Exception:
+            self.handleError(record)
+        finally:
+            self.busy.on = False
+
+
+def portable_record(record: logging.LogRecord) -> logging.LogRecord:
+    """A copy of ``record`` that pickles: args merged into the message, exc_info as text."""
+    attrs = dict(record.__dict__)
+    attrs["msg"] = record.getMessage()
+    attrs["args"] = None
+    if record.exc_info:
+        attrs["exc_text"] = record.exc_text or logging.Formatter().formatException(record.exc_info)
+    attrs["exc_info"] = None
+    attrs["processName"] = f"batchcore-worker-{os.getpid()}"
+    for key, value in list(attrs.items()):
+        try:
+            pickle.dumps(value)
+        except Exception:
+            attrs[key] = repr(value)
+    return logging.makeLogRecord(attrs)
+
+
+def set_log_levels(levels: dict[str, int]) -> None:
+    """Give this worker's loggers the levels of the parent's (``""`` is the root logger)."""
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
+
+
+def log_levels() -> dict[str, int]:
+    """The parent's side: the levels set on its loggers (``""``: root), for the workers."""
+    levels = {"": logging.getLogger().level}
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
+            levels[name] = logger.level
+    return levels
+
+
+def forward_record(record: logging.LogRecord) -> None:
+    """The parent's side: hand a worker's record to the parent's logger of the same name."""
+    logger = logging.getLogger(record.name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
 def main() -> None:
     task_fd, result_fd, slot_fd = (int(arg) for arg in sys.argv[1:4])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -72,7 +143,9 @@ def main() -> None:
     except Exception:
         outbox.send_bytes(pickle.dumps(("startup_error", traceback.format_exc())))
         return
-    outbox.send_bytes(pickle.dumps(("ready", os.getpid())))
+    logging.getLogger().addHandler(LogForwarder(outbox))
+    with _SEND_LOCK:
+        outbox.send_bytes(pickle.dumps(("ready", os.getpid())))
     serve(inbox, outbox, slot)
 
 
@@ -87,7 +160,9 @@ def serve(inbox: Connection, outbox: Connection, slot: Any) -> None:
             header = pickle.loads(inbox.recv_bytes())
         except EOFError:
             return
-        _, _batch, has_task, start, first_attempt, fail_fast, track_time = header
+        _, _batch, has_task, start, first_attempt, fail_fast, track_time, levels = header
+        if levels is not None:
+            set_log_levels(levels)
         task_blob = inbox.recv_bytes() if has_task else None
         items_blob = inbox.recv_bytes()
         slot.index = -1
@@ -96,20 +171,24 @@ def serve(inbox: Connection, outbox: Connection, slot: Any) -> None:
                 task = loads(task_blob)
             except Exception:
                 task = None
-                outbox.send_bytes(pickle.dumps(("setup_error", traceback.format_exc())))
+                with _SEND_LOCK:
+                    outbox.send_bytes(pickle.dumps(("setup_error", traceback.format_exc())))
                 continue
         assert task is not None
         try:
             items = loads(items_blob)
         except Exception:
-            outbox.send_bytes(pickle.dumps(("items_error", traceback.format_exc())))
+            with _SEND_LOCK:
+                outbox.send_bytes(pickle.dumps(("items_error", traceback.format_exc())))
             continue
         chunk = run_chunk(task, items, start, first_attempt, slot, fail_fast, track_time)
         slot.index = -1
         values_blob, failures_blob = pack(chunk.values, chunk.failures, start)
-        outbox.send_bytes(pickle.dumps(("done", chunk.retries, chunk.elapsed, len(chunk.values))))
-        outbox.send_bytes(failures_blob)
-        outbox.send_bytes(values_blob)
+        done = pickle.dumps(("done", chunk.retries, chunk.elapsed, len(chunk.values)))
+        with _SEND_LOCK:
+            outbox.send_bytes(done)
+            outbox.send_bytes(failures_blob)
+            outbox.send_bytes(values_blob)
 
 
 def portable(exc: BaseException, text: str) -> BaseException:

@@ -32,7 +32,7 @@ from ..errors import SerializationError, WorkerStartupError, describe_exit
 from ..pickling import dumps, dumps_checked
 from ..tasks import Chunk, Failure, Slot, Task
 from . import WORKER_ENV, default_workers
-from ._worker import SLOT_SIZE, SlotStruct, unpack
+from ._worker import SLOT_SIZE, SlotStruct, forward_record, log_levels, unpack
 from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState
 
 THREAD_LIMIT_VARS = (
@@ -202,7 +202,17 @@ class ProcessPool(Pool):
 
     def submit(self, worker: ProcessWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
         has_task = worker.batch != self.batch
-        header = ("run", self.batch, has_task, job.start, job.first_attempt, fail_fast, track_time)
+        levels = log_levels() if has_task else None
+        header = (
+            "run",
+            self.batch,
+            has_task,
+            job.start,
+            job.first_attempt,
+            fail_fast,
+            track_time,
+            levels,
+        )
         worker.jobs.append(job)
         worker.batch = self.batch
         try:
@@ -230,6 +240,9 @@ class ProcessPool(Pool):
     def receive(self, worker: ProcessWorker) -> Done | None:
         message = pickle.loads(worker.outbox.recv_bytes())
         kind = message[0]
+        if kind == "log":
+            forward_record(message[1])
+            return None
         if kind == "ready":
             worker.ready = True
             self.startup_failures = 0
