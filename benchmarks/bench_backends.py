@@ -26,7 +26,6 @@ import contextlib
 import datetime
 import faulthandler
 import gc
-import importlib.metadata
 import json
 import multiprocessing
 import os
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
+from common import cpu_model, leftover_processes, package_versions
 
 import batchcore
 from batchcore import BatchNode
@@ -787,13 +786,7 @@ def display(
 
 
 def versions() -> str:
-    names = ["batchcore", "numpy", "joblib", "cloudpickle", "psutil"]
-    parts = []
-    for name in names:
-        try:
-            parts.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{name} (not installed)")
+    parts = package_versions(["batchcore", "numpy", "joblib", "cloudpickle", "psutil"])
     try:
         from joblib.externals import loky
 
@@ -801,14 +794,6 @@ def versions() -> str:
     except ImportError:
         pass
     return ", ".join(parts)
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def report(
@@ -913,18 +898,6 @@ def plot(path: Path, engines: list[Engine], workloads: list[Workload], cells: An
     return True
 
 
-def is_resource_tracker(proc: psutil.Process) -> bool:
-    """Resource trackers (multiprocessing's and loky's, started by joblib) exit with us."""
-    with contextlib.suppress(psutil.Error):
-        return any("resource_tracker" in part for part in proc.cmdline())
-    return False
-
-
-def still_running() -> list[psutil.Process]:
-    """Child processes alive 5 s after every pool was shut down."""
-    return psutil.wait_procs(psutil.Process().children(recursive=True), timeout=5)[1]
-
-
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -996,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
         cells["E"] = run_e(
             args.engines, args.workers, sizes["e_items"], args.repeats, args.timeout, peers
         )
-    leftovers = [p for p in still_running() if not is_resource_tracker(p)]
+    leftovers = leftover_processes()
     elapsed = time.perf_counter() - began
     load_after = os.getloadavg()
 

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from common import cpu_model, leftover_processes, package_versions
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -701,21 +702,7 @@ def check_results(cells: dict[tuple[str, str, str], Cell]) -> list[str]:
 
 
 def versions() -> str:
-    parts = []
-    for name in PACKAGES:
-        try:
-            parts.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{name} (not installed)")
-    return ", ".join(parts)
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+    return ", ".join(package_versions(PACKAGES))
 
 
 def fmt(value: float, digits: int = 2) -> str:
@@ -1052,11 +1039,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in cell.runs
         if run.error
     ]
-    stray = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if not any("resource_tracker" in part for part in p.cmdline())
-    ]
+    stray = leftover_processes()
     if stray:
         problems.append(f"processes still running at the end: {stray}")
     load_after = os.getloadavg()

@@ -27,28 +27,12 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from bench_backends import calibrate, spin  # workload A: the same items as bench_backends.py
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+
 DEFAULT_CSV = Path("/tmp/batchcore-bench/sales-1g.csv")
-
-
-def spin(loops: int) -> int:
-    """CPU-bound work: a pure-Python loop (holds the GIL, like most user code)."""
-    total = 0
-    for i in range(loops):
-        total += i * i % 7
-    return total
-
-
-def calibrate(ms: float) -> int:
-    loops = 100_000
-    while True:
-        began = time.perf_counter()
-        spin(loops)
-        seconds = time.perf_counter() - began
-        if seconds > 0.05:
-            return int(loops * ms / 1000 / seconds)
-        loops *= 2
 
 
 def median_time(run: Any, repeats: int) -> tuple[float, Any]:
@@ -80,14 +64,14 @@ def main() -> int:
         def prep(self, shared: dict[str, Any]) -> Any:
             return shared["items"]
 
-        def exec(self, loops: int) -> int:
-            return spin(loops)
+        def exec(self, item: tuple[int, int]) -> int:
+            return spin(item)
 
         def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> None:
             shared["out"] = exec_res
 
-    loops = calibrate(args.ms)
-    items = [loops] * args.items
+    loops, _ = calibrate(args.ms)
+    items = [(index, loops) for index in range(args.items)]
     rows: list[tuple[str, str, str]] = []
 
     def run_a(backend: Any) -> list[int]:
@@ -98,9 +82,9 @@ def main() -> int:
     seq, expected = median_time(lambda: run_a("sequential"), args.repeats)
     began = time.perf_counter()
     process = batchcore.get_backend("process", 2)
-    Spin(backend=process).run({"items": [1, 1, 1, 1]})
+    Spin(backend=process).run({"items": items[:4]})
     while not process.is_warm():  # type: ignore[attr-defined]  # until both workers booted
-        Spin(backend=process).run({"items": [1, 1, 1, 1]})
+        Spin(backend=process).run({"items": items[:4]})
     pool_start = time.perf_counter() - began
     run_a(process)  # warm
     proc_time, result = median_time(lambda: run_a(process), args.repeats)
@@ -109,7 +93,7 @@ def main() -> int:
     began = time.perf_counter()
     dask = DaskBackend(workers=2)  # what backend="dask" gives: its own LocalCluster
     dask.start()
-    Spin(backend=dask).run({"items": [1, 1, 1, 1]})
+    Spin(backend=dask).run({"items": items[:4]})
     cluster_start = time.perf_counter() - began
     client = dask.client()
     run_a(dask)  # warm: imports on the workers
@@ -172,7 +156,8 @@ def main() -> int:
         f"{version('distributed')}, pyarrow {version('pyarrow')}",
         f"- Command: `cd {ROOT} && {sys.executable} {' '.join(sys.argv)}`",
         f"- Repeats: {args.repeats} (medians); warm pool and warm cluster; results checked equal",
-        f"- A: {args.items} items of `spin({loops:,})` (~{args.ms:.0f} ms each, calibrated)",
+        f"- A: {args.items} items of `spin((index, {loops:,}))` from bench_backends.py "
+        f"(~{args.ms:.0f} ms each, calibrated)",
         f"- Start-up, every worker booted and a first tiny batch done (not in the times below): "
         f"process pool "
         f"{pool_start:.2f} s; batchcore's LocalCluster of 2 worker processes (1 thread each, "

@@ -37,7 +37,6 @@ import argparse
 import contextlib
 import datetime
 import hashlib
-import importlib.metadata
 import json
 import math
 import multiprocessing
@@ -59,7 +58,8 @@ from typing import Any
 
 import numpy as np
 import psutil
-from bench_csv import Cell, Run, cpu_model, fmt, parse_env, run_child
+from bench_csv import Cell, Run, fmt, parse_env, run_child
+from common import cpu_model, leftover_processes, package_versions
 from PIL import Image
 
 from processors.images_filters import FilterChain, FilterSpecError, get_filter, parse_chain
@@ -645,12 +645,7 @@ def compare_outputs(
 
 
 def versions() -> str:
-    parts = []
-    for name in PACKAGES:
-        try:
-            parts.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            parts.append(f"{name} (not installed)")
+    parts = package_versions(PACKAGES)
     with contextlib.suppress(Exception):
         from PIL import features
 
@@ -1000,13 +995,6 @@ def describe_chains(chains: list[FilterChain]) -> str:
     return "; ".join(parts)
 
 
-def still_running() -> list[psutil.Process]:
-    """Our child processes still alive after a 5 s grace (there should be none: every
-    child's own leftovers were already killed and reported by ``run_child``)."""
-    children = psutil.Process().children(recursive=True)
-    return psutil.wait_procs(children, timeout=5)[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:
@@ -1029,7 +1017,7 @@ def main(argv: list[str] | None = None) -> int:
     parent_cpu = time.process_time() - parent_cpu
     comparisons, references, found = compare_outputs(args, cells)
     problems += found
-    stray = still_running()
+    stray = leftover_processes()
     if stray:
         problems.append(f"processes still running at the end: {stray}")
     if not args.keep_outputs:
