@@ -33,6 +33,10 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
+from ..errors import RemoteItemError, SerializationError
+from ..pickling import dumps, loads
+from ..tasks import Chunk, Failure, Task, run_chunk
+
 SLOT_SIZE = 64
 PARENT_GONE_EXIT = 70
 
@@ -62,9 +66,7 @@ _SEND_LOCK = threading.Lock()
 
 
 class LogForwarder(logging.Handler):
-    """Sends each record to the parent, message merged and exception as text (as QueueHandler
-    prepares them), so that it pickles; a record holding unpicklable extras is sent without
-    them."""
+    """Sends each record that reaches the worker's root logger to the parent (``record_blob``)."""
 
     def __init__(self, outbox: Connection) -> None:
         super().__init__()
@@ -76,7 +78,7 @@ class LogForwarder(logging.Handler):
             return
         self.busy.on = True
         try:
-            blob = pickle.dumps(("log", portable_record(record)))
+            blob = record_blob(record)
             with _SEND_LOCK:
                 self.outbox.send_bytes(blob)
         except Exception:
@@ -85,8 +87,9 @@ class LogForwarder(logging.Handler):
             self.busy.on = False
 
 
-def portable_record(record: logging.LogRecord) -> logging.LogRecord:
-    """A copy of ``record`` that pickles: args merged into the message, exc_info as text."""
+def record_blob(record: logging.LogRecord) -> bytes:
+    """``("log", record)`` pickled, the record prepared as QueueHandler does (args merged into the
+    message, exc_info as text); attributes that do not pickle (extras) are sent as their repr."""
     attrs = dict(record.__dict__)
     attrs["msg"] = record.getMessage()
     attrs["args"] = None
@@ -94,12 +97,15 @@ def portable_record(record: logging.LogRecord) -> logging.LogRecord:
         attrs["exc_text"] = record.exc_text or logging.Formatter().formatException(record.exc_info)
     attrs["exc_info"] = None
     attrs["processName"] = f"batchcore-worker-{os.getpid()}"
-    for key, value in list(attrs.items()):
-        try:
-            pickle.dumps(value)
-        except Exception:
-            attrs[key] = repr(value)
-    return logging.makeLogRecord(attrs)
+    try:
+        return pickle.dumps(("log", logging.makeLogRecord(attrs)))
+    except Exception:  # rare: check each attribute only now, not for every record
+        for key, value in list(attrs.items()):
+            try:
+                pickle.dumps(value)
+            except Exception:
+                attrs[key] = repr(value)
+        return pickle.dumps(("log", logging.makeLogRecord(attrs)))
 
 
 def set_log_levels(levels: dict[str, int]) -> None:
@@ -151,9 +157,6 @@ def main() -> None:
 
 def serve(inbox: Connection, outbox: Connection, slot: Any) -> None:
     """Run jobs until the parent closes the task pipe."""
-    from ..pickling import loads
-    from ..tasks import Task, run_chunk
-
     task: Task | None = None
     while True:
         try:
@@ -193,9 +196,6 @@ def serve(inbox: Connection, outbox: Connection, slot: Any) -> None:
 
 def portable(exc: BaseException, text: str) -> BaseException:
     """``exc`` if it survives a pickle round trip, else a ``RemoteItemError`` describing it."""
-    from ..errors import RemoteItemError
-    from ..pickling import dumps, loads
-
     try:
         loads(dumps(exc))
         return exc
@@ -209,10 +209,6 @@ def portable(exc: BaseException, text: str) -> BaseException:
 
 def pack(values: list[Any], failures: list[tuple[int, Any]], start: int) -> tuple[bytes, bytes]:
     """Pickle results and failures; a result that cannot be pickled becomes that item's failure."""
-    from ..errors import SerializationError
-    from ..pickling import dumps
-    from ..tasks import Failure
-
     try:
         values_blob = dumps(values)
     except Exception:
@@ -250,12 +246,8 @@ def unpack(
     values_blob: bytes,
     retries: int,
     elapsed: float,
-) -> Any:
+) -> Chunk:
     """The parent's half of ``pack``: a ``Chunk``; what cannot be unpickled fails its items."""
-    from ..errors import SerializationError
-    from ..pickling import loads
-    from ..tasks import Chunk, Failure
-
     try:
         records = loads(failures_blob)
         failures = [(o, Failure(exc, text, n, remote=True)) for o, exc, text, n in records]

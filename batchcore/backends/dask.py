@@ -27,7 +27,6 @@ from __future__ import annotations
 import atexit
 import logging
 import math
-import operator
 import threading
 import time
 import uuid
@@ -36,15 +35,11 @@ from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
-from ..errors import (
-    ItemTimeoutError,
-    SerializationError,
-    WorkerCrashedError,
-    short_repr,
-)
-from ..pickling import dumps, dumps_checked, loads
-from ..tasks import CUR_RETRY, Chunk, Failure, Slot, Task, run_chunk
+from ..errors import ItemTimeoutError, WorkerCrashedError, short_repr
+from ..pickling import dumps, loads
+from ..tasks import Chunk, Failure, Slot, Task, run_chunk
 from . import Backend, mark_worker
+from ._worker import pack, unpack
 
 try:
     import distributed
@@ -54,7 +49,14 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         'the "dask" backend needs Dask distributed: pip install "batchcore[dask]"'
     ) from exc
 
-from .pool import ChunkSizer, read_slot
+from .pool import (
+    ChunkSizer,
+    fallback_chunk,
+    known_length,
+    pickle_task,
+    read_slot,
+    unpicklable_item_chunk,
+)
 
 log = logging.getLogger("batchcore")
 
@@ -81,8 +83,6 @@ def run_remote(
     key: str, blob: bytes, items_blob: bytes, start: int, fail_fast: bool, timeout: float | None
 ) -> tuple[int, float, int, bytes, bytes]:
     """On a Dask worker: run one chunk; return ``(retries, elapsed, ran, failures, values)``."""
-    from ._worker import pack
-
     task = _task(key, blob)
     items = loads(items_blob)
     with mark_worker():
@@ -110,51 +110,49 @@ def _run_with_timeout(
         index = start + offset
         first = 0
         while True:
-            slot = Slot()
-            box: dict[str, Chunk] = {}
-
-            def attempt(
-                item: Any = item,
-                index: int = index,
-                first: int = first,
-                slot: Slot = slot,
-                box: dict[str, Chunk] = box,
-            ) -> None:
-                with mark_worker():
-                    box["chunk"] = run_chunk(task, [item], index, first, slot, fail_fast, True)
-
-            thread = threading.Thread(target=attempt, daemon=True, name="batchcore-attempt")
-            thread.start()
-            timed_out = None
-            while thread.is_alive():
-                thread.join(0.05)
-                snapshot = read_slot(slot)
-                if snapshot and time.monotonic_ns() - snapshot[2] > timeout * 1e9:
-                    timed_out = snapshot[1]
-                    break
-            if timed_out is None:
-                chunk = box["chunk"]
-                retries += chunk.retries
-                values.append(chunk.values[0] if chunk.values else None)
-                failures.extend((offset, failure) for _, failure in chunk.failures)
+            outcome = _attempt(task, item, index, first, fail_fast, timeout)
+            if isinstance(outcome, Chunk):
+                chunk = outcome
                 break
-            retries += 1 if timed_out + 1 < task.max_retries else 0
-            if timed_out + 1 < task.max_retries:
-                first = timed_out + 1
+            if outcome + 1 < task.max_retries:  # the attempt that timed out may be retried
+                retries += 1
+                first = outcome + 1
                 continue
-            error = ItemTimeoutError(index, short_repr(item), timeout, timed_out + 1)
-            token = CUR_RETRY.set(timed_out)
-            try:
-                values.append(task.fallback(item, error))
-            except Exception as exc:
-                values.append(None)
-                failures.append((offset, Failure.capture(exc, timed_out + 1)))
-            finally:
-                CUR_RETRY.reset(token)
+            error = ItemTimeoutError(index, short_repr(item), timeout, outcome + 1)
+            chunk = fallback_chunk(task, index, item, error, outcome)
             break
+        retries += chunk.retries
+        values.append(chunk.values[0] if chunk.values else None)
+        failures.extend((offset, failure) for _, failure in chunk.failures)
         if fail_fast and failures:
             break
     return Chunk(start, items, values, failures, retries, time.perf_counter() - began)
+
+
+def _attempt(
+    task: Task, item: Any, index: int, first: int, fail_fast: bool, timeout: float
+) -> Chunk | int:
+    """Run ``item`` from attempt ``first`` on a helper thread: its chunk, or the attempt that ran
+    past ``timeout``."""
+    slot = Slot()
+    box: list[Chunk] = []
+
+    def run() -> None:
+        with mark_worker():
+            box.append(run_chunk(task, [item], index, first, slot, fail_fast, True))
+
+    thread = threading.Thread(target=run, daemon=True, name="batchcore-attempt")
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.05)
+        snapshot = read_slot(slot)
+        if snapshot and time.monotonic_ns() - snapshot[2] > timeout * 1e9:
+            return snapshot[1]
+    return box[0]
+
+
+def _worker_addresses(client: Any) -> set[str]:
+    return set(client.scheduler_info(n_workers=-1).get("workers", {}))
 
 
 _LIVE: weakref.WeakSet[DaskBackend] = weakref.WeakSet()
@@ -228,7 +226,7 @@ class DaskBackend(Backend):
             cluster.close()
 
     def worker_count(self, client: Any) -> int:
-        return max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})) or self.workers)
+        return max(1, len(_worker_addresses(client)) or self.workers)
 
     # --- the seam -----------------------------------------------------------------------------
 
@@ -242,19 +240,11 @@ class DaskBackend(Backend):
         fail_fast: bool = True,
     ) -> Iterator[Chunk]:
         client = self.client()
-        node = getattr(task, "node", None)
-        name = type(node).__name__ if node is not None else task.label
-        blob = dumps_checked(task, "node", name, NODE_HINT, inspect=node)
-        key = f"batchcore-{uuid.uuid4().hex}"
-        # A copy on every worker: chunks need it wherever they run (one copy only would pull
-        # every chunk to that worker). If workers die with every copy, the run scatters it again.
-        blob_future = client.scatter(blob, broadcast=True, hash=False)
+        blob = pickle_task(task, NODE_HINT)
         workers = self.worker_count(client)
-        total = operator.length_hint(items, 0) if hasattr(items, "__len__") else 0
-        run = _DaskRun(client, task, key, blob_future, chunksize, workers, total or None)
-        run.blob_bytes = blob
-        run.timeout = timeout
-        run.fail_fast = fail_fast
+        run = _DaskRun(
+            client, task, blob, chunksize, timeout, fail_fast, workers, known_length(items)
+        )
         try:
             yield from run.results(iter(items))
         except (Exception, GeneratorExit):
@@ -283,23 +273,25 @@ class _DaskRun:
         self,
         client: Any,
         task: Task,
-        key: str,
-        blob: Any,
+        blob_bytes: bytes,
         chunksize: int | None,
+        timeout: float | None,
+        fail_fast: bool,
         workers: int,
         total: int | None,
     ) -> None:
         self.client = client
         self.task = task
-        self.key = key
-        self.blob = blob
+        self.key = f"batchcore-{uuid.uuid4().hex}"
+        self.blob_bytes = blob_bytes
+        self.blob = self.scatter_task()
+        self.timeout = timeout
+        self.fail_fast = fail_fast
         self.sizer = ChunkSizer(chunksize, workers, total, TARGET_SECONDS)
         self.window = WINDOW_PER_WORKER * workers  # read ahead of the oldest unfinished chunk
         # Two tasks per worker keep it busy (the second waits on the worker), and chunk sizes
         # learn from the first results instead of a window full of one-item tasks.
         self.in_flight = IN_FLIGHT_PER_WORKER * workers
-        self.timeout: float | None = None
-        self.fail_fast = True
         self.pending: dict[Any, tuple[int, list[Any]]] = {}
         # Our client is not the process's default one, so hand its event loop over explicitly.
         self.completed = distributed.as_completed(loop=client.loop)
@@ -310,14 +302,18 @@ class _DaskRun:
         self.outstanding = 0
         self.exhausted = False
         self.stop_at: float = math.inf
-        self.blob_bytes = b""
         self.strikes: dict[int, int] = {}  # times a suspect running alone died with a worker
         self.stopped = False  # ended before its items did (a failure, or the caller stopped)
         self.suspects: list[tuple[int, list[Any]]] = []  # items that were on a dying worker
         self.probe: Any = None  # the suspect running alone, if any
 
+    def scatter_task(self) -> Any:
+        """Put the pickled task on every worker: chunks need it wherever they run (one copy only
+        would pull every chunk to that worker)."""
+        return self.client.scatter(self.blob_bytes, broadcast=True, hash=False)
+
     def results(self, source: Iterator[Any]) -> Iterator[Chunk]:
-        workers_before = set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        workers_before = _worker_addresses(self.client)
         while True:
             while self.next_start in self.done:
                 chunk = self.done.pop(self.next_start)
@@ -336,8 +332,7 @@ class _DaskRun:
             self.collect(future)
             if future is self.probe:
                 self.probe = None
-        workers_after = set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
-        lost = workers_before - workers_after
+        lost = workers_before - _worker_addresses(self.client)
         if lost:
             log.warning(
                 "Dask workers %s left during the batch; their tasks were rescheduled on the others",
@@ -398,13 +393,7 @@ class _DaskRun:
             try:
                 dumps(item)
             except Exception as exc:
-                error = SerializationError(
-                    "item",
-                    f"item {index} ({type(item).__module__}.{type(item).__qualname__}, "
-                    f"{short_repr(item, 60)}) cannot be pickled to send it to a Dask worker: "
-                    f"{type(exc).__name__}: {exc}",
-                )
-                self.settle(Chunk(index, [item], [None], [(0, Failure.capture(error, 1))]))
+                self.settle(unpicklable_item_chunk(index, item, exc, "a Dask worker"))
             else:
                 self.requeue.append((index, [item]))
 
@@ -419,8 +408,6 @@ class _DaskRun:
             outcome = None
         if outcome is not None:
             retries, elapsed, ran, failures_blob, values_blob = outcome
-            from ._worker import unpack
-
             chunk = unpack(start, items, ran, failures_blob, values_blob, retries, elapsed)
             self.sizer.observe(len(chunk.values), chunk.elapsed, len(values_blob))
             self.settle(chunk)
@@ -431,7 +418,7 @@ class _DaskRun:
         # The chunk died with workers: Dask gave up on it (KilledWorker), or dropped it because
         # the task's bytes died with every worker holding them.
         if self.blob.status != "finished":
-            self.blob = self.client.scatter(self.blob_bytes, broadcast=True, hash=False)
+            self.blob = self.scatter_task()
         if future is not self.probe:  # any of its items, or one queued near it, may be guilty
             self.outstanding += len(items) - 1
             self.suspects.extend((start + i, [item]) for i, item in enumerate(items))
@@ -444,17 +431,8 @@ class _DaskRun:
         attempts = (error.args[2] + 1) if error is not None and len(error.args) > 2 else strikes
         crashed = WorkerCrashedError(start, short_repr(items[0]), None, None, attempts)
         crashed.add_note(f"the item kept killing Dask workers even when it ran alone ({error})")
-        self.settle(self.fallback(start, items[0], crashed))
-
-    def fallback(self, index: int, item: Any, error: Exception) -> Chunk:
-        token = CUR_RETRY.set(max(self.task.max_retries - 1, 0))
-        try:
-            value = self.task.fallback(item, error)
-        except Exception as exc:
-            return Chunk(index, [item], [None], [(0, Failure.capture(exc, 1))])
-        finally:
-            CUR_RETRY.reset(token)
-        return Chunk(index, [item], [value], [])
+        last = max(self.task.max_retries - 1, 0)
+        self.settle(fallback_chunk(self.task, start, items[0], crashed, last, attempts=1))
 
     def settle(self, chunk: Chunk) -> None:
         if self.fail_fast and chunk.failures:

@@ -30,6 +30,7 @@ from itertools import islice
 from typing import Any
 
 from ..errors import ItemTimeoutError, SerializationError, WorkerCrashedError, short_repr
+from ..pickling import dumps_checked
 from ..tasks import CUR_RETRY, Chunk, Failure, Task
 from . import Backend
 
@@ -179,6 +180,52 @@ class ChunkSizer:
         self.size = round(max(1, min(ideal, self.size * 8, self.cap)))
 
 
+def known_length(items: Iterable[Any]) -> int | None:
+    """The number of items when ``items`` has a length, so jobs can be sized to it."""
+    return (operator.length_hint(items, 0) if hasattr(items, "__len__") else 0) or None
+
+
+def pickle_task(task: Task, hint: str) -> bytes:
+    """Pickle ``task`` for workers; an unpicklable node is named by its class and attribute."""
+    node = getattr(task, "node", None)
+    name = type(node).__name__ if node is not None else task.label
+    return dumps_checked(task, "node", name, hint, inspect=node)
+
+
+def unpicklable_item_chunk(index: int, item: Any, exc: Exception, where: str) -> Chunk:
+    """The failed one-item chunk for an item that cannot be pickled to send it to ``where``."""
+    error = SerializationError(
+        "item",
+        f"item {index} ({type(item).__module__}.{type(item).__qualname__}, "
+        f"{short_repr(item, 60)}) cannot be pickled to send it to {where}: "
+        f"{type(exc).__name__}: {exc}",
+    )
+    error.__cause__ = exc
+    return Chunk(index, [item], [None], [(0, Failure.capture(error, 1))])
+
+
+def fallback_chunk(
+    task: Task,
+    index: int,
+    item: Any,
+    error: Exception,
+    attempt: int,
+    attempts: int | None = None,
+    retries: int = 0,
+) -> Chunk:
+    """The last ``attempt`` at ``item`` crashed or timed out: ``task.fallback`` decides, here in
+    the caller. ``attempts`` (default ``attempt + 1``) is charged to a fallback that raises."""
+    token = CUR_RETRY.set(attempt)
+    try:
+        value = task.fallback(item, error)
+    except Exception as exc:
+        failure = Failure.capture(exc, attempt + 1 if attempts is None else attempts)
+        return Chunk(index, [item], [None], [(0, failure)], retries)
+    finally:
+        CUR_RETRY.reset(token)
+    return Chunk(index, [item], [value], [], retries)
+
+
 def read_slot(slot: Any) -> tuple[int, int, int] | None:
     """A consistent ``(index, attempt, started_ns)`` from a slot another thread may be writing."""
     started = slot.started
@@ -219,8 +266,7 @@ class _Run:
         self.source = iter(items)
         self.exhausted = False
         self.next_index = 0  # index of the next item to read from the source
-        total = operator.length_hint(items, 0) if hasattr(items, "__len__") else 0
-        self.sizer = ChunkSizer(chunksize, pool.size, total or None)
+        self.sizer = ChunkSizer(chunksize, pool.size, known_length(items))
         self.timeout = timeout
         self.fail_fast = fail_fast
         self.retry: list[Job] = []  # jobs to run before new ones: crashed items, bystanders
@@ -367,14 +413,7 @@ class _Run:
                 if run:
                     pieces.append(Job(run_start, run, job.first_attempt))
                     run = []
-                error = SerializationError(
-                    "item",
-                    f"item {index} ({type(item).__module__}.{type(item).__qualname__}, "
-                    f"{short_repr(item, 60)}) cannot be pickled to send it to a worker process: "
-                    f"{type(bad[offset]).__name__}: {bad[offset]}",
-                )
-                error.__cause__ = bad[offset]
-                pieces.append(Chunk(index, [item], [None], [(0, Failure.capture(error, 1))]))
+                pieces.append(unpicklable_item_chunk(index, item, bad[offset], "a worker process"))
                 run_start = index + 1
             else:
                 run.append(item)
@@ -442,21 +481,12 @@ class _Run:
                 error = WorkerCrashedError(
                     index, short_repr(culprit), event.worker.ident, event.exitcode, attempt + 1
                 )
-            pieces.append(self.fallback_chunk(index, culprit, error, attempt))
+            pieces.append(
+                fallback_chunk(self.task, index, culprit, error, attempt, retries=attempt)
+            )
         if offset + 1 < len(job.items):
             pieces.append(Job(index + 1, job.items[offset + 1 :], job.first_attempt))
         self.add_pieces(pieces)
-
-    def fallback_chunk(self, index: int, item: Any, error: Exception, attempt: int) -> Chunk:
-        """The last attempt crashed or timed out: ``exec_fallback`` decides, in the parent."""
-        token = CUR_RETRY.set(attempt)
-        try:
-            value = self.task.fallback(item, error)
-        except Exception as exc:
-            return Chunk(index, [item], [None], [(0, Failure.capture(exc, attempt + 1))], attempt)
-        finally:
-            CUR_RETRY.reset(token)
-        return Chunk(index, [item], [value], [], attempt)
 
     def crash_chunk(self, job: Job, event: Died) -> Chunk:
         failures = []

@@ -29,11 +29,11 @@ import weakref
 from multiprocessing.connection import Connection, wait
 
 from ..errors import SerializationError, WorkerStartupError, describe_exit
-from ..pickling import dumps, dumps_checked
+from ..pickling import dumps
 from ..tasks import Chunk, Failure, Slot, Task
 from . import WORKER_ENV, default_workers
 from ._worker import SLOT_SIZE, SlotStruct, forward_record, log_levels, unpack
-from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState
+from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState, pickle_task
 
 THREAD_LIMIT_VARS = (
     "OMP_NUM_THREADS",  # also read by pyarrow's CPU pool
@@ -60,6 +60,7 @@ class ProcessWorker(WorkerState):
         inbox: Connection,
         outbox: Connection,
         memory: mmap.mmap,
+        pipe_capacity: int,
     ) -> None:
         super().__init__(ident=proc.pid, slot=SlotStruct.from_buffer(memory))
         self.proc = proc
@@ -67,7 +68,7 @@ class ProcessWorker(WorkerState):
         self.outbox = outbox
         self.memory = memory
         self.batch = 0
-        self.pipe_capacity = DEFAULT_PIPE_BYTES
+        self.pipe_capacity = pipe_capacity  # of the task pipe: what can_queue may send at once
 
     def release(self) -> None:
         """Close our ends of the pipes and the slot (keeping the slot's last values readable)."""
@@ -136,6 +137,7 @@ class ProcessPool(Pool):
         self.batch = 0
         self.task_blob = b""
         self.task_label = ""
+        self.log_levels: dict[str, int] = {}
         self.startup_failures = 0
         self.closed = False
         self.workers: list[ProcessWorker] = []
@@ -160,9 +162,12 @@ class ProcessPool(Pool):
             for fd in (task_r, result_w, slot_fd):
                 os.close(fd)
         worker = ProcessWorker(
-            proc, Connection(task_w, readable=False), Connection(result_r, writable=False), memory
+            proc,
+            Connection(task_w, readable=False),
+            Connection(result_r, writable=False),
+            memory,
+            capacity,
         )
-        worker.pipe_capacity = capacity
         try:
             worker.inbox.send_bytes(pickle.dumps({"sys_path": list(sys.path)}))
         except OSError:
@@ -172,10 +177,9 @@ class ProcessPool(Pool):
     # --- the Pool interface -----------------------------------------------------------------
 
     def begin(self, task: Task) -> None:
-        node = getattr(task, "node", None)
-        name = type(node).__name__ if node is not None else task.label
-        self.task_blob = dumps_checked(task, "node", name, NODE_HINT, inspect=node)
+        self.task_blob = pickle_task(task, NODE_HINT)
         self.task_label = task.label
+        self.log_levels = log_levels()  # sent with the task: workers log as the parent does now
         self.batch += 1
 
     def encode(self, job: Job) -> None:
@@ -202,7 +206,6 @@ class ProcessPool(Pool):
 
     def submit(self, worker: ProcessWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
         has_task = worker.batch != self.batch
-        levels = log_levels() if has_task else None
         header = (
             "run",
             self.batch,
@@ -211,7 +214,7 @@ class ProcessPool(Pool):
             job.first_attempt,
             fail_fast,
             track_time,
-            levels,
+            self.log_levels if has_task else None,
         )
         worker.jobs.append(job)
         worker.batch = self.batch

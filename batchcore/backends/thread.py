@@ -57,6 +57,11 @@ class ThreadWorker(WorkerState):
                     return
                 self.events.put(Done(self, job, chunk))
 
+    def abandon(self) -> None:
+        """Let the thread go: it exits after its current item, and its events are ignored."""
+        self.abandoned = True
+        self.inbox.put(None)
+
 
 class ThreadPool(Pool):
     """``size`` thread workers and one queue of events back to the scheduler."""
@@ -100,8 +105,7 @@ class ThreadPool(Pool):
         return live
 
     def replace(self, worker: ThreadWorker) -> None:
-        worker.abandoned = True
-        worker.inbox.put(None)
+        worker.abandon()
         self.workers[self.workers.index(worker)] = ThreadWorker(self.events)
 
     def stop(self, worker: ThreadWorker) -> None:
@@ -115,8 +119,7 @@ class ThreadPool(Pool):
     def close(self, kill: bool = False) -> None:
         self.closed = True
         for worker in self.workers:
-            worker.abandoned = True
-            worker.inbox.put(None)
+            worker.abandon()
         self.workers = []
 
 
