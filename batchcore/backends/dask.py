@@ -432,7 +432,7 @@ class _DaskRun:
         crashed = WorkerCrashedError(start, short_repr(items[0]), None, None, attempts)
         crashed.add_note(f"the item kept killing Dask workers even when it ran alone ({error})")
         last = max(self.task.max_retries - 1, 0)
-        self.settle(fallback_chunk(self.task, start, items[0], crashed, last, attempts=1))
+        self.settle(fallback_chunk(self.task, start, items[0], crashed, last, attempts=attempts))
 
     def settle(self, chunk: Chunk) -> None:
         if self.fail_fast and chunk.failures:
