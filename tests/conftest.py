@@ -94,6 +94,14 @@ def _stray_children(before: set[int]) -> list[psutil.Process]:
     return strays
 
 
+@pytest.fixture(autouse=True, scope="session")
+def close_backends_at_the_end() -> Iterator[None]:
+    """Close warm pools and clusters while pytest's output streams are still open (at interpreter
+    exit, a closing Dask scheduler would log into streams pytest has already closed)."""
+    yield
+    batchcore.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_processes() -> Iterator[None]:
     """Fail a test that leaves a child process behind (other than warm pool workers)."""
