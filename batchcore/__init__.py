@@ -42,15 +42,6 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-_ASYNC = {
-    "AsyncBatchFlow",
-    "AsyncBatchNode",
-    "AsyncFlow",
-    "AsyncNode",
-    "AsyncParallelBatchFlow",
-    "AsyncParallelBatchNode",
-}
-
 
 def __getattr__(name: str) -> Any:
     # The asyncio family loads on first use: worker processes (and programs that never touch
@@ -90,3 +81,6 @@ __all__ = [
     "shutdown",
     "use_backend",
 ]
+
+# The lazily loaded names: every exported ``Async*`` class lives in ``async_nodes``.
+_ASYNC = frozenset(name for name in __all__ if name.startswith("Async"))

@@ -117,7 +117,7 @@ class _IsolatedSubflow(Task):
             "(paths, numbers, dicts); open files and connections inside the nodes.",
         )
         self._base: dict[str, Any] | None = None
-        self._base_blobs: dict[str, bytes] = {}
+        self._base_blobs: dict[tuple[Any, ...], bytes] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {
@@ -148,23 +148,25 @@ class _IsolatedSubflow(Task):
                 writes[key] = value
             elif isinstance(value, dict) and isinstance(base[key], dict):
                 old = base[key]
-                changed = {k: v for k, v in value.items() if k not in old or _differs(old[k], v)}
+                changed = {
+                    k: v
+                    for k, v in value.items()
+                    if k not in old or self._differs((key, k), old[k], v)
+                }
                 if changed:
                     writes[key] = changed
-            elif self._differs_from_base(key, value):
+            elif self._differs((key,), base[key], value):
                 writes[key] = value
         return writes
 
-    def _differs_from_base(self, key: str, value: Any) -> bool:
-        blob = self._base_blobs.get(key)
+    def _differs(self, path: tuple[Any, ...], old: Any, new: Any) -> bool:
+        """Whether ``new`` pickles unlike base value ``old`` at ``path`` (base pickles cached)."""
+        if old is new:
+            return False
+        blob = self._base_blobs.get(path)
         if blob is None:
-            assert self._base is not None
-            blob = self._base_blobs[key] = dumps(self._base[key])
-        return dumps(value) != blob
-
-
-def _differs(old: Any, new: Any) -> bool:
-    return old is not new and dumps(old) != dumps(new)
+            blob = self._base_blobs[path] = dumps(old)
+        return dumps(new) != blob
 
 
 class BatchFlow(Flow):
