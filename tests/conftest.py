@@ -88,6 +88,8 @@ def _stray_children(before: set[int]) -> list[psutil.Process]:
         try:
             if child.pid in allowed or child.status() == psutil.STATUS_ZOMBIE:
                 continue
+            if "resource_tracker" in " ".join(child.cmdline()):
+                continue  # multiprocessing's (Dask starts it): one per program, lives until exit
             strays.append(child)
         except psutil.NoSuchProcess:
             continue
