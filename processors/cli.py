@@ -280,9 +280,19 @@ def run_csv_stats(args: argparse.Namespace) -> int:
         print(json.dumps(finite(report), allow_nan=False, default=str))
     else:
         print(format_csv_stats(stats, seconds, args.backend))
-    for line in stats.skipped_lines:
-        print(f"{PROG}: skipped bad row at {args.path}:{line}", file=sys.stderr)
+    print_skipped(args.path, stats.skipped_lines)
     return EXIT_OK
+
+
+def print_skipped(path: str, lines: list[int]) -> None:
+    """One stderr line per reported bad row that was skipped."""
+    for line in lines:
+        print(f"{PROG}: skipped bad row at {path}:{line}", file=sys.stderr)
+
+
+def skipped_note(rows: int) -> str:
+    """``"; N bad rows skipped"`` for a summary line, or nothing."""
+    return f"; {rows:,} bad rows skipped" if rows else ""
 
 
 def finite(value: Any) -> Any:
@@ -298,9 +308,10 @@ def finite(value: Any) -> Any:
 
 def format_csv_stats(stats: Any, seconds: float, backend: str) -> str:
     """The human-readable ``csv stats`` output: a summary line and aligned tables."""
-    lines = [f"{stats.path}: {stats.rows:,} rows in {seconds:.2f} s ({backend} backend)"]
-    if stats.skipped_rows:
-        lines[0] += f"; {stats.skipped_rows:,} bad rows skipped"
+    lines = [
+        f"{stats.path}: {stats.rows:,} rows in {seconds:.2f} s ({backend} backend)"
+        + skipped_note(stats.skipped_rows)
+    ]
     rows: list[list[str]] = []
     for name, column in stats.columns.items():
         rows.append([name, *_numbers(column)])
@@ -365,12 +376,11 @@ def run_csv_to_parquet(args: argparse.Namespace) -> int:
         summary["schema"] = {field.name: str(field.type) for field in result["schema"]}
         print(json.dumps(summary))
     else:
-        line = f"{args.out_dir}: {result['rows']:,} rows in {result['parts']} parts"
-        if result["skipped_rows"]:
-            line += f"; {result['skipped_rows']:,} bad rows skipped"
-        print(line)
-    for number in result["skipped_lines"]:
-        print(f"{PROG}: skipped bad row at {args.path}:{number}", file=sys.stderr)
+        print(
+            f"{args.out_dir}: {result['rows']:,} rows in {result['parts']} parts"
+            + skipped_note(result["skipped_rows"])
+        )
+    print_skipped(args.path, result["skipped_lines"])
     return EXIT_OK
 
 

@@ -160,8 +160,8 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
     if encoded.indices.null_count:  # (pc.fill_null with a Python value would import pandas too)
         codes = np.where(_valid(encoded.indices), codes, size - 1)
     rows = np.bincount(codes, minlength=size)
-    groups = {names[code]: GroupStats(int(rows[code])) for code in np.flatnonzero(rows)}
     present_codes = np.flatnonzero(rows)
+    groups = {names[code]: GroupStats(int(rows[code])) for code in present_codes}
     for name in sums:
         column = table[name].combine_chunks()
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):

@@ -25,7 +25,15 @@ import pyarrow as pa
 from batchcore import Backend, BatchNode, Node
 from batchcore.backends import resolve_settings
 
-from .csv_read import CsvFormatError, CsvOptions, CsvPlan, RangeData, make_plan, read_range
+from .csv_read import (
+    MAX_REPORTED_LINES,
+    CsvFormatError,
+    CsvOptions,
+    CsvPlan,
+    RangeData,
+    make_plan,
+    read_range,
+)
 from .csv_split import (
     BlockScan,
     CsvRange,
@@ -228,7 +236,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             if isinstance(result, _RangeResult):
                 report.rows += result.rows
                 report.skipped += result.skipped
-                room = 20 - len(report.skipped_lines)
+                room = MAX_REPORTED_LINES - len(report.skipped_lines)
                 report.skipped_lines.extend(result.skipped_lines[: max(room, 0)])
                 values.append(result.value)
             else:

@@ -13,6 +13,7 @@ import csv
 import io
 import os
 import re
+import stat
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
+
+from batchcore.backends import check_positive_int
 
 from .csv_split import NEWLINE, CsvRange, first_record_start, line_of
 
@@ -73,10 +76,7 @@ class CsvOptions:
     infer_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:
-        if isinstance(self.chunk_bytes, bool) or not isinstance(self.chunk_bytes, int):
-            raise TypeError(f"chunk_bytes must be an int, got {self.chunk_bytes!r}")
-        if self.chunk_bytes < 1:
-            raise ValueError(f"chunk_bytes must be >= 1, got {self.chunk_bytes!r}")
+        check_positive_int("chunk_bytes", self.chunk_bytes)
         for name in ("delimiter", "quote_char"):
             value = getattr(self, name)
             if value is None and name == "quote_char":
@@ -100,8 +100,6 @@ class CsvOptions:
             )
         if self.output not in OUTPUT_CHOICES:
             raise ValueError(f"output must be one of {list(OUTPUT_CHOICES)}, got {self.output!r}")
-        if not self.header and self.column_names is None:
-            pass  # names f0, f1, ... are made from the first record
         for name, value in (self.column_types or {}).items():
             if isinstance(value, str):
                 try:
@@ -197,13 +195,13 @@ def make_plan(
     header, ``UnknownColumnError`` for a requested column that is not there.
     """
     path = os.fspath(path)
-    size = os.stat(path).st_size  # FileNotFoundError names the path
-    if os.path.isdir(path):
+    info = os.stat(path)  # FileNotFoundError names the path
+    if stat.S_ISDIR(info.st_mode):
         raise IsADirectoryError(21, "is a directory, not a CSV file", path)
+    size = info.st_size
     quote = options.quote_byte
     with open(path, "rb", buffering=0) as handle:
-        head = handle.read(min(size, 1 << 16))
-        begin = len(BOM) if head.startswith(BOM) else 0
+        begin = len(BOM) if handle.read(len(BOM)) == BOM else 0
         first_end = first_record_start(handle, begin, False, quote)
         handle.seek(begin)
         first = handle.read(first_end - begin)
@@ -240,14 +238,22 @@ def make_plan(
     return CsvPlan(path, size, data_start, tuple(names), schema, options, untyped)
 
 
+def _record_ends(
+    array: np.ndarray[Any, Any], newlines: np.ndarray[Any, Any], quote: int | None
+) -> np.ndarray[Any, Any]:
+    """The ``newlines`` (offsets into ``array``, which starts outside quotes) outside quotes."""
+    if quote is None or not newlines.size:
+        return newlines
+    quotes_before = np.searchsorted(np.flatnonzero(array == quote), newlines)
+    outside: np.ndarray[Any, Any] = newlines[(quotes_before & 1) == 0]
+    return outside
+
+
 def _last_record_end(data: bytes, quote: int | None) -> int:
     """Offset just after the last newline of ``data`` that is outside quotes (0 if none)."""
     array = np.frombuffer(data, dtype=np.uint8)
-    newlines = np.flatnonzero(array == NEWLINE)
-    if quote is not None and newlines.size:
-        quotes_before = np.searchsorted(np.flatnonzero(array == quote), newlines)
-        newlines = newlines[(quotes_before & 1) == 0]
-    return int(newlines[-1]) + 1 if newlines.size else 0
+    ends = _record_ends(array, np.flatnonzero(array == NEWLINE), quote)
+    return int(ends[-1]) + 1 if ends.size else 0
 
 
 def _infer_schema(
@@ -412,12 +418,7 @@ def _record_lines(plan: CsvPlan, rng: CsvRange, data: bytes, rows: list[int]) ->
     """
     array = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(array == NEWLINE)
-    quote = plan.options.quote_byte
-    if quote is not None:
-        quotes_before = np.searchsorted(np.flatnonzero(array == quote), newlines)
-        record_ends = newlines[(quotes_before & 1) == 0]
-    else:
-        record_ends = newlines
+    record_ends = _record_ends(array, newlines, plan.options.quote_byte)
     starts = np.concatenate(([0], record_ends + 1))
     ends = np.concatenate((record_ends + 1, [len(array)]))
     length = ends - starts

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,7 +177,3 @@ def line_of(path: str, offset: int) -> int:
     """The 1-based line number (counting every newline byte) that ``offset`` is on."""
     with open(path, "rb", buffering=0) as handle:
         return count_byte(handle, 0, offset, NEWLINE) + 1
-
-
-def file_size(path: str) -> int:
-    return os.stat(path).st_size

@@ -31,6 +31,8 @@ from typing import Any, TypeVar
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from .images_io import to_working_mode
+
 __all__ = [
     "FilterChain",
     "FilterError",
@@ -323,8 +325,6 @@ class FilterChain:
 
     def apply(self, image: Image.Image, source: str = "<image>") -> Image.Image:
         """Run every step; a step that raises becomes ``FilterError`` naming ``source``."""
-        from .images_io import to_working_mode  # images_io does not import this module
-
         for step in self.steps:
             try:
                 result: Any = step.apply(to_working_mode(image))
@@ -406,11 +406,11 @@ def colour_only(image: Image.Image, change: Callable[[Image.Image], Image.Image]
     return result
 
 
-def _kernel(kernel: ImageFilter.Filter | type[ImageFilter.Filter]) -> FilterFunction:
-    def apply(image: Image.Image) -> Image.Image:
-        return colour_only(image, lambda im: im.filter(kernel))
-
-    return apply
+def _filtered(
+    image: Image.Image, kernel: ImageFilter.Filter | type[ImageFilter.Filter]
+) -> Image.Image:
+    """``image.filter(kernel)`` on the colour bands only."""
+    return colour_only(image, lambda im: im.filter(kernel))
 
 
 @register_filter("grayscale")
@@ -428,25 +428,25 @@ def sepia(image: Image.Image) -> Image.Image:
 @register_filter("blur", ranges={"radius": (0, 1000)})
 def blur(image: Image.Image, radius: float = 2.0) -> Image.Image:
     """Gaussian blur (the same as gaussian_blur)."""
-    return colour_only(image, lambda im: im.filter(ImageFilter.GaussianBlur(radius)))
+    return gaussian_blur(image, radius)
 
 
 @register_filter("gaussian_blur", ranges={"radius": (0, 1000)})
 def gaussian_blur(image: Image.Image, radius: float = 2.0) -> Image.Image:
     """Gaussian blur with standard deviation ``radius`` pixels."""
-    return colour_only(image, lambda im: im.filter(ImageFilter.GaussianBlur(radius)))
+    return _filtered(image, ImageFilter.GaussianBlur(radius))
 
 
 @register_filter("box_blur", ranges={"radius": (0, 1000)})
 def box_blur(image: Image.Image, radius: float = 2.0) -> Image.Image:
     """Box blur: the mean of a (2 * radius + 1) square around each pixel."""
-    return colour_only(image, lambda im: im.filter(ImageFilter.BoxBlur(radius)))
+    return _filtered(image, ImageFilter.BoxBlur(radius))
 
 
 @register_filter("sharpen")
 def sharpen(image: Image.Image) -> Image.Image:
     """Pillow's 3x3 sharpening kernel."""
-    return _kernel(ImageFilter.SHARPEN)(image)
+    return _filtered(image, ImageFilter.SHARPEN)
 
 
 @register_filter(
@@ -456,25 +456,25 @@ def unsharp(
     image: Image.Image, radius: float = 2.0, percent: int = 150, threshold: int = 3
 ) -> Image.Image:
     """Unsharp mask: add ``percent`` of the detail finer than ``radius`` above ``threshold``."""
-    return _kernel(ImageFilter.UnsharpMask(radius, percent, threshold))(image)
+    return _filtered(image, ImageFilter.UnsharpMask(radius, percent, threshold))
 
 
 @register_filter("edge")
 def edge(image: Image.Image) -> Image.Image:
     """Edges only (Pillow's FIND_EDGES kernel)."""
-    return _kernel(ImageFilter.FIND_EDGES)(image)
+    return _filtered(image, ImageFilter.FIND_EDGES)
 
 
 @register_filter("emboss")
 def emboss(image: Image.Image) -> Image.Image:
     """Relief effect (Pillow's EMBOSS kernel)."""
-    return _kernel(ImageFilter.EMBOSS)(image)
+    return _filtered(image, ImageFilter.EMBOSS)
 
 
 @register_filter("contour")
 def contour(image: Image.Image) -> Image.Image:
     """Contour lines (Pillow's CONTOUR kernel)."""
-    return _kernel(ImageFilter.CONTOUR)(image)
+    return _filtered(image, ImageFilter.CONTOUR)
 
 
 @register_filter("invert")

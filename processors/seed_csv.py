@@ -23,6 +23,7 @@ import pandas as pd
 from pandas.api.types import is_integer, is_numeric_dtype
 
 from batchcore import BatchNode, BatchStats, Flow, Node
+from batchcore.backends import check_positive_int
 
 __all__ = [
     "ColumnStats",
@@ -169,10 +170,7 @@ class SalesChunkStats(BatchNode):
         if isinstance(columns, str):
             columns = (columns,)
         self.columns = list(dict.fromkeys(columns))  # unique, in the order given
-        if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int):
-            raise TypeError(f"chunk_rows must be an int, got {chunk_rows!r}")
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows!r}")
+        check_positive_int("chunk_rows", chunk_rows)
         self.chunk_rows = chunk_rows
         self.input_file = ""
 
