@@ -82,18 +82,24 @@ class _ScanBlocks(BatchNode):
     """Phase 1 of the split, run on the CSV node's own backend: one scan per block."""
 
     def __init__(
-        self, path: str, quote: int | None, spans: list[tuple[int, int]], backend: Backend
+        self,
+        path: str,
+        quote: int | None,
+        lines: bool,
+        spans: list[tuple[int, int]],
+        backend: Backend,
     ) -> None:
         super().__init__(backend=backend)
         self.path = path
         self.quote = quote
+        self.lines = lines
         self.spans = spans
 
     def prep(self, shared: dict[str, Any]) -> list[tuple[int, int]]:
         return self.spans
 
     def exec(self, block: tuple[int, int]) -> BlockScan:
-        return scan_block(self.path, block[0], block[1], self.quote)
+        return scan_block(self.path, block[0], block[1], self.quote, self.lines)
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[BlockScan]) -> None:
         shared["scans"] = exec_res
@@ -189,6 +195,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         """Plan the file (names, one schema) and cut it into ranges; call this from ``prep``."""
         options = self.csv_options
         quote = options.quote_byte
+        lines = options.bad_rows == "skip"  # skipped rows are reported by line: count lines too
         scans: list[BlockScan] = []
 
         def count_quotes(data_start: int, size: int) -> None:
@@ -196,15 +203,15 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             # unterminated quote, reported before anything tries to read past it.
             spans = blocks(data_start, size, options.chunk_bytes)
             backend = resolve_settings(self).backend
-            if len(spans) > 1 and quote is not None and _warm(backend):
+            if len(spans) > 1 and (quote is not None or lines) and _warm(backend):
                 shared: dict[str, Any] = {}
-                _ScanBlocks(path, quote, spans, backend).run(shared)
+                _ScanBlocks(path, quote, lines, spans, backend).run(shared)
                 scans.extend(shared["scans"])
             else:
                 # A cold pool boots (imports and all) in the background meanwhile.
                 if hasattr(backend, "start") and backend.parallel:
                     backend.start()
-                scans.extend(scan_block(path, start, end, quote) for start, end in spans)
+                scans.extend(scan_block(path, start, end, quote, lines) for start, end in spans)
             if quote is not None and ends_inside_quotes(scans):
                 start = unterminated_record(path, data_start, quote)
                 raise CsvFormatError(

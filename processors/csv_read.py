@@ -425,7 +425,7 @@ def _record_lines(plan: CsvPlan, rng: CsvRange, data: bytes, rows: list[int]) ->
     first_byte = array[np.minimum(starts, max(len(array) - 1, 0))] if len(array) else starts
     empty = (length == 0) | (length == 1) | ((length == 2) & (first_byte == 13))
     records = starts[~empty]
-    first_line = line_of(plan.path, rng.start)
+    first_line = rng.line if rng.line is not None else line_of(plan.path, rng.start)
     lines = []
     for row in rows:
         start = int(records[min(row - 1, len(records) - 1)]) if len(records) else 0

@@ -16,9 +16,10 @@ costs a few percent of a parse. An odd total means an unterminated quote: an err
 
 from __future__ import annotations
 
+import bisect
 import io
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -39,11 +40,15 @@ WINDOW = 1 << 16  # bytes read at a time while looking for a boundary
 
 @dataclass(frozen=True)
 class CsvRange:
-    """Bytes ``start..end-1`` of a file hold whole records; ``index`` is its place in the file."""
+    """Bytes ``start..end-1`` of a file hold whole records; ``index`` is its place in the file.
+
+    ``line`` is the 1-based line ``start`` is on, when the split counted lines (to report skipped
+    rows by line without rereading the file up to the range)."""
 
     index: int
     start: int
     end: int
+    line: int | None = field(default=None, compare=False)
 
     @property
     def size(self) -> int:
@@ -52,19 +57,22 @@ class CsvRange:
 
 @dataclass(frozen=True)
 class BlockScan:
-    """What phase 1 learns about one block: how many quote bytes it holds."""
+    """What phase 1 learns about one block: how many quote bytes it holds (and newlines, when
+    asked)."""
 
     start: int
     end: int
     quotes: int
+    newlines: int | None = None
 
 
-def count_byte(handle: io.FileIO, start: int, end: int, byte: int) -> int:
-    """How many times ``byte`` occurs in ``start..end-1`` of an open binary file."""
+def count_bytes(handle: io.FileIO, start: int, end: int, targets: tuple[int, ...]) -> list[int]:
+    """How many times each byte of ``targets`` occurs in ``start..end-1`` of an open binary file
+    (one read of the range for all of them)."""
     buffer = bytearray(min(STEP * 16, max(end - start, 1)))
     view = memoryview(buffer)
     array = np.frombuffer(buffer, dtype=np.uint8)
-    total = 0
+    totals = [0] * len(targets)
     position = start
     handle.seek(start)
     while position < end:
@@ -72,9 +80,16 @@ def count_byte(handle: io.FileIO, start: int, end: int, byte: int) -> int:
         if not got:
             break
         for offset in range(0, got, STEP):
-            total += int(np.count_nonzero(array[offset : min(offset + STEP, got)] == byte))
+            step = array[offset : min(offset + STEP, got)]
+            for which, byte in enumerate(targets):
+                totals[which] += int(np.count_nonzero(step == byte))
         position += got
-    return total
+    return totals
+
+
+def count_byte(handle: io.FileIO, start: int, end: int, byte: int) -> int:
+    """How many times ``byte`` occurs in ``start..end-1`` of an open binary file."""
+    return count_bytes(handle, start, end, (byte,))[0]
 
 
 def first_record_start(handle: io.FileIO, position: int, inside: bool, quote: int | None) -> int:
@@ -103,12 +118,18 @@ def first_record_start(handle: io.FileIO, position: int, inside: bool, quote: in
         position += len(window)
 
 
-def scan_block(path: str, start: int, end: int, quote: int | None) -> BlockScan:
-    """Phase 1 for one block (in a worker): count its quote bytes."""
-    if quote is None:
+def scan_block(
+    path: str, start: int, end: int, quote: int | None, lines: bool = False
+) -> BlockScan:
+    """Phase 1 for one block (in a worker): count its quote bytes, and its newlines if ``lines``."""
+    targets = ((quote,) if quote is not None else ()) + ((NEWLINE,) if lines else ())
+    if not targets:
         return BlockScan(start, end, 0)
     with open(path, "rb", buffering=0) as handle:
-        return BlockScan(start, end, count_byte(handle, start, end, quote))
+        counts = count_bytes(handle, start, end, targets)
+    return BlockScan(
+        start, end, counts[0] if quote is not None else 0, counts[-1] if lines else None
+    )
 
 
 def blocks(data_start: int, size: int, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -137,7 +158,25 @@ def plan_ranges(
         left = max(left, ranges[-1].end if ranges else data_start)
         if right > left:
             ranges.append(CsvRange(len(ranges), left, right))
+    if scans and all(scan.newlines is not None for scan in scans):
+        ranges = _with_lines(path, ranges, scans)
     return ranges
+
+
+def _with_lines(path: str, ranges: list[CsvRange], scans: list[BlockScan]) -> list[CsvRange]:
+    """``ranges`` with the line each starts on, from the blocks' newline counts: only the header
+    and the few bytes from a block's start to its range's start are counted again."""
+    block_starts = [scan.start for scan in scans]
+    before = list(itertools.accumulate((scan.newlines or 0 for scan in scans), initial=0))
+    placed = []
+    with open(path, "rb", buffering=0) as handle:
+        header = count_byte(handle, 0, block_starts[0], NEWLINE)
+        for rng in ranges:  # every range starts at or after the first block's start
+            block = bisect.bisect_right(block_starts, rng.start) - 1
+            newlines = header + before[block]
+            newlines += count_byte(handle, block_starts[block], rng.start, NEWLINE)
+            placed.append(replace(rng, line=newlines + 1))
+    return placed
 
 
 def ends_inside_quotes(scans: list[BlockScan]) -> bool:

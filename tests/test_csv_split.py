@@ -239,3 +239,30 @@ def test_ranges_tile_the_data_and_parse_to_whole_records(data: bytes, chunk_byte
         path = write_bytes(Path(folder) / "p.csv", data)
         data_start = min(record_ends(data) | {len(data)})  # after the header record
         check_ranges(data, data_start, split(path, data_start, chunk_bytes))
+
+
+@settings(max_examples=40)
+@given(data=csv_files(), chunk_bytes=st.integers(1, 40), quoted=st.booleans())
+def test_counted_lines_give_each_range_its_starting_line(
+    data: bytes, chunk_bytes: int, quoted: bool
+) -> None:
+    # bad_rows="skip" counts newlines in phase 1, so skipped rows are located without rereading
+    # the file from its start for every range.
+    quote = QUOTE if quoted else None
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_bytes(Path(folder) / "p.csv", data)
+        data_start = min(record_ends(data) | {len(data)})
+        size = len(data)
+        spans = blocks(data_start, size, chunk_bytes)
+        scans = [scan_block(str(path), a, b, quote, lines=True) for a, b in spans]
+        assert [scan.newlines for scan in scans] == [data[a:b].count(b"\n") for a, b in spans]
+        ranges = plan_ranges(str(path), data_start, size, scans, quote)
+        assert [r.line for r in ranges] == [line_of(str(path), r.start) for r in ranges]
+        plain = plan_ranges(
+            str(path),
+            data_start,
+            size,
+            [scan_block(str(path), a, b, quote) for a, b in spans],
+            quote,
+        )
+        assert all(r.line is None for r in plain)
