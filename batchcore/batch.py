@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import Resolved
+from .backends.streams import write_out
 from .errors import RemoteTraceback, short_repr
 from .progress import progress_bar
 from .tasks import Failure, Task
@@ -93,6 +94,8 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], settings: Resolved) 
     )
     try:
         for chunk in chunks:
+            for stream, text in chunk.output:
+                write_out(stream, text)
             stats.retries += chunk.retries
             if chunk.failures:
                 failed = set()

@@ -129,7 +129,9 @@ class Chunk:
     """Consecutive items ``start, start+1, ...`` and what running them gave, in input order.
 
     ``values[i]`` is the result of ``items[i]`` (``None`` where ``failures`` lists offset ``i``).
-    ``values`` is shorter than ``items`` when a fail-fast run stopped at a failure.
+    ``values`` is shorter than ``items`` when a fail-fast run stopped at a failure. ``output``
+    is what the items printed in a worker, ``(stream, whole lines)``, for the caller to write
+    when the chunk's turn comes (so a parallel run prints in input order, as a sequential one).
     """
 
     start: int
@@ -138,6 +140,7 @@ class Chunk:
     failures: list[tuple[int, Failure]] = field(default_factory=list)
     retries: int = 0
     elapsed: float = 0.0
+    output: list[tuple[str, str]] = field(default_factory=list)  # streams.Output
 
 
 def run_chunk(

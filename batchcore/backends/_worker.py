@@ -7,10 +7,15 @@ Protocol (each message is one or more ``Connection`` frames of pickled data)::
                         log_levels)  [task]  items
     worker -> parent   ("ready", pid) | ("startup_error", text) | ("setup_error", text)
                        | ("items_error", text) | ("done", retries, elapsed, ran)  failures  values
-                       | ("log", record)  at any time, from any thread of the worker
+                       | ("log", record) | ("out", "stdout" or "stderr", whole lines)
+                         at any time, from any thread of the worker
 
 The worker ignores SIGINT (the parent owns Ctrl-C), turns SIGTERM into ``SystemExit`` so cleanup
-code runs, and exits by itself when the parent dies (a thread waits for the task pipe to hang up).
+code runs, and exits by itself when the parent dies (a thread waits for the task pipe to hang up
+while an item runs; an idle worker reads the end of the pipe). A worker that finds its parent
+gone, at any point, exits quietly: nobody is left to read a traceback. What it prints goes up
+the result pipe as whole lines (``streams.LineWriter``), which the parent writes to its own
+stdout and stderr.
 It records the item and attempt it is running in a shared-memory ``SlotStruct`` that the parent
 reads to charge crashes and timeouts to the right item. Log records reach the parent's handlers:
 the worker's loggers take the levels the parent's have (sent with each batch), and a handler on
@@ -28,7 +33,9 @@ import select
 import signal
 import sys
 import threading
+import time
 import traceback
+from functools import partial
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
@@ -36,6 +43,7 @@ from typing import Any
 from ..errors import RemoteItemError, SerializationError
 from ..pickling import dumps, loads
 from ..tasks import Chunk, Failure, Task, run_chunk
+from .streams import STREAMS, LineWriter
 
 SLOT_SIZE = 64
 PARENT_GONE_EXIT = 70
@@ -51,18 +59,51 @@ def _exit_on_term(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+# True while an item runs: then a hang-up of the task pipe must stop the worker from outside.
+_busy = False
+
+
 def _watch_parent(fd: int) -> None:
-    """Exit at once when every writer of the task pipe is gone: the parent died or shut us down."""
+    """Exit at once when every writer of the task pipe is gone while an item runs: the parent
+    died or stopped us. An idle worker reads the end of the pipe itself and exits cleanly."""
     poller = select.poll()
     poller.register(fd, 0)  # no events requested: poll still reports hang-up and errors
-    while True:
-        for _, event in poller.poll():
-            if event & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                os._exit(PARENT_GONE_EXIT)
+    while not any(
+        event & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, event in poller.poll()
+    ):
+        pass
+    # Jobs written before the hang-up may still be read and started: stop the worker then.
+    while not _busy:
+        time.sleep(0.05)
+    os._exit(PARENT_GONE_EXIT)
 
 
-# The main thread's results and any thread's log records share the result pipe: one at a time.
-_SEND_LOCK = threading.Lock()
+# Results, log records and printed lines from any thread share the result pipe: one at a time.
+_SEND_LOCK = threading.RLock()
+
+
+def send(outbox: Connection, *blobs: bytes) -> None:
+    """Send ``blobs`` as one message; with the parent gone there is nobody to tell: exit quietly."""
+    try:
+        with _SEND_LOCK:
+            for blob in blobs:
+                outbox.send_bytes(blob)
+    except OSError:
+        os._exit(PARENT_GONE_EXIT)
+
+
+def forward_streams(outbox: Connection) -> list[LineWriter]:
+    """Make this worker's ``sys.stdout`` and ``sys.stderr`` send whole lines to the parent."""
+    writers = []
+    for fd, name in enumerate(STREAMS, start=1):
+        writer = LineWriter(partial(send_output, outbox, name), fd)
+        setattr(sys, name, writer)
+        writers.append(writer)
+    return writers
+
+
+def send_output(outbox: Connection, stream: str, text: str) -> None:
+    send(outbox, pickle.dumps(("out", stream, text)))
 
 
 class LogForwarder(logging.Handler):
@@ -78,9 +119,7 @@ class LogForwarder(logging.Handler):
             return
         self.busy.on = True
         try:
-            blob = record_blob(record)
-            with _SEND_LOCK:
-                self.outbox.send_bytes(blob)
+            send(self.outbox, record_blob(record))
         except Exception:
             self.handleError(record)
         finally:
@@ -141,27 +180,28 @@ def main() -> None:
     os.close(slot_fd)
     slot = SlotStruct.from_buffer(memory)
     slot.index = -1
+    writers = forward_streams(outbox)
     try:
         hello = pickle.loads(inbox.recv_bytes())
         sys.path[:] = hello["sys_path"]
-    except EOFError:
+    except (EOFError, OSError):
         return
     except Exception:
-        outbox.send_bytes(pickle.dumps(("startup_error", traceback.format_exc())))
+        send(outbox, pickle.dumps(("startup_error", traceback.format_exc())))
         return
     logging.getLogger().addHandler(LogForwarder(outbox))
-    with _SEND_LOCK:
-        outbox.send_bytes(pickle.dumps(("ready", os.getpid())))
-    serve(inbox, outbox, slot)
+    send(outbox, pickle.dumps(("ready", os.getpid())))
+    serve(inbox, outbox, slot, writers)
 
 
-def serve(inbox: Connection, outbox: Connection, slot: Any) -> None:
+def serve(inbox: Connection, outbox: Connection, slot: Any, writers: list[LineWriter]) -> None:
     """Run jobs until the parent closes the task pipe."""
+    global _busy
     task: Task | None = None
     while True:
         try:
             header = pickle.loads(inbox.recv_bytes())
-        except EOFError:
+        except (EOFError, OSError):
             return
         _, _batch, has_task, start, first_attempt, fail_fast, track_time, levels = header
         if levels is not None:
@@ -174,24 +214,23 @@ def serve(inbox: Connection, outbox: Connection, slot: Any) -> None:
                 task = loads(task_blob)
             except Exception:
                 task = None
-                with _SEND_LOCK:
-                    outbox.send_bytes(pickle.dumps(("setup_error", traceback.format_exc())))
+                send(outbox, pickle.dumps(("setup_error", traceback.format_exc())))
                 continue
         assert task is not None
         try:
             items = loads(items_blob)
         except Exception:
-            with _SEND_LOCK:
-                outbox.send_bytes(pickle.dumps(("items_error", traceback.format_exc())))
+            send(outbox, pickle.dumps(("items_error", traceback.format_exc())))
             continue
+        _busy = True
         chunk = run_chunk(task, items, start, first_attempt, slot, fail_fast, track_time)
+        _busy = False
         slot.index = -1
+        for writer in writers:
+            writer.drain()  # a chunk's output arrives before its results
         values_blob, failures_blob = pack(chunk.values, chunk.failures, start)
         done = pickle.dumps(("done", chunk.retries, chunk.elapsed, len(chunk.values)))
-        with _SEND_LOCK:
-            outbox.send_bytes(done)
-            outbox.send_bytes(failures_blob)
-            outbox.send_bytes(values_blob)
+        send(outbox, done, failures_blob, values_blob)
 
 
 def portable(exc: BaseException, text: str) -> BaseException:

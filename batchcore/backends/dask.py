@@ -40,6 +40,7 @@ from ..pickling import dumps, loads
 from ..tasks import Chunk, Failure, Slot, Task, run_chunk
 from . import Backend, mark_worker
 from ._worker import pack, unpack
+from .streams import Output, captured
 
 try:
     import distributed
@@ -81,21 +82,28 @@ def _task(key: str, blob: bytes) -> Task:
 
 def run_remote(
     key: str, blob: bytes, items_blob: bytes, start: int, fail_fast: bool, timeout: float | None
-) -> tuple[int, float, int, bytes, bytes]:
-    """On a Dask worker: run one chunk; return ``(retries, elapsed, ran, failures, values)``."""
+) -> tuple[int, float, int, bytes, bytes, Output]:
+    """On a Dask worker: run one chunk; return ``(retries, elapsed, ran, failures, values,
+    output)``, ``output`` being what the chunk printed, as ``(stream, whole lines)``."""
     task = _task(key, blob)
     items = loads(items_blob)
-    with mark_worker():
+    output: Output = []
+    with mark_worker(), captured(output):
         if timeout is None:
             chunk = run_chunk(task, items, start, 0, Slot(), fail_fast)
         else:
-            chunk = _run_with_timeout(task, items, start, fail_fast, timeout)
+            chunk = _run_with_timeout(task, items, start, fail_fast, timeout, output)
     values_blob, failures_blob = pack(chunk.values, chunk.failures, start)
-    return chunk.retries, chunk.elapsed, len(chunk.values), failures_blob, values_blob
+    return chunk.retries, chunk.elapsed, len(chunk.values), failures_blob, values_blob, output
 
 
 def _run_with_timeout(
-    task: Task, items: list[Any], start: int, fail_fast: bool, timeout: float
+    task: Task,
+    items: list[Any],
+    start: int,
+    fail_fast: bool,
+    timeout: float,
+    output: Output,
 ) -> Chunk:
     """Run items one by one on a helper thread, giving up on an attempt after ``timeout``.
 
@@ -110,7 +118,7 @@ def _run_with_timeout(
         index = start + offset
         first = 0
         while True:
-            outcome = _attempt(task, item, index, first, fail_fast, timeout)
+            outcome = _attempt(task, item, index, first, fail_fast, timeout, output)
             if isinstance(outcome, Chunk):
                 chunk = outcome
                 break
@@ -130,7 +138,13 @@ def _run_with_timeout(
 
 
 def _attempt(
-    task: Task, item: Any, index: int, first: int, fail_fast: bool, timeout: float
+    task: Task,
+    item: Any,
+    index: int,
+    first: int,
+    fail_fast: bool,
+    timeout: float,
+    output: Output,
 ) -> Chunk | int:
     """Run ``item`` from attempt ``first`` on a helper thread: its chunk, or the attempt that ran
     past ``timeout``."""
@@ -138,7 +152,7 @@ def _attempt(
     box: list[Chunk] = []
 
     def run() -> None:
-        with mark_worker():
+        with mark_worker(), captured(output):
             box.append(run_chunk(task, [item], index, first, slot, fail_fast, True))
 
     thread = threading.Thread(target=run, daemon=True, name="batchcore-attempt")
@@ -407,8 +421,9 @@ class _DaskRun:
         else:
             outcome = None
         if outcome is not None:
-            retries, elapsed, ran, failures_blob, values_blob = outcome
+            retries, elapsed, ran, failures_blob, values_blob, output = outcome
             chunk = unpack(start, items, ran, failures_blob, values_blob, retries, elapsed)
+            chunk.output = output
             self.sizer.observe(len(chunk.values), chunk.elapsed, len(values_blob))
             self.settle(chunk)
             return

@@ -34,6 +34,7 @@ from ..tasks import Chunk, Failure, Slot, Task
 from . import WORKER_ENV, default_workers
 from ._worker import SLOT_SIZE, SlotStruct, forward_record, log_levels, unpack
 from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState, pickle_task
+from .streams import Output, write_out
 
 THREAD_LIMIT_VARS = (
     "OMP_NUM_THREADS",  # also read by pyarrow's CPU pool
@@ -42,7 +43,14 @@ THREAD_LIMIT_VARS = (
     "VECLIB_MAXIMUM_THREADS",
     "NUMEXPR_NUM_THREADS",
 )
-BOOT = "from batchcore.backends._worker import main; main()"
+# Workers are born with SIGINT blocked (see spawn) and ignore it before unblocking it: a Ctrl-C
+# at the terminal reaches the whole process group, and a worker still importing would print
+# a KeyboardInterrupt traceback of its own.
+BOOT = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+    "from batchcore.backends._worker import main; main()"
+)
 PIPE_BYTES = 1 << 20  # bigger pipes move large items with fewer context switches
 DEFAULT_PIPE_BYTES = 1 << 16
 TERMINATE_GRACE = 1.0  # seconds a worker gets to exit after SIGTERM before SIGKILL
@@ -69,6 +77,7 @@ class ProcessWorker(WorkerState):
         self.memory = memory
         self.batch = 0
         self.pipe_capacity = pipe_capacity  # of the task pipe: what can_queue may send at once
+        self.output: Output = []  # lines printed by the job it runs, so far
 
     def release(self) -> None:
         """Close our ends of the pipes and the slot (keeping the slot's last values readable)."""
@@ -150,6 +159,7 @@ class ProcessPool(Pool):
         slot_fd = _slot_fd()
         capacity = _enlarge_pipe(task_w)
         _enlarge_pipe(result_w)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", BOOT, str(task_r), str(result_w), str(slot_fd)],
@@ -159,6 +169,7 @@ class ProcessPool(Pool):
             )
             memory = mmap.mmap(slot_fd, SLOT_SIZE)
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             for fd in (task_r, result_w, slot_fd):
                 os.close(fd)
         worker = ProcessWorker(
@@ -243,6 +254,12 @@ class ProcessPool(Pool):
     def receive(self, worker: ProcessWorker) -> Done | None:
         message = pickle.loads(worker.outbox.recv_bytes())
         kind = message[0]
+        if kind == "out":
+            if worker.jobs:
+                worker.output.append((message[1], message[2]))  # they go out with the job's chunk
+            else:
+                write_out(message[1], message[2])  # a thread of an idle worker: nothing to wait for
+            return None
         if kind == "log":
             forward_record(message[1])
             return None
@@ -268,12 +285,16 @@ class ProcessPool(Pool):
             failures = [
                 (i, Failure(error, message[1], 1, remote=True)) for i in range(len(job.items))
             ]
-            return Done(worker, job, Chunk(job.start, job.items, [None] * len(job.items), failures))
-        _, retries, elapsed, ran = message
-        failures_blob = worker.outbox.recv_bytes()
-        values_blob = worker.outbox.recv_bytes()
-        chunk = unpack(job.start, job.items, ran, failures_blob, values_blob, retries, elapsed)
-        return Done(worker, job, chunk, len(values_blob))
+            chunk = Chunk(job.start, job.items, [None] * len(job.items), failures)
+            result_size = 0
+        else:
+            _, retries, elapsed, ran = message
+            failures_blob = worker.outbox.recv_bytes()
+            values_blob = worker.outbox.recv_bytes()
+            chunk = unpack(job.start, job.items, ran, failures_blob, values_blob, retries, elapsed)
+            result_size = len(values_blob)
+        chunk.output, worker.output = worker.output, []
+        return Done(worker, job, chunk, result_size)
 
     def on_exit(self, worker: ProcessWorker) -> Died:
         """The worker's pipe hung up: reap it, replace it, report the job it had."""
@@ -283,6 +304,9 @@ class ProcessPool(Pool):
             worker.proc.kill()
             exitcode = worker.proc.wait()
         reason = ("crash", worker.slot.index, worker.slot.attempt)
+        for stream, text in worker.output:  # what the job printed before it died
+            write_out(stream, text)
+        worker.output = []
         self.retire(worker)
         if not worker.ready:
             self.startup_failures += 1
@@ -322,8 +346,29 @@ class ProcessPool(Pool):
         for worker in workers:
             if kill or worker.jobs:
                 worker.proc.send_signal(signal.SIGTERM)
-            worker.release()  # an idle worker sees its task pipe close and exits
+            worker.inbox.close()  # an idle worker reads the end of its task pipe and exits
+        deadline = time.monotonic() + TERMINATE_GRACE
+        for worker in workers:
+            if not (kill or worker.jobs):
+                self.drain(worker, deadline)
+            if not worker.ready:
+                worker.proc.kill()  # still booting: it has nothing to say and nothing to finish
+            worker.release()
         _stop_processes([worker.proc for worker in workers], TERMINATE_GRACE)
+
+    def drain(self, worker: ProcessWorker, deadline: float) -> None:
+        """Deliver what an idle worker still sends (lines printed, log records) until it exits."""
+        try:
+            while worker.outbox.poll(0 if not worker.ready else deadline - time.monotonic()):
+                message = pickle.loads(worker.outbox.recv_bytes())
+                if message[0] == "ready":
+                    worker.ready = True
+                elif message[0] == "out":
+                    write_out(message[1], message[2])
+                elif message[0] == "log":
+                    forward_record(message[1])
+        except (EOFError, OSError, ValueError):
+            pass  # the worker is gone (or our stream is): nothing more to deliver
 
 
 _LIVE: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()

@@ -15,6 +15,7 @@ from itertools import count
 from ..tasks import Chunk, Slot, Task, run_chunk
 from . import mark_worker
 from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState
+from .streams import Output, captured, write_out
 
 _names = count(1)
 
@@ -40,21 +41,26 @@ class ThreadWorker(WorkerState):
                 if job.cancelled:
                     self.events.put(Done(self, job, Chunk(job.start, job.items, [])))
                     continue
+                output: Output = []
                 try:
-                    chunk = run_chunk(
-                        task,
-                        job.items,
-                        job.start,
-                        job.first_attempt,
-                        self.slot,
-                        fail_fast,
-                        track_time,
-                    )
+                    with captured(output):  # whole lines, printed in order with the results
+                        chunk = run_chunk(
+                            task,
+                            job.items,
+                            job.start,
+                            job.first_attempt,
+                            self.slot,
+                            fail_fast,
+                            track_time,
+                        )
                 except BaseException:  # SystemExit or the like inside exec: this thread is done
+                    for stream, text in output:  # what the job printed before it ended
+                        write_out(stream, text)
                     self.events.put(
                         Died(self, job, None, ("crash", self.slot.index, self.slot.attempt))
                     )
                     return
+                chunk.output = output
                 self.events.put(Done(self, job, chunk))
 
     def abandon(self) -> None:
