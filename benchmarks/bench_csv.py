@@ -146,7 +146,7 @@ def make_warmup_node() -> type:
             return range(shared["items"])
 
         def exec(self, item: int) -> int:
-            import processors.csv_jobs  # noqa: F401  (what the first real batch would import)
+            import batchcore.processors.csv.jobs  # noqa: F401  (what the first real batch would import)
 
             time.sleep(0.02)  # long enough that a second worker gets the next item
             return os.getpid()
@@ -170,7 +170,7 @@ def run_batchcore(
     backend: str, task: str, path: str, workers: int, chunk_bytes: int | None
 ) -> Outcome:
     import batchcore
-    from processors.csv_jobs import csv_stats
+    from batchcore.processors.csv.jobs import csv_stats
 
     warm = backend == "process-warm"
     backend = "process" if warm else backend

@@ -21,7 +21,7 @@ from pathlib import Path
 import bench_csv  # the same generated sales file as bench_csv.py
 
 import batchcore
-from processors.csv_jobs import csv_stats
+from batchcore.processors.csv.jobs import csv_stats
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

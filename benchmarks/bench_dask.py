@@ -58,7 +58,7 @@ def main() -> int:
     import batchcore
     from batchcore import BatchNode
     from batchcore.backends.dask import DaskBackend
-    from processors.csv_jobs import csv_stats
+    from batchcore.processors.csv.jobs import csv_stats
 
     class Spin(BatchNode):
         def prep(self, shared: dict[str, Any]) -> Any:

@@ -62,8 +62,10 @@ from bench_csv import Cell, Run, fmt, parse_env, run_child
 from common import cpu_model, leftover_processes, package_versions
 from PIL import Image
 
-from processors.images_filters import FilterChain, FilterSpecError, get_filter, parse_chain
-from processors.images_io import is_temp_name, load_image, save_image
+from batchcore.processors.errors import FilterSpecError
+from batchcore.processors.files import is_temp_name
+from batchcore.processors.images.filters import FilterChain, get_filter, parse_chain
+from batchcore.processors.images.io import load_image, save_image
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -193,7 +195,7 @@ def list_jobs(src: Path, out: Path, specs: list[str]) -> list[Job]:
 
 def worker_pid(_: int) -> int:
     """Warm-up item: import the image engine (as the first real job would), report the pid."""
-    import processors.images_jobs  # noqa: F401
+    import batchcore.processors.images.jobs  # noqa: F401
 
     time.sleep(0.05)  # long enough that the other workers get the next items
     return os.getpid()
@@ -279,7 +281,7 @@ class Stopwatch:
 
 def run_batchcore(engine: str, args: argparse.Namespace) -> Timed:
     import batchcore
-    from processors.images_jobs import run_images
+    from batchcore.processors.images.jobs import run_images
 
     backend, grouped = BATCHCORE[engine]
     workers = None if backend == "sequential" else args.workers

@@ -1,1 +1,3 @@
-"""Batch jobs built on batchcore: CSV crunching and image filtering, and the ``batchcore`` CLI."""
+"""Batch jobs built on batchcore, installed as ``batchcore.processors``: CSV crunching (``csv``),
+image filtering (``images``) and the ``batchcore`` command (``cli``); ``errors`` holds their
+exception tree, ``files`` the atomic writes, ``tables`` the text tables."""

@@ -19,8 +19,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from processors.csv_jobs import PART, ParquetNode
-from processors.csv_node import CSVBatchNode
+from batchcore.processors.csv.jobs import PART, ParquetNode
+from batchcore.processors.csv.node import CSVBatchNode
 
 ROOT = Path(__file__).resolve().parents[1]
 SALES = ROOT / "data" / "sales.csv"

@@ -1,4 +1,4 @@
-"""Images, bad files and module-level filters and nodes for the processors.images tests.
+"""Images, bad files and module-level filters and nodes for the batchcore.processors.images tests.
 
 Everything is small and deterministic. Filters and nodes live at module level so worker
 processes import them by reference; their behaviour is chosen by arguments, never by editing.
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageCms
 
-from processors.images_filters import register_filter
-from processors.images_jobs import ImageGroup, ImageJobsNode, JobResult
+from batchcore.processors.images.filters import register_filter
+from batchcore.processors.images.jobs import ImageGroup, ImageJobsNode, JobResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "data" / "images"

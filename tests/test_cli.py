@@ -16,8 +16,9 @@ import pytest
 from csv_helpers import ROOT, SALES, nulls_sales, write_bytes
 
 import batchcore
-from processors import csv_jobs
-from processors.cli import byte_size, main
+from batchcore.processors.cli import main
+from batchcore.processors.cli.csv import byte_size
+from batchcore.processors.csv import jobs as csv_jobs
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -395,7 +396,7 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
 def test_help_does_not_import_pandas_or_pyarrow() -> None:
     code = (
         "import sys\n"
-        "from processors.cli import main\n"
+        "from batchcore.processors.cli import main\n"
         "assert main(['--help']) == 0\n"
         "assert main(['csv', 'stats', '--help']) == 0\n"
         "heavy = [name for name in ('pandas', 'pyarrow') if name in sys.modules]\n"
@@ -407,11 +408,11 @@ def test_help_does_not_import_pandas_or_pyarrow() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_real_process_run_through_python_m_processors() -> None:
+def test_real_process_run_through_python_m_batchcore() -> None:
     argv = ["csv", "stats", "data/sales.csv", "--sum", "amount", "--group-by", "region"]
     argv += ["--backend", "process", "--workers", "2", "--chunk-bytes", "64KiB", "--json"]
     result = subprocess.run(
-        [sys.executable, "-m", "processors", *argv],
+        [sys.executable, "-m", "batchcore", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -431,7 +432,7 @@ def test_a_reader_that_stops_early_gets_no_traceback() -> None:
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "processors", "images", "--list-filters"]
+    command = [sys.executable, "-m", "batchcore", "images", "--list-filters"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         proc.stdout.readline()

@@ -1,4 +1,5 @@
-"""processors.csv_jobs: csv_stats equals pandas; csv_to_parquet writes complete, atomic datasets."""
+"""batchcore.processors.csv.jobs: csv_stats equals pandas; csv_to_parquet writes complete, atomic
+datasets."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from csv_helpers import (
 )
 
 import batchcore
-from processors import csv_jobs
-from processors.csv_jobs import ColumnStats, CsvStats, csv_stats, csv_to_parquet
-from processors.csv_read import CsvFormatError, UnknownColumnError
-from processors.seed_csv import sales_stats
+from batchcore.processors.csv import jobs as csv_jobs
+from batchcore.processors.csv.jobs import ColumnStats, CsvStats, csv_stats, csv_to_parquet
+from batchcore.processors.csv.seed import sales_stats
+from batchcore.processors.errors import CsvFormatError, UnknownColumnError
 
 CHUNKS = [20_000, 150_000, 32 << 20]
 

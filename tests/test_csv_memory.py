@@ -72,7 +72,7 @@ def peak_tree_rss(code: str) -> int:
 
 def stats_code(path: Path) -> str:
     return (
-        "from processors.csv_jobs import csv_stats\n"
+        "from batchcore.processors.csv.jobs import csv_stats\n"
         f"stats = csv_stats({str(path)!r}, ['amount', 'qty'], group_by='region',"
         " backend='process', workers=2, chunk_bytes=8 << 20)\n"
         "print(stats.rows)\n"
@@ -81,7 +81,7 @@ def stats_code(path: Path) -> str:
 
 def seed_code(path: Path, backend: str) -> str:
     return (
-        "from processors.seed_csv import sales_stats\n"
+        "from batchcore.processors.csv.seed import sales_stats\n"
         f"stats = sales_stats({str(path)!r}, ['amount', 'qty'], backend={backend!r},"
         " workers=2, chunk_rows=50_000)\n"
         "print(stats['rows'])\n"

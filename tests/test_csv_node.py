@@ -25,9 +25,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchcore import Flow, Node
-from processors.csv_node import CSVBatchNode, CsvReport
-from processors.csv_read import CsvFormatError, UnknownColumnError
-from processors.csv_split import CsvRange
+from batchcore.processors.csv.node import CSVBatchNode, CsvReport
+from batchcore.processors.csv.split import CsvRange
+from batchcore.processors.errors import CsvFormatError, UnknownColumnError
 
 
 def rows_of(path: Path, backend: str, **options: Any) -> list[list[Any]]:

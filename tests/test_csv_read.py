@@ -1,4 +1,5 @@
-"""processors.csv_read: options, the plan (names and one schema) and located parse errors."""
+"""batchcore.processors.csv.read: options, the plan (names and one schema) and located parse
+errors."""
 
 from __future__ import annotations
 
@@ -10,16 +11,9 @@ import pyarrow as pa
 import pytest
 from csv_helpers import write_bytes
 
-from processors.csv_read import (
-    CsvFormatError,
-    CsvOptions,
-    CsvPlan,
-    RangeData,
-    UnknownColumnError,
-    make_plan,
-    read_range,
-)
-from processors.csv_split import blocks, plan_ranges, scan_block
+from batchcore.processors.csv.read import CsvOptions, CsvPlan, RangeData, make_plan, read_range
+from batchcore.processors.csv.split import blocks, plan_ranges, scan_block
+from batchcore.processors.errors import CsvFormatError, UnknownColumnError
 
 
 def read_all(path: Path, options: CsvOptions) -> tuple[CsvPlan, list[RangeData]]:

@@ -1,4 +1,4 @@
-"""processors.csv_split: record-aligned byte ranges found by quote parity (no parsing)."""
+"""batchcore.processors.csv.split: record-aligned byte ranges found by quote parity (no parsing)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from csv_helpers import csv_text, write_bytes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.csv_split import (
+from batchcore.processors.csv.split import (
     STEP,
     WINDOW,
     BlockScan,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from image_helpers import ROOT, SAMPLES, files_under, mode_of, noise, write, write_bad_files
 
-from processors.cli import main
+from batchcore.processors.cli import main
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -200,7 +200,7 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_output(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "processors",
+        "batchcore",
         "images",
         str(src),
         "-o",

@@ -9,11 +9,10 @@ import pytest
 from image_helpers import noise
 from PIL import Image
 
-from processors import images_filters
-from processors.images_filters import (
+from batchcore.processors.errors import FilterError, FilterSpecError
+from batchcore.processors.images import filters as images_filters
+from batchcore.processors.images.filters import (
     SEPIA,
-    FilterError,
-    FilterSpecError,
     get_filter,
     list_filters,
     parse_chain,

@@ -23,19 +23,16 @@ from image_helpers import (
 )
 from PIL import Image
 
-from processors import images_io
-from processors.images_io import (
+from batchcore.processors.errors import ImageDecodeError, ImageWriteError
+from batchcore.processors.files import is_temp_name, remove_stale_temps, temp_path
+from batchcore.processors.images import io as images_io
+from batchcore.processors.images.io import (
     DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
-    ImageWriteError,
     decode_image,
     discover_images,
-    is_temp_name,
     load_image,
     output_format,
-    remove_stale_temps,
     save_image,
-    temp_path,
     to_working_mode,
 )
 
@@ -109,7 +106,7 @@ def test_unknown_output_format() -> None:
 
 
 def test_cli_format_choices_match_the_formats() -> None:
-    from processors import images_cli
+    from batchcore.processors.cli import images as images_cli
 
     assert sorted(images_cli.FORMAT_CHOICES) == sorted(images_io.FORMATS)
     assert images_cli.DEFAULT_QUALITY == images_io.DEFAULT_QUALITY
@@ -117,7 +114,9 @@ def test_cli_format_choices_match_the_formats() -> None:
 
 
 def test_importing_the_cli_does_not_import_pillow() -> None:
-    code = "import sys, processors.cli as c; c.build_parser(); print('PIL' in sys.modules)"
+    code = (
+        "import sys, batchcore.processors.cli as c; c.build_parser(); print('PIL' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
 

@@ -24,14 +24,15 @@ from image_helpers import (
 from PIL import Image
 
 import batchcore
-from processors import images_jobs
-from processors.images_filters import FilterSpecError, parse_chain
-from processors.images_io import DEFAULT_MAX_PIXELS, is_temp_name, load_image
-from processors.images_jobs import (
+from batchcore.processors.errors import FilterSpecError, ImagesUsageError
+from batchcore.processors.files import is_temp_name
+from batchcore.processors.images import jobs as images_jobs
+from batchcore.processors.images.filters import parse_chain
+from batchcore.processors.images.io import DEFAULT_MAX_PIXELS, load_image
+from batchcore.processors.images.jobs import (
     ImageBatchFlow,
     ImageJobsNode,
     ImagesSummary,
-    ImagesUsageError,
     JobResult,
     plan_images,
     prepare_outputs,

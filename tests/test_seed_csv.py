@@ -1,4 +1,5 @@
-"""The seed CSV job (processors.seed_csv) and the sales data generator (data/make_sales.py)."""
+"""The pandas-chunk CSV job (batchcore.processors.csv.seed) and the sales data generator
+(data/make_sales.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from processors import seed_csv
-from processors.seed_csv import DataError, UnknownColumnError, format_stats, sales_stats
+from batchcore.processors.csv import seed as seed_csv
+from batchcore.processors.csv.seed import format_stats, sales_stats
+from batchcore.processors.errors import DataError, UnknownColumnError
 
 ROOT = Path(__file__).resolve().parents[1]
 SALES = ROOT / "data" / "sales.csv"

@@ -1,4 +1,4 @@
-"""The seed tutorial's CSV job on batchcore: read a CSV in chunks, total columns per chunk, combine.
+"""The pandas-chunk CSV job on batchcore: read a CSV in chunks, total columns per chunk, combine.
 
 ::
 
@@ -7,8 +7,9 @@
                          -> SalesChunkStats.post   combine -> shared["statistics"], "show_stats"
                          -> ShowStats              statistics -> shared["report"] (text, unprinted)
 
-Parsing happens in ``prep``, in the caller's process, as in the seed; only the per-chunk arithmetic
-runs on the chosen backend. Missing values are counted in ``rows`` and skipped everywhere else.
+Parsing happens in ``prep``, in the caller's process, as with plain pandas; only the per-chunk
+arithmetic runs on the chosen backend. Missing values are counted in ``rows`` and skipped
+everywhere else.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from pandas.api.types import is_integer, is_numeric_dtype
 from batchcore import BatchNode, BatchStats, Flow, Node
 from batchcore.backends import check_positive_int
 
+from ..errors import DataError, UnknownColumnError
+from ..tables import format_table
+
 __all__ = [
     "ColumnStats",
-    "DataError",
     "SalesChunkStats",
     "ShowStats",
     "Statistics",
-    "UnknownColumnError",
     "format_stats",
     "run_sales_stats",
     "sales_stats",
@@ -67,17 +69,6 @@ class ChunkColumn(TypedDict):
 class ChunkStats(TypedDict):
     rows: int
     columns: dict[str, ChunkColumn]
-
-
-class UnknownColumnError(KeyError):
-    """A requested column is not in the CSV header (a usage error: nothing was read yet)."""
-
-    def __str__(self) -> str:  # KeyError would show the repr of the message
-        return str(self.args[0])
-
-
-class DataError(ValueError):
-    """The file's contents cannot give the statistics: a non-numeric value, a malformed CSV."""
 
 
 def check_input(path: str, columns: Iterable[str]) -> None:
@@ -238,18 +229,13 @@ def format_number(value: Number | None) -> str:
 
 def format_stats(statistics: Statistics) -> str:
     """Rows, then one aligned line per column: sum, count, mean, min, max (2 decimals)."""
-    names = ("column", "sum", "count", "mean", "min", "max")
-    table = [list(names)]
-    for column, stats in statistics["columns"].items():
-        numbers = [stats["sum"], stats["count"], stats["mean"], stats["min"], stats["max"]]
-        table.append([column, *(format_number(number) for number in numbers)])
-    widths = [max(len(row[i]) for row in table) for i in range(len(names))]
+    rows = [
+        [column, *(format_number(stats[key]) for key in ("sum", "count", "mean", "min", "max"))]
+        for column, stats in statistics["columns"].items()
+    ]
     lines = [f"rows: {statistics['rows']}"]
-    if statistics["columns"]:
-        for row in table:
-            cells = [row[0].ljust(widths[0])]
-            cells += [cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)]
-            lines.append("  ".join(cells))
+    if rows:
+        lines += format_table(["column", "sum", "count", "mean", "min", "max"], rows)
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ Two shapes run the same jobs, with pixel-identical outputs on every backend:
 - ``ImageJobsNode``, a ``BatchNode`` whose items are images, each with all of its jobs: the
   image is decoded once and every chain runs on that one decode (a chain that starts with
   ``thumbnail`` gets its own reduced-size JPEG decode, which is cheaper still);
-- ``ImageBatchFlow``, the seed's ``BatchFlow``: ``LoadImage -> ApplyFilter -> SaveImage`` once per
+- ``ImageBatchFlow``, a ``BatchFlow``: ``LoadImage -> ApplyFilter -> SaveImage`` once per
   ``{input, filter}`` params dict, passing the image through ``shared["image"]`` and
   ``shared["filtered_image"]``, which stay in the worker (``shared_outputs = ()``).
 
@@ -36,18 +36,17 @@ from batchcore import (
     WorkerCrashedError,
 )
 
-from .images_filters import FilterChain, FilterError, Size, parse_chain, parse_chains
-from .images_io import (
+from ..errors import FilterError, ImageDecodeError, ImagesUsageError, ImageWriteError
+from ..files import remove_stale_temps
+from .filters import FilterChain, Size, parse_chain, parse_chains
+from .io import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_QUALITY,
     FORMATS,
-    ImageDecodeError,
-    ImageWriteError,
     decode_image,
     discover_images,
     load_image,
     output_format,
-    remove_stale_temps,
     save_image,
 )
 
@@ -59,7 +58,6 @@ __all__ = [
     "ImageJobsNode",
     "ImagesPlan",
     "ImagesSummary",
-    "ImagesUsageError",
     "JobResult",
     "LoadImage",
     "SaveImage",
@@ -68,10 +66,6 @@ __all__ = [
     "prepare_outputs",
     "run_images",
 ]
-
-
-class ImagesUsageError(ValueError):
-    """A job that must not start: no images, two jobs writing one file, a path leaving OUT..."""
 
 
 # --- jobs and results --------------------------------------------------------------------------
@@ -240,7 +234,7 @@ class ImageJobsNode(BatchNode):
         return "default"
 
 
-# --- the seed's shape: LoadImage -> ApplyFilter -> SaveImage in a BatchFlow -------------------
+# --- one job per run: LoadImage -> ApplyFilter -> SaveImage in a BatchFlow ---------------------
 
 
 def as_chain(spec: FilterChain | str) -> FilterChain:
@@ -305,7 +299,7 @@ class SaveImage(Node):
 def create_base_flow(
     max_pixels: int | None = DEFAULT_MAX_PIXELS, quality: int = DEFAULT_QUALITY
 ) -> Flow:
-    """The seed's sub-flow for one image and one filter: load, apply the filter, save."""
+    """The sub-flow for one image and one filter: load, apply the filter, save."""
     load = LoadImage(max_pixels)
     filter_node = ApplyFilter()
     save = SaveImage(quality)
@@ -315,7 +309,7 @@ def create_base_flow(
 
 
 class ImageBatchFlow(BatchFlow):
-    """The seed's ``ImageBatchFlow``: the sub-flow once per ``{input, filter, output, format}``.
+    """The per-job flow: the sub-flow once per ``{input, filter, output, format}``.
 
     ``start`` defaults to ``create_base_flow(max_pixels, quality)``. A failing run fails only
     its job; ``post`` writes every result, in job order, to ``shared["image_results"]``.
@@ -518,7 +512,7 @@ def run_images(
     Outputs are ``out/<relative folder>/<stem>_<chain label>.<ext>`` (``ext`` from the input
     unless ``fmt``). Usage problems raise before any work (see ``plan_images``); a bad image,
     filter or write fails only its own jobs, reported in the summary. ``grouped=False`` runs
-    the seed-shaped ``ImageBatchFlow`` (one decode per job) instead of ``ImageJobsNode``.
+    the per-job ``ImageBatchFlow`` (one decode per job) instead of ``ImageJobsNode``.
     """
     began = time.perf_counter()
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:

@@ -1,79 +1,19 @@
-"""The ``batchcore`` command: ``batchcore csv stats PATH --sum COL ...``; more jobs slot in later.
-
-Each job is a subcommand that registers its parser in ``add_*_commands`` and sets ``handler`` to
-the function that runs it. Handlers import their heavy libraries (pandas) themselves, so
-``batchcore --help`` stays fast. Exit codes: 0 ok, 1 bad data or failed items, 2 usage (bad
-arguments, missing file, unknown column), 130 interrupted.
-"""
+"""``batchcore csv stats`` and ``batchcore csv to-parquet``: CSV files parsed in parallel by byte
+range. pyarrow and pandas are imported by the handlers, so ``batchcore --help`` stays fast."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
-import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-import batchcore
+from ..tables import format_table
+from .errors import EXIT_OK, run_job
+from .options import PROG, add_batch_options, show_progress
 
-__all__ = ["build_parser", "main"]
-
-EXIT_OK = 0
-EXIT_DATA = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that stopped early
-PROG = "batchcore"
-
-Handler = Callable[[argparse.Namespace], int]
-
-
-def positive_int(text: str) -> int:
-    """An argparse ``type`` for counts: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def fail(message: str, code: int) -> int:
-    """Print one line ``batchcore: error: ...`` on stderr and return ``code``."""
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    return code
-
-
-def add_batch_options(parser: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--workers`` and ``--progress``: shared by every job that runs a batch."""
-    group = parser.add_argument_group("batch options")
-    group.add_argument(
-        "--backend",
-        choices=batchcore.available_backends(),
-        default="sequential",
-        help="where chunks run (default: %(default)s)",
-    )
-    group.add_argument(
-        "--workers", type=positive_int, metavar="N", help="workers (default: one per CPU)"
-    )
-    group.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
-
-
-def show_progress(args: argparse.Namespace) -> bool:
-    if args.progress is None:
-        return sys.stderr.isatty()
-    return bool(args.progress)
-
-
-# --- csv ------------------------------------------------------------------------------------
+__all__ = ["add_csv_commands", "byte_size", "column_type", "format_csv_stats"]
 
 SIZE_UNITS = {
     "": 1,
@@ -237,42 +177,17 @@ def add_csv_to_parquet(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser.set_defaults(handler=run_csv_to_parquet)
 
 
-def run_csv_job(args: argparse.Namespace, job: Callable[[], Any]) -> tuple[int, Any]:
-    """Run ``job`` and map its failures to one line on stderr and an exit code."""
-    from .csv_read import CsvFormatError, UnknownColumnError
-
-    try:
-        return EXIT_OK, job()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError) as exc:
-        return fail(f"{exc.filename}: {exc.strerror}", EXIT_USAGE), None
-    except UnknownColumnError as exc:
-        return fail(str(exc), EXIT_USAGE), None
-    except CsvFormatError as exc:
-        return fail(str(exc), EXIT_DATA), None
-    except (TypeError, ValueError) as exc:  # options rejected before any work (bad --type, ...)
-        if isinstance(exc, batchcore.BatchcoreError):
-            raise
-        return fail(str(exc), EXIT_USAGE), None
-    except OSError as exc:
-        return fail(f"{args.path}: cannot read: {exc.strerror or exc}", EXIT_DATA), None
-    except batchcore.BatchcoreError as exc:
-        return fail(f"{args.path}: {type(exc).__name__}: {exc}", EXIT_DATA), None
-    finally:
-        batchcore.shutdown()  # stop worker processes now rather than at interpreter exit
-
-
 def run_csv_stats(args: argparse.Namespace) -> int:
     """``batchcore csv stats``: statistics of one CSV file, as tables or one JSON object."""
     import time
 
-    from .csv_jobs import csv_stats  # pyarrow loads here, not for --help
+    from ..csv.jobs import csv_stats  # pyarrow loads here, not for --help
 
     began = time.perf_counter()
-    code, stats = run_csv_job(
-        args, lambda: csv_stats(args.path, args.sums, group_by=args.group_by, **csv_options(args))
+    stats = run_job(
+        lambda: csv_stats(args.path, args.sums, group_by=args.group_by, **csv_options(args)),
+        args.path,
     )
-    if code != EXIT_OK:
-        return code
     seconds = time.perf_counter() - began
     if args.json:
         report = stats.as_json()
@@ -316,7 +231,7 @@ def format_csv_stats(stats: Any, seconds: float, backend: str) -> str:
     for name, column in stats.columns.items():
         rows.append([name, *_numbers(column)])
     if rows:
-        lines += ["", *_table(["column", "sum", "count", "mean", "min", "max"], rows)]
+        lines += ["", *format_table(["column", "sum", "count", "mean", "min", "max"], rows)]
     if stats.group_by is not None:
         grouped: list[list[str]] = []
         for key, group in sorted(stats.groups.items(), key=lambda kv: str(kv[0])):
@@ -325,7 +240,7 @@ def format_csv_stats(stats: Any, seconds: float, backend: str) -> str:
             for name, column in group.columns.items():
                 grouped.append([str(key), f"{group.rows:,}", name, *_numbers(column)])
         header = [stats.group_by, "rows", "column", "sum", "count", "mean", "min", "max"]
-        lines += ["", *_table(header, grouped)]
+        lines += ["", *format_table(header, grouped)]
     return "\n".join(lines)
 
 
@@ -346,31 +261,16 @@ def _numbers(column: Any) -> list[str]:
     ]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    out = []
-    for row in [header, *rows]:
-        cells = [
-            cell.ljust(w)
-            if i == 0 or (not row[i][:1].isdigit() and row[i][:1] != "-")
-            else cell.rjust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        out.append("  ".join(cells).rstrip())
-    return out
-
-
 def run_csv_to_parquet(args: argparse.Namespace) -> int:
     """``batchcore csv to-parquet``: convert, then print a one-line (or JSON) summary."""
-    from .csv_jobs import csv_to_parquet
+    from ..csv.jobs import csv_to_parquet
 
     options = csv_options(args)
     options["columns"] = args.columns
-    code, result = run_csv_job(
-        args, lambda: csv_to_parquet(args.path, args.out_dir, overwrite=args.overwrite, **options)
+    result = run_job(
+        lambda: csv_to_parquet(args.path, args.out_dir, overwrite=args.overwrite, **options),
+        args.path,
     )
-    if code != EXIT_OK:
-        return code
     if args.json:
         summary = {key: value for key, value in result.items() if key != "schema"}
         summary["schema"] = {field.name: str(field.type) for field in result["schema"]}
@@ -382,50 +282,3 @@ def run_csv_to_parquet(args: argparse.Namespace) -> int:
         )
     print_skipped(args.path, result["skipped_lines"])
     return EXIT_OK
-
-
-# --- the command ----------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``batchcore`` parser: one subparser per job family (``csv`` for now)."""
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="Batch jobs on batchcore: PocketFlow nodes on threads or processes.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {batchcore.__version__}")
-    commands = parser.add_subparsers(
-        title="commands", dest="command", metavar="COMMAND", required=True
-    )
-    add_csv_commands(commands)
-    from .images_cli import add_images_command  # imports .cli itself, so not at the top
-
-    add_images_command(commands)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run ``batchcore`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
-    try:
-        return run(argv)
-    except BrokenPipeError:
-        # stdout went away (``batchcore ... | head``): no traceback, and Python's own flush at
-        # exit must not fail again, so point stdout at /dev/null (as the Python docs advise).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
-
-
-def run(argv: list[str] | None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version and usage errors: argparse already printed
-        if exc.code is None:
-            return EXIT_OK
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handler: Handler = args.handler
-    try:
-        return handler(args)
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED

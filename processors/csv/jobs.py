@@ -17,9 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .csv_node import CSVBatchNode
-from .csv_read import CsvFormatError
-from .csv_split import CsvRange
+from ..errors import CsvFormatError
+from ..files import remove_stale_temps, write_atomically
+from .node import CSVBatchNode
+from .split import CsvRange
 
 __all__ = ["ColumnStats", "CsvStats", "csv_stats", "csv_to_parquet"]
 
@@ -298,13 +299,7 @@ class ParquetNode(CSVBatchNode):
         rng = self.current_range
         assert rng is not None
         final = Path(self.out_dir) / PART.format(index=rng.index)
-        temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        try:
-            pq.write_table(table, temporary)
-            os.replace(temporary, final)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        write_atomically(final, lambda temporary: pq.write_table(table, str(temporary)))
         return final.name, table.num_rows
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> str:
@@ -325,8 +320,7 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(20, "exists and is not a directory", str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.glob(".part-*.parquet.tmp-*"):  # left by an interrupted run
-        stale.unlink()
+    remove_stale_temps(out_dir, prefix=".part-", live_writers_too=True)  # of interrupted runs
     existing = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
     if existing and not overwrite:
         raise FileExistsError(

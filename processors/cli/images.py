@@ -2,8 +2,8 @@
 
 Writes ``OUT/<relative folder>/<stem>_<filter>.<ext>`` for every image under SRC and every
 ``-f``. Prints one line per failed job on stderr, then a summary (or one JSON object with
-``--json``). Exit codes: 0 every job succeeded, 1 some failed (all the others were written),
-2 usage (bad filter, no images, an output path that leaves OUT...), 130 interrupted.
+``--json``). Exit codes (``errors``): 0 every job succeeded, 1 some failed (all the others were
+written), 2 usage (bad filter, no images, an output path that leaves OUT...), 130 interrupted.
 Pillow is imported by the handler, not here, so ``batchcore --help`` stays fast.
 """
 
@@ -14,25 +14,15 @@ import json
 import sys
 from typing import Any
 
-import batchcore
-
-from .cli import (
-    EXIT_DATA,
-    EXIT_OK,
-    EXIT_USAGE,
-    PROG,
-    add_batch_options,
-    fail,
-    positive_int,
-    show_progress,
-)
+from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, run_job
+from .options import PROG, add_batch_options, positive_int, show_progress
 
 __all__ = ["add_images_command", "format_filters", "run_images_command"]
 
-# images_io.FORMATS' keys, written out so --help does not import Pillow (a test keeps them equal).
+# images.io.FORMATS' keys, written out so --help does not import Pillow (a test keeps them equal).
 FORMAT_CHOICES = ("bmp", "gif", "jpeg", "jpg", "png", "tif", "tiff", "webp")
-DEFAULT_QUALITY = 90  # images_io.DEFAULT_QUALITY
-DEFAULT_MAX_PIXELS = 89_478_485  # images_io.DEFAULT_MAX_PIXELS: Pillow's own default
+DEFAULT_QUALITY = 90  # images.io.DEFAULT_QUALITY
+DEFAULT_MAX_PIXELS = 89_478_485  # images.io.DEFAULT_MAX_PIXELS: Pillow's own default
 
 
 def quality(text: str) -> int:
@@ -105,8 +95,8 @@ def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "--per-job",
         dest="grouped",
         action="store_false",
-        help="run the seed's LoadImage -> ApplyFilter -> SaveImage flow once per job "
-        "(decodes each image once per filter) instead of once per image",
+        help="run the LoadImage -> ApplyFilter -> SaveImage flow (ImageBatchFlow) once per "
+        "job, decoding each image once per filter, instead of once per image",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_batch_options(parser)
@@ -115,8 +105,8 @@ def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
 def run_images_command(args: argparse.Namespace) -> int:
     """``batchcore images``: check, run, report; returns the exit code."""
-    from .images_filters import FilterSpecError, list_filters
-    from .images_jobs import ImagesUsageError, run_images
+    from ..images.filters import list_filters
+    from ..images.jobs import run_images
 
     if args.list_filters:
         print(format_filters(list_filters()))
@@ -128,8 +118,8 @@ def run_images_command(args: argparse.Namespace) -> int:
         return fail(
             f"images: missing {', '.join(missing)} (see batchcore images --help)", EXIT_USAGE
         )
-    try:
-        summary = run_images(
+    summary = run_job(
+        lambda: run_images(
             args.src,
             args.out,
             args.filters,
@@ -141,15 +131,9 @@ def run_images_command(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             progress=show_progress(args),
             grouped=args.grouped,
-        )
-    except (FilterSpecError, ImagesUsageError) as exc:
-        return fail(str(exc), EXIT_USAGE)
-    except OSError as exc:  # SRC missing, OUT a file, an output folder that cannot be made
-        if exc.filename is None:
-            raise
-        return fail(f"{exc.filename}: {exc.strerror or exc}", EXIT_USAGE)
-    finally:
-        batchcore.shutdown()  # stop worker processes now rather than at interpreter exit
+        ),
+        args.src,
+    )
     for result in summary.failed:
         print(f"{PROG}: failed [{result.filter}]: {result.reason}", file=sys.stderr)
     plural = "" if summary.workers == 1 else "s"
@@ -163,7 +147,7 @@ def run_images_command(args: argparse.Namespace) -> int:
             f"in {summary.seconds:.2f} s ({summary.jobs_per_second:.1f} jobs/s, "
             f"{summary.backend} backend, {summary.workers} worker{plural})"
         )
-    return EXIT_DATA if summary.failed else EXIT_OK
+    return EXIT_FAILED if summary.failed else EXIT_OK
 
 
 def format_filters(filters: list[Any]) -> str:

@@ -13,7 +13,7 @@ chains such as ``grayscale|blur:radius=3``, parsed and checked before any work s
 A spec is ``name`` or ``name:key=value,key=value``; steps are joined by ``|``. Parameters take
 their type from the function's annotations (or defaults): int, float, bool, str, or a size
 (``256`` or ``320x240``, annotated ``tuple[int, int]``). Every built-in filter accepts the
-working modes L, LA, RGB and RGBA (what ``images_io.load_image`` returns, and what ``apply``
+working modes L, LA, RGB and RGBA (what ``io.load_image`` returns, and what ``apply``
 converts any other mode to before each step); pixel filters change the colour bands and keep
 alpha as it is, geometric filters move alpha with the pixels. All filters are deterministic.
 """
@@ -31,14 +31,13 @@ from typing import Any, TypeVar
 
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from .images_io import to_working_mode
+from ..errors import FilterError, FilterSpecError
+from .io import to_working_mode
 
 __all__ = [
     "FilterChain",
-    "FilterError",
     "FilterInfo",
     "FilterParam",
-    "FilterSpecError",
     "FilterStep",
     "Size",
     "get_filter",
@@ -56,23 +55,6 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")  # anything else becomes "_" in an output file name
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
-
-
-class FilterSpecError(ValueError):
-    """A filter spec that cannot run: unknown filter or parameter, a value of the wrong type."""
-
-
-class FilterError(RuntimeError):
-    """A filter raised while running on an image; the message names the image and the step."""
-
-    def __init__(self, source: str, step: str, reason: str) -> None:
-        super().__init__(f"{source}: filter {step!r} failed: {reason}")
-        self.source = source
-        self.step = step
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:  # round-trips from worker processes
-        return (type(self), (self.source, self.step, self.reason))
 
 
 # --- parameters and the registry ---------------------------------------------------------------

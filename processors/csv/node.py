@@ -1,4 +1,4 @@
-"""``CSVBatchNode``: the seed's CSVProcessor, made parallel: workers parse their own byte ranges.
+"""``CSVBatchNode``: a CSV processor made parallel: workers parse their own byte ranges.
 
     class TotalSales(CSVBatchNode):
         def exec(self, table):                      # a pyarrow.Table: one range's rows
@@ -9,7 +9,7 @@
     TotalSales(columns=["amount"], backend="process").run({"input_file": "sales.csv"})
 
 ``prep`` does not parse: it reads the header, fixes one schema from the head of the file, and
-splits the file into record-aligned byte ranges (see ``csv_split``). Each worker opens the file
+splits the file into record-aligned byte ranges (see ``split``). Each worker opens the file
 and parses only its range, so the parent never parses or pickles the data.
 """
 
@@ -25,16 +25,16 @@ import pyarrow as pa
 from batchcore import Backend, BatchNode, Node
 from batchcore.backends import resolve_settings
 
-from .csv_read import (
+from ..errors import CsvFormatError
+from .read import (
     MAX_REPORTED_LINES,
-    CsvFormatError,
     CsvOptions,
     CsvPlan,
     RangeData,
     make_plan,
     read_range,
 )
-from .csv_split import (
+from .split import (
     BlockScan,
     CsvRange,
     blocks,

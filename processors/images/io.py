@@ -19,7 +19,6 @@ import contextlib
 import io
 import os
 import re
-import secrets
 import threading
 import warnings
 from collections.abc import Iterator
@@ -30,19 +29,18 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
+from ..errors import ImageDecodeError, ImageWriteError
+from ..files import write_atomically
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_QUALITY",
     "FORMATS",
     "IMAGE_EXTENSIONS",
-    "ImageDecodeError",
-    "ImageWriteError",
     "decode_image",
     "discover_images",
-    "is_temp_name",
     "load_image",
     "output_format",
-    "remove_stale_temps",
     "save_image",
     "to_working_mode",
 ]
@@ -66,37 +64,11 @@ WORKING_MODES = ("L", "LA", "RGB", "RGBA")
 ICC_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
 NO_ALPHA_FORMATS = frozenset({"JPEG", "BMP"})
 ORIENTATION = 0x0112
-_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 
 # Pillow reads its pixel limit from a module global at open time. We set it for the duration of
 # an open (a header read), under a lock so concurrent opens on the thread backend never mix limits,
 # and restore it after: the caller's process keeps its own setting.
 _OPEN_LOCK = threading.Lock()
-
-
-class ImageDecodeError(ValueError):
-    """An input that cannot be decoded (corrupt, truncated, empty, not an image, over the pixel
-    limit); the message names the file and gives Pillow's reason."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:  # round-trips from worker processes
-        return (type(self), (self.path, self.reason))
-
-
-class ImageWriteError(OSError):
-    """An output that could not be written; nothing is left at its path."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: cannot write: {reason}")
-        self.path = path
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path, self.reason))
 
 
 # --- discovery ---------------------------------------------------------------------------------
@@ -324,55 +296,8 @@ def save_image(
         options["quality"] = quality
     if icc_profile and fmt in ICC_FORMATS and profile_fits(icc_profile, image.mode):
         options["icc_profile"] = icc_profile
-    temporary = temp_path(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
-        image.save(temporary, format=fmt, **options)
-        os.replace(temporary, final)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # never written, or its folder is not a folder
-            temporary.unlink()
-        if isinstance(exc, Exception):
-            raise ImageWriteError(str(final), f"{type(exc).__name__}: {exc}") from exc
-        raise
-
-
-def temp_path(final: Path) -> Path:
-    """``.NAME.PID-RANDOM.tmp`` beside ``final``: hidden, unique, and traceable to its writer."""
-    return final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is a temporary file ``save_image`` writes."""
-    return _TEMP.match(name) is not None
-
-
-def remove_stale_temps(folder: Path) -> int:
-    """Remove temporary files left in ``folder`` by writers that are gone (an interrupted run);
-    files of a live process are kept. Returns how many were removed."""
-    if not folder.is_dir():
-        return 0
-    removed = 0
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            found = _TEMP.match(entry.name)
-            if found is None or _alive(int(found.group("pid"))):
-                continue
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass  # another cleaner got there first
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True  # this process may be writing it right now (another run, another thread)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        write_atomically(final, lambda temporary: image.save(temporary, format=fmt, **options))
+    except Exception as exc:
+        raise ImageWriteError(str(final), f"{type(exc).__name__}: {exc}") from exc

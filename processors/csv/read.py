@@ -25,37 +25,15 @@ import pyarrow.csv as pacsv
 
 from batchcore.backends import check_positive_int
 
-from .csv_split import NEWLINE, CsvRange, first_record_start, line_of
+from ..errors import CsvFormatError, UnknownColumnError
+from .split import NEWLINE, CsvRange, first_record_start, line_of
 
-__all__ = ["CsvFormatError", "CsvOptions", "CsvPlan", "RangeData", "make_plan", "read_range"]
+__all__ = ["CsvOptions", "CsvPlan", "RangeData", "make_plan", "read_range"]
 
 BOM = b"\xef\xbb\xbf"
 BAD_ROW_CHOICES = ("error", "skip")
 OUTPUT_CHOICES = ("arrow", "pandas")
 MAX_REPORTED_LINES = 20
-
-
-class CsvFormatError(ValueError):
-    """Bad CSV input, located: ``path``, 1-based ``line`` (physical) and ``column`` when known."""
-
-    def __init__(self, path: str, line: int | None, reason: str, column: str | None = None) -> None:
-        self.path = path
-        self.line = line
-        self.column = column
-        self.reason = reason
-        where = f"{path}:{line}" if line is not None else path
-        what = f"column {column!r}: {reason}" if column is not None else reason
-        super().__init__(f"{where}: {what}")
-
-    def __reduce__(self) -> Any:
-        return (type(self), (self.path, self.line, self.reason, self.column))
-
-
-class UnknownColumnError(KeyError):
-    """A requested column is not in the file; the message lists the ones that are."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,7 @@
+"""``python -m batchcore ...`` runs the ``batchcore`` command."""
+
+import sys
+
+from batchcore.processors.cli import main
+
+sys.exit(main())

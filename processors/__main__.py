@@ -1,7 +1,0 @@
-"""``python -m processors ...`` runs the ``batchcore`` command."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())

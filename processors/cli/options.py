@@ -1,0 +1,50 @@
+"""What every ``batchcore`` command shares: the program name, argparse types and batch options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import batchcore
+
+__all__ = ["PROG", "add_batch_options", "positive_int", "show_progress"]
+
+PROG = "batchcore"
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for counts: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_batch_options(parser: argparse.ArgumentParser) -> None:
+    """``--backend``, ``--workers`` and ``--progress``: shared by every job that runs a batch."""
+    group = parser.add_argument_group("batch options")
+    group.add_argument(
+        "--backend",
+        choices=batchcore.available_backends(),
+        default="sequential",
+        help="where chunks run (default: %(default)s)",
+    )
+    group.add_argument(
+        "--workers", type=positive_int, metavar="N", help="workers (default: one per CPU)"
+    )
+    group.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """``--progress``/``--no-progress``, else whether stderr is a terminal."""
+    if args.progress is None:
+        return sys.stderr.isatty()
+    return bool(args.progress)
