@@ -23,36 +23,43 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import faulthandler
 import gc
-import json
+import math
 import multiprocessing
-import os
-import platform
-import resource
-import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import cpu_model, leftover_processes, package_versions
+from harness import (
+    MIB,
+    Cell,
+    Measured,
+    Run,
+    Session,
+    check_counts,
+    default_output,
+    emit,
+    leftover_processes,
+    max_rss_mib,
+    package_versions,
+    parse_list,
+    run_child,
+    table,
+    take_turns,
+    write_report,
+)
 
 import batchcore
 from batchcore import BatchNode
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-MIB = 1 << 20
 
 # Sizes: the issue's workloads, and a small version of each for smoke tests (--quick).
 FULL = {
@@ -535,19 +542,6 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-@dataclass
-class Cell:
-    """One engine on one workload: the timings of each repeat, or why there are none."""
-
-    seconds: list[float] = field(default_factory=list)
-    skip: str = ""
-    error: str = ""
-    rss: list[float] = field(default_factory=list)  # E: MiB of peak RSS growth per repeat
-
-    def median(self) -> float:
-        return statistics.median(self.seconds)
-
-
 def check(engine: Engine, w: Workload, results: Any, expected: list[Any]) -> None:
     if not isinstance(results, list) or results != expected:
         got = results[:3] if isinstance(results, list) else results
@@ -559,22 +553,29 @@ def check(engine: Engine, w: Workload, results: Any, expected: list[Any]) -> Non
         )
 
 
+def plan_row(engines: list[Engine], w: Workload) -> tuple[dict[str, Cell], list[Engine]]:
+    """A cell per engine, and the engines that can run ``w`` (the others' cells say why not)."""
+    row: dict[str, Cell] = {}
+    active = []
+    for engine in engines:
+        row[engine.key] = Cell()
+        try:
+            engine.how(w)
+        except Skip as skip:
+            row[engine.key].skip = str(skip)
+            continue
+        active.append(engine)
+    return row, active
+
+
 def run_timed(
     engines: list[Engine], workloads: list[Workload], repeats: int, timeout: float
 ) -> dict[str, dict[str, Cell]]:
     """Time every engine on every (in-process) workload; engines take turns within a repeat."""
     cells: dict[str, dict[str, Cell]] = {}
     for w in workloads:
-        row = cells[w.key] = {}
-        active = []
-        for engine in engines:
-            row[engine.key] = Cell()
-            try:
-                engine.how(w)
-            except Skip as skip:
-                row[engine.key].skip = str(skip)
-                continue
-            active.append(engine)
+        row, active = plan_row(engines, w)
+        cells[w.key] = row
         print(f"{w.key}: warming up {len(active)} engines", flush=True)
         warm = w.warmup_items()
         warm_expected = [w.fn(x) for x in warm]
@@ -583,13 +584,12 @@ def run_timed(
                 with time_limit(timeout):
                     check(engine, w, engine.run(w, list(warm)), warm_expected)
             except Exception as exc:
-                row[engine.key].error = f"{type(exc).__name__}: {exc}"
+                row[engine.key].runs.append(Run(error=f"{type(exc).__name__}: {exc}"))
                 active.remove(engine)
                 print(f"  {engine.label}: ERROR {row[engine.key].error}", flush=True)
         expected: list[Any] | None = None
         for repeat in range(repeats):
-            turn = repeat % len(active)
-            for engine in active[turn:] + active[:turn]:  # sequential runs first in repeat 0
+            for engine in take_turns(active, repeat):  # sequential runs first in repeat 0
                 cell = row[engine.key]
                 if cell.error:
                     continue
@@ -605,13 +605,13 @@ def run_timed(
                     assert expected is not None, "sequential must run first"
                     check(engine, w, results, expected)
                 except Exception as exc:
-                    cell.error = f"{type(exc).__name__}: {exc}"
+                    cell.runs.append(Run(error=f"{type(exc).__name__}: {exc}"))
                     print(f"  {engine.label}: ERROR {cell.error}", flush=True)
                     continue
                 finally:
                     results = None
                     items = None
-                cell.seconds.append(seconds)
+                cell.runs.append(Run(seconds=seconds))
                 print(f"  {w.key} repeat {repeat + 1}: {engine.label} {seconds:.3f} s", flush=True)
     return cells
 
@@ -620,70 +620,30 @@ def run_e(
     engine_keys: list[str], workers: int, n: int, repeats: int, timeout: float, peers: Peers
 ) -> dict[str, Cell]:
     """Each engine in a fresh child process per repeat, which reports its own RSS growth."""
-    w = e_workload(n)
-    row: dict[str, Cell] = {}
-    active = []
-    for key in engine_keys:
-        row[key] = Cell()
-        try:
-            make_engine(key, workers, peers).how(w)
-        except Skip as skip:
-            row[key].skip = str(skip)
-            continue
-        active.append(key)
+    engines = [make_engine(key, workers, peers) for key in engine_keys]
+    row, runnable = plan_row(engines, e_workload(n))
+    active = [engine.key for engine in runnable]
     for repeat in range(repeats):
-        turn = repeat % len(active)
-        for key in active[turn:] + active[:turn]:
+        for key in take_turns(active, repeat):
             cell = row[key]
             if cell.error:
                 continue
-            command = [sys.executable, "-c", LAUNCHER, sys.executable, __file__, "--one-e", key]
+            command = [sys.executable, __file__, "--one-e", key]
             command += ["--workers", str(workers), "--e-items", str(n)]
-            code, out, err = run_child(command, timeout)
-            if code != 0:
-                cell.error = f"child exited {code}: {err.strip()[-500:] or out.strip()[-500:]}"
-                print(f"  E {key}: ERROR {cell.error}", flush=True)
+            # The launcher: Linux would carry this (by then large) process's peak RSS into the
+            # child's ru_maxrss, which is what E reads.
+            run = run_child(command, timeout=timeout, interval=None, launcher=True)
+            cell.runs.append(run)
+            if run.error:
+                print(f"  E {key}: ERROR {run.error}", flush=True)
                 continue
-            report = json.loads(out.strip().splitlines()[-1])
-            cell.seconds.append(report["seconds"])
-            cell.rss.append(report["growth_mib"])
             print(
-                f"  E repeat {repeat + 1}: {key} +{report['growth_mib']:.1f} MiB "
-                f"(baseline {report['baseline_mib']:.1f} MiB; VmHWM "
-                f"+{report['hwm_growth_mib']:.1f} MiB), {report['seconds']:.2f} s",
+                f"  E repeat {repeat + 1}: {key} +{run.details['growth_mib']:.1f} MiB "
+                f"(baseline {run.details['baseline_mib']:.1f} MiB; VmHWM "
+                f"+{run.details['hwm_growth_mib']:.1f} MiB), {run.seconds:.2f} s",
                 flush=True,
             )
     return row
-
-
-# Linux carries a parent's peak RSS into a forked child's ru_maxrss, even across exec: a child
-# started from this (by then large) process would report our peak as its own. So E's children are
-# started by a small launcher process, whose own peak is far below the child's baseline.
-LAUNCHER = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:]))"
-
-
-def run_child(command: list[str], timeout: float) -> tuple[int, str, str]:
-    """Run ``command`` in its own session; on timeout kill its whole process group."""
-    child = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        out, err = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        out, err = child.communicate()
-        return -1, out, f"timed out after {timeout:.0f} s\n{err}"
-    except BaseException:  # Ctrl-C: the child's session does not get it from the terminal
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-        raise
-    return child.returncode, out, err
-
-
-def max_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def hwm_mib() -> float:
@@ -715,10 +675,9 @@ def one_e(key: str, workers: int, n: int) -> int:
     finally:
         peers.close()
         batchcore.shutdown()
-    report = {"engine": key, "baseline_mib": baseline, "peak_mib": peak}
-    report |= {"growth_mib": peak - baseline, "hwm_growth_mib": hwm_after - hwm_before}
-    report["seconds"] = seconds
-    print(json.dumps(report))
+    details = {"baseline_mib": baseline, "peak_mib": peak, "growth_mib": peak - baseline}
+    details["hwm_growth_mib"] = hwm_after - hwm_before
+    emit(Measured(seconds=seconds, details=details), engine=key)
     return 0
 
 
@@ -728,9 +687,9 @@ def one_e(key: str, workers: int, n: int) -> int:
 def metric(w_key: str, key: str, cell: Cell, seq: Cell, w: Workload) -> str:
     """The headline number of one cell (without pass/fail)."""
     if w_key == "E":
-        growth = statistics.median(cell.rss)
-        base = statistics.median(seq.rss) if seq.rss else None
-        if cell is seq or base is None:
+        growth = cell.median_detail("growth_mib")
+        base = seq.median_detail("growth_mib")
+        if cell is seq or math.isnan(base):
             return f"+{growth:.1f} MiB"
         return f"+{growth:.1f} MiB ({growth - base:+.1f} over seq)"
     seconds = cell.median()
@@ -745,11 +704,11 @@ def metric(w_key: str, key: str, cell: Cell, seq: Cell, w: Workload) -> str:
 def verdict(w_key: str, cells: dict[str, Cell], w: Workload) -> bool | None:
     """Whether batchcore's process backend meets the issue's target on this workload."""
     cell, seq = cells.get("process"), cells.get("sequential")
-    if cell is None or seq is None or not cell.seconds or not seq.seconds:
+    if cell is None or seq is None or not cell.ok or not seq.ok:
         return None
     if w_key == "A":
         joblib = cells.get("joblib")
-        beats_joblib = joblib is None or not joblib.seconds or cell.median() <= joblib.median()
+        beats_joblib = joblib is None or not joblib.ok or cell.median() <= joblib.median()
         return seq.median() / cell.median() >= 1.9 and beats_joblib
     if w_key == "B":
         return cell.median() / w.count * 1e6 <= 1.0
@@ -758,7 +717,7 @@ def verdict(w_key: str, cells: dict[str, Cell], w: Workload) -> bool | None:
     if w_key == "D":
         return seq.median() / cell.median() >= 1.85
     if w_key == "E":
-        return statistics.median(cell.rss) - statistics.median(seq.rss) <= 5.0
+        return cell.median_detail("growth_mib") - seq.median_detail("growth_mib") <= 5.0
     return None
 
 
@@ -770,22 +729,19 @@ def display(
         return "ERROR", "ERROR"
     if cell.skip:
         return "-", "-"
-    if not cell.seconds:
+    if not cell.ok:
         return "?", "?"
-    if not seq.seconds:
+    if not seq.ok:
         return "(no sequential baseline)", f"{cell.median():.3f}"
     text = metric(w.key, key, cell, seq, w)
     if key == "process":
         ok = verdict(w.key, cells, w)
         if ok is not None:
             text += " **pass**" if ok else " **FAIL**"
-    spread = f"{cell.median():.3f}"
-    if len(cell.seconds) > 1:
-        spread += f" ({min(cell.seconds):.3f}-{max(cell.seconds):.3f})"
-    return text, spread
+    return text, cell.spread(digits=3)
 
 
-def versions() -> str:
+def versions() -> list[str]:
     parts = package_versions(["batchcore", "numpy", "joblib", "cloudpickle", "psutil"])
     try:
         from joblib.externals import loky
@@ -793,7 +749,7 @@ def versions() -> str:
         parts.append(f"loky {loky.__version__} (joblib's vendored copy)")
     except ImportError:
         pass
-    return ", ".join(parts)
+    return parts
 
 
 def report(
@@ -811,16 +767,13 @@ def report(
             "Smoke test (`--quick`): reduced sizes and one repeat; pass/fail is indicative only.",
             "",
         ]
-    lines.append("| engine | " + " | ".join(w.title for w in workloads) + " |")
-    lines.append("|---|" + "---:|" * len(workloads))
-    raw = ["| engine | " + " | ".join(f"{w.key} s" for w in workloads) + " |"]
-    raw.append("|---|" + "---:|" * len(workloads))
-    for engine in engines:
-        shown = [display(w, engine.key, cells[w.key]) for w in workloads]
-        lines.append(f"| {engine.label} | " + " | ".join(s[0] for s in shown) + " |")
-        raw.append(f"| {engine.label} | " + " | ".join(s[1] for s in shown) + " |")
-    lines.append(
-        "| target (batchcore process) | " + " | ".join(TARGETS[w.key] for w in workloads) + " |"
+    shown = {e.key: [display(w, e.key, cells[w.key]) for w in workloads] for e in engines}
+    rows = [[e.label, *(s[0] for s in shown[e.key])] for e in engines]
+    rows.append(["target (batchcore process)", *(TARGETS[w.key] for w in workloads)])
+    lines += table(["engine", *(w.title for w in workloads)], rows)
+    raw = table(
+        ["engine", *(f"{w.key} s" for w in workloads)],
+        [[e.label, *(s[1] for s in shown[e.key])] for e in engines],
     )
     lines += [
         "",
@@ -885,7 +838,7 @@ def plot(path: Path, engines: list[Engine], workloads: list[Workload], cells: An
         names, values = [], []
         for engine in engines:
             cell = row[engine.key]
-            if cell.seconds and row["sequential"].seconds:
+            if cell.ok and row["sequential"].ok:
                 names.append(engine.label)
                 values.append(row["sequential"].median() / cell.median())
         ax.barh(names, values)
@@ -917,23 +870,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--one-e", metavar="ENGINE", help=argparse.SUPPRESS)
     parser.add_argument("--e-items", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.workers < 1:
-        parser.error("--repeats and --workers must be >= 1")
-    args.only = [key.strip().upper() for key in args.only.split(",") if key.strip()]
-    bad = sorted(set(args.only) - set("ABCDE"))
-    if bad:
-        parser.error(f"--only: unknown workloads {bad}; valid ones are ['A', 'B', 'C', 'D', 'E']")
-    engines = [key.strip() for key in args.engines.split(",") if key.strip()]
-    bad = sorted(set(engines) - set(ENGINE_KEYS))
-    if bad:
-        parser.error(f"--engines: unknown {bad}; valid ones are {sorted(ENGINE_KEYS)}")
+    check_counts(parser, args)
+    args.only = parse_list(parser, "--only", args.only, "ABCDE", upper=True)
+    engines = parse_list(parser, "--engines", args.engines, ENGINE_KEYS)
     args.engines = [key for key in ENGINE_KEYS if key == "sequential" or key in engines]
     if args.quick:
         args.repeats = 1
     if args.timeout is None:
         args.timeout = 60.0 if args.quick else 600.0
-    if args.output is None:
-        args.output = RESULTS / ("backends-quick.md" if args.quick else "backends.md")
+    args.output = args.output or default_output("backends", args.quick, {})
     return args
 
 
@@ -942,9 +887,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.one_e:
         return one_e(args.one_e, args.workers, args.e_items or FULL["e_items"])
     sizes = QUICK if args.quick else FULL
-    began = time.perf_counter()
-    started_at = datetime.datetime.now().astimezone()
-    load_before = os.getloadavg()
+    session = Session.start()
     loops, loop_ms = (0, 0.0)
     if "A" in args.only or "D" in args.only:
         loops, loop_ms = calibrate(sizes["a_ms"])
@@ -970,19 +913,12 @@ def main(argv: list[str] | None = None) -> int:
             args.engines, args.workers, sizes["e_items"], args.repeats, args.timeout, peers
         )
     leftovers = leftover_processes()
-    elapsed = time.perf_counter() - began
-    load_after = os.getloadavg()
 
-    command = shlex.join([sys.executable, *sys.argv])
-    cores = len(os.sched_getaffinity(0))
-    header = [
-        f"- Date: {started_at:%Y-%m-%d %H:%M %Z}; whole run {elapsed:.0f} s",
-        f"- Machine: nproc {cores} ({cpu_model()}), {platform.system()} {platform.release()}; "
-        f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after",
-        f"- Python {platform.python_version()}; multiprocessing start method "
-        f"`{multiprocessing.get_start_method()}` (ProcessPoolExecutor, Pool)",
-        f"- Packages: {versions()}",
-        f"- Command: `cd {os.getcwd()} && {command}`",
+    start_method = multiprocessing.get_start_method()
+    header = session.header(
+        versions(), f"multiprocessing start method `{start_method}` (ProcessPoolExecutor, Pool)"
+    )
+    header += [
         f"- Repeats: {args.repeats} (medians; engines take turns within each repeat); "
         f"workers: {args.workers}; pools started and warmed before timing; every engine's "
         "results checked against sequential's",
@@ -1003,10 +939,7 @@ def main(argv: list[str] | None = None) -> int:
             text += f"\n![speedups]({png.name})\n"
     except Exception as exc:  # a chart must never cost the numbers
         print(f"plot failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-    args.output.write_text(text)
-    print()
-    print(text)
-    print(f"written to {args.output}")
+    write_report(args.output, text)
     if leftovers:
         print(f"WARNING: child processes still running: {leftovers}", file=sys.stderr)
     failed = any(cell.error for row in cells.values() for cell in row.values())

@@ -28,36 +28,49 @@ descendants every 10 ms, compares every engine's results, and writes the table::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import datetime
-import importlib.metadata
 import importlib.util
-import json
 import math
 import os
-import platform
 import re
 import resource
-import shlex
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-from common import cpu_model, leftover_processes, package_versions
+from harness import (
+    DATA_DIR,
+    MIB,
+    ROOT,
+    Cell,
+    Measured,
+    Session,
+    add_child_options,
+    check_counts,
+    default_output,
+    emit,
+    env_line,
+    fmt,
+    leftover_problems,
+    median,
+    package_versions,
+    parse_env,
+    parse_list,
+    progress,
+    run_child,
+    sampler_line,
+    speedup,
+    start_batchcore,
+    startup_note,
+    table,
+    take_turns,
+    times,
+    write_report,
+)
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
 MAKE_SALES = ROOT / "data" / "make_sales.py"
-DATA_DIR = Path("/tmp/batchcore-bench")
-MIB = 1 << 20
 MB = 10**6
 
 TASKS = {
@@ -112,49 +125,12 @@ HOW = {
 # --- the child: one engine, one task, one fresh process ------------------------------------------
 
 
-@dataclass
-class Outcome:
-    """What a child measured: seconds of work (start-up included), the start-up alone, the
-    result (``rows`` and ``amount`` for T1; ``rows`` and ``groups`` for T2) and notes."""
+def worker_pid(_: int) -> int:
+    """Warm-up item: import the CSV engine (as the first real batch would), report the pid."""
+    import batchcore.processors.csv.jobs  # noqa: F401  (what the first real batch would import)
 
-    seconds: float
-    result: dict[str, Any]
-    startup: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-def warm_up(backend: str, workers: int) -> None:
-    """Start the pool and wait until every worker has imported the CSV engine."""
-    import batchcore
-
-    pool = batchcore.get_backend(backend, workers=workers)
-    pool.start()  # type: ignore[attr-defined]
-    node = make_warmup_node()(backend=backend, workers=workers, chunksize=1)
-    seen: set[int] = set()
-    while len(seen) < workers:
-        shared: dict[str, Any] = {"items": 4 * workers}
-        node.run(shared)
-        seen |= shared["pids"]
-
-
-def make_warmup_node() -> type:
-    """A tiny BatchNode whose items report the worker's pid after importing the CSV engine."""
-    from batchcore import BatchNode
-
-    class WorkerPids(BatchNode):
-        def prep(self, shared: dict[str, Any]) -> range:
-            return range(shared["items"])
-
-        def exec(self, item: int) -> int:
-            import batchcore.processors.csv.jobs  # noqa: F401  (what the first real batch would import)
-
-            time.sleep(0.02)  # long enough that a second worker gets the next item
-            return os.getpid()
-
-        def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[int]) -> None:
-            shared["pids"] = set(exec_res)
-
-    return WorkerPids
+    time.sleep(0.02)  # long enough that a second worker gets the next item
+    return os.getpid()
 
 
 def cpu_seconds() -> float:
@@ -168,7 +144,7 @@ def cpu_seconds() -> float:
 
 def run_batchcore(
     backend: str, task: str, path: str, workers: int, chunk_bytes: int | None
-) -> Outcome:
+) -> Measured:
     import batchcore
     from batchcore.processors.csv.jobs import csv_stats
 
@@ -187,7 +163,7 @@ def run_batchcore(
         cpu_before = cpu_seconds()
         started = time.perf_counter()
         if warm:
-            warm_up(backend, workers)
+            start_batchcore(backend, workers, worker_pid, per_worker=4)
         began = time.perf_counter()
         ready = began
         stats = csv_stats(path, sums, group_by=group_by, **options)
@@ -209,10 +185,10 @@ def run_batchcore(
     details["cpu_s"] = round(cpu_seconds() - cpu_before, 2)
     if warm:
         details["pool_start"] = began - started
-    return Outcome(done - began, result, ready - began, details)
+    return Measured(done - began, ready - began, result, details)
 
 
-def run_pandas(task: str, path: str) -> Outcome:
+def run_pandas(task: str, path: str) -> Measured:
     import pandas as pd
 
     began = time.perf_counter()
@@ -245,10 +221,10 @@ def run_pandas(task: str, path: str) -> Outcome:
             }
     seconds = time.perf_counter() - began
     storage = getattr(region_dtype, "storage", "-")
-    return Outcome(seconds, result, details={"region_dtype": f"{region_dtype} ({storage})"})
+    return Measured(seconds, result=result, details={"region_dtype": f"{region_dtype} ({storage})"})
 
 
-def run_pyarrow(task: str, path: str) -> Outcome:
+def run_pyarrow(task: str, path: str) -> Measured:
     import pyarrow.compute as pc
     import pyarrow.csv as pacsv
 
@@ -271,10 +247,10 @@ def run_pyarrow(task: str, path: str) -> Outcome:
                 "qty": row["qty_sum"],
             }
     seconds = time.perf_counter() - began
-    return Outcome(seconds, result, details={"table_mib": round(table.nbytes / MIB)})
+    return Measured(seconds, result=result, details={"table_mib": round(table.nbytes / MIB)})
 
 
-def run_polars(task: str, path: str) -> Outcome:
+def run_polars(task: str, path: str) -> Measured:
     import polars as pl
 
     began = time.perf_counter()
@@ -296,10 +272,10 @@ def run_polars(task: str, path: str) -> Outcome:
                 "qty": row["qty"],
             }
     seconds = time.perf_counter() - began
-    return Outcome(seconds, result, details={"threads": pl.thread_pool_size()})
+    return Measured(seconds, result=result, details={"threads": pl.thread_pool_size()})
 
 
-def run_duckdb(task: str, path: str) -> Outcome:
+def run_duckdb(task: str, path: str) -> Measured:
     import duckdb
 
     def fetch(sql: str) -> list[Any]:
@@ -324,7 +300,7 @@ def run_duckdb(task: str, path: str) -> Outcome:
             }
     seconds = time.perf_counter() - began
     threads = fetch("select current_setting('threads')")[0][0]
-    return Outcome(seconds, result, details={"threads": threads})
+    return Measured(seconds, result=result, details={"threads": threads})
 
 
 def one(engine: str, task: str, path: str, workers: int, chunk_bytes: int | None) -> int:
@@ -339,20 +315,11 @@ def one(engine: str, task: str, path: str, workers: int, chunk_bytes: int | None
         import pyarrow
 
         outcome.details["arrow_pool"] = pyarrow.default_memory_pool().backend_name
-    report = {
-        "engine": engine,
-        "task": task,
-        "seconds": outcome.seconds,
-        "startup": outcome.startup,
-        "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "result": outcome.result,
-        "details": outcome.details,
-    }
-    print(json.dumps(report))
+    emit(outcome, engine=engine, task=task)
     return 0
 
 
-# --- the parent: files, children, the RSS sampler -----------------------------------------------
+# --- the parent: the files, and every run in a child ------------------------------------------
 
 
 def load_make_sales() -> Any:
@@ -401,163 +368,6 @@ def read_rate(path: Path) -> float:
     return path.stat().st_size / 1e9 / max(seconds, 1e-9)
 
 
-@dataclass
-class TreeSample:
-    """What the sampler saw of one child's process tree."""
-
-    peak_mib: float = 0.0
-    peak_anon_mib: float = 0.0  # RSS minus file-backed and shared pages (libraries): the data
-    main_at_peak_mib: float = 0.0  # the child's own share of the peak
-    processes: set[tuple[int, float]] = field(default_factory=set)  # (pid, create time) seen
-    samples: int = 0
-    cpu_seconds: float = 0.0  # the sampler thread's own CPU time
-
-
-class TreeSampler:
-    """Sums the RSS of a process and all its descendants every ``interval`` seconds.
-
-    Finding descendants reads every process's ``/proc/PID/stat`` (~1 ms here), so it runs every
-    ``rescan``-th tick; reading the RSS of the known ones costs ~10 us each.
-    """
-
-    def __init__(self, pid: int, interval: float = 0.01, rescan: int = 5) -> None:
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.rescan = rescan
-        self.sample = TreeSample()
-        self.known: dict[int, psutil.Process] = {pid: self.root}
-        self.stop_event = threading.Event()
-        self.thread = threading.Thread(target=self.loop, name="rss-sampler", daemon=True)
-
-    def __enter__(self) -> TreeSampler:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join()
-
-    def loop(self) -> None:
-        began = time.thread_time()
-        tick = 0
-        while not self.stop_event.is_set():
-            if tick % self.rescan == 0:
-                self.discover()
-            self.measure()
-            tick += 1
-            self.stop_event.wait(self.interval)
-        self.sample.cpu_seconds = time.thread_time() - began
-
-    def discover(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            children = self.root.children(recursive=True)
-            self.known = {self.root.pid: self.root} | {child.pid: child for child in children}
-            for proc in self.known.values():
-                with contextlib.suppress(psutil.Error):
-                    self.sample.processes.add((proc.pid, proc.create_time()))
-
-    def measure(self) -> None:
-        total = anon = main = 0
-        for pid, proc in list(self.known.items()):
-            try:
-                memory = proc.memory_info()
-            except psutil.Error:
-                continue
-            total += memory.rss
-            anon += memory.rss - memory.shared
-            if pid == self.root.pid:
-                main = memory.rss
-        sample = self.sample
-        sample.samples += 1
-        if total / MIB > sample.peak_mib:
-            sample.peak_mib = total / MIB
-            sample.main_at_peak_mib = main / MIB
-        sample.peak_anon_mib = max(sample.peak_anon_mib, anon / MIB)
-
-
-@dataclass
-class Run:
-    """One child run: its report, or why there is none."""
-
-    seconds: float = math.nan
-    startup: float = 0.0
-    wall: float = math.nan  # the child process from Popen to exit, as the parent saw it
-    tree: TreeSample = field(default_factory=TreeSample)
-    maxrss_mib: float = math.nan
-    result: dict[str, Any] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-
-def leftovers(seen: set[tuple[int, float]], child_pid: int) -> list[str]:
-    """Descendants of a finished child still alive after 5 s: killed here, and reported."""
-    alive = []
-    for pid, created in seen:
-        if pid == child_pid:
-            continue
-        with contextlib.suppress(psutil.Error):
-            proc = psutil.Process(pid)
-            if proc.create_time() == created:
-                alive.append(proc)
-    if not alive:
-        return []
-    _gone, still = psutil.wait_procs(alive, timeout=5)
-    names = []
-    for proc in still:
-        with contextlib.suppress(psutil.Error):
-            names.append(f"pid {proc.pid} ({' '.join(proc.cmdline())[:80]})")
-            proc.kill()
-    psutil.wait_procs(still, timeout=5)
-    return names
-
-
-def run_child(command: list[str], env: dict[str, str], timeout: float, interval: float) -> Run:
-    """Start ``command`` in its own session, sample its tree, parse its JSON report."""
-    run = Run()
-    began = time.perf_counter()
-    child = subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-    sampler = TreeSampler(child.pid, interval)
-    try:
-        with sampler:
-            try:
-                out, err = child.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.pid, signal.SIGKILL)  # the child and its workers
-                out, err = child.communicate()
-                run.error = f"timed out after {timeout:g} s"
-    except BaseException:  # Ctrl-C: the child's session does not get it from the terminal
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-        leftovers(sampler.sample.processes, child.pid)
-        raise
-    run.wall = time.perf_counter() - began
-    run.tree = sampler.sample
-    stray = leftovers(run.tree.processes, child.pid)
-    if stray:
-        run.error = (run.error + "; " if run.error else "") + f"left behind: {', '.join(stray)}"
-    if child.returncode != 0 and not run.error:
-        tail = (err.strip() or out.strip())[-800:]
-        run.error = f"child exited {child.returncode}: {tail}"
-    if run.error:
-        return run
-    report = json.loads(out.strip().splitlines()[-1])
-    run.seconds = report["seconds"]
-    run.startup = report["startup"]
-    run.maxrss_mib = report["maxrss_mib"]
-    run.result = report["result"]
-    run.details = report["details"]
-    return run
-
-
 # --- checking results -------------------------------------------------------------------------
 
 
@@ -590,34 +400,6 @@ def differences(task: str, got: dict[str, Any], want: dict[str, Any]) -> list[st
 # --- the run plan -----------------------------------------------------------------------------
 
 
-@dataclass
-class Cell:
-    """One engine on one task and file: its runs."""
-
-    runs: list[Run] = field(default_factory=list)
-    skip: str = ""
-
-    @property
-    def ok(self) -> list[Run]:
-        return [run for run in self.runs if not run.error]
-
-    @property
-    def error(self) -> str:
-        return next((run.error for run in self.runs if run.error), "")
-
-    def median(self, name: str = "seconds") -> float:
-        values = [getattr(run, name) for run in self.ok]
-        return statistics.median(values) if values else math.nan
-
-    def peak(self) -> float:
-        values = [run.tree.peak_mib for run in self.ok]
-        return statistics.median(values) if values else math.nan
-
-    def peak_anon(self) -> float:
-        values = [run.tree.peak_anon_mib for run in self.ok]
-        return statistics.median(values) if values else math.nan
-
-
 def child_command(engine: str, task: str, path: Path, args: argparse.Namespace) -> list[str]:
     command = [sys.executable, str(Path(__file__).resolve()), "--one", engine, task]
     command += ["--path", str(path), "--workers", str(args.workers)]
@@ -645,7 +427,6 @@ def run_all(
     args: argparse.Namespace,
     files: dict[str, Path],
     plan: dict[str, list[str]],
-    env: dict[str, str],
     cells: dict[tuple[str, str, str], Cell],
 ) -> None:
     """Every repeat runs every (file, task, engine); engines take turns in the order."""
@@ -654,22 +435,14 @@ def run_all(
             for task in args.tasks:
                 active = [e for e in engines if not cells[which, task, e].skip]
                 active = [e for e in active if not cells[which, task, e].error]
-                turn = repeat % max(len(active), 1)
-                for engine in active[turn:] + active[:turn]:
+                for engine in take_turns(active, repeat):
                     time.sleep(args.pause)
                     command = child_command(engine, task, files[which], args)
-                    run = run_child(command, env, args.timeout, args.interval)
-                    cells[which, task, engine].runs.append(run)
-                    tag = f"{which} {task} repeat {repeat + 1}: {ENGINES[engine]}"
-                    if run.error:
-                        print(f"  {tag}: ERROR {run.error}", flush=True)
-                        continue
-                    startup = f" (start-up {run.startup:.2f} s)" if run.startup >= 0.005 else ""
-                    print(
-                        f"  {tag}: {run.seconds:.2f} s{startup}, "
-                        f"peak tree RSS {run.tree.peak_mib:.0f} MiB",
-                        flush=True,
+                    run = run_child(
+                        command, timeout=args.timeout, extra_env=args.env, interval=args.interval
                     )
+                    cells[which, task, engine].runs.append(run)
+                    progress(f"{which} {task} repeat {repeat + 1}: {ENGINES[engine]}", run)
 
 
 def check_results(cells: dict[tuple[str, str, str], Cell]) -> list[str]:
@@ -701,14 +474,6 @@ def check_results(cells: dict[tuple[str, str, str], Cell]) -> list[str]:
 # --- reporting --------------------------------------------------------------------------------
 
 
-def versions() -> str:
-    return ", ".join(package_versions(PACKAGES))
-
-
-def fmt(value: float, digits: int = 2) -> str:
-    return "-" if math.isnan(value) else f"{value:.{digits}f}"
-
-
 def label(engine: str, workers: int) -> str:
     if engine in ("thread", "process", "process-warm"):
         return f"{ENGINES[engine]} ({workers} workers)"
@@ -720,21 +485,15 @@ def seconds_cell(cell: Cell) -> str:
         return cell.skip
     if not cell.ok:
         return "ERROR" if cell.error else "?"
-    text = fmt(cell.median())
-    startup = cell.median("startup")
-    if startup >= 0.005:
-        text += f" (start-up {startup:.2f})"
-    return text
+    return fmt(cell.median()) + startup_note(cell.median("startup"), unit="")
 
 
 def ratio(
     cells: dict[tuple[str, str, str], Cell], task: str, other: str, mine_key: str = "process"
 ) -> float:
-    mine = cells.get(("main", task, mine_key))
-    theirs = cells.get(("main", task, other))
-    if mine is None or theirs is None or not mine.ok or not theirs.ok:
-        return math.nan
-    return theirs.median() / mine.median()
+    """How many times faster batchcore (``mine_key``) ran ``task`` on the main file than
+    ``other``."""
+    return speedup(cells.get(("main", task, other)), cells.get(("main", task, mine_key)))
 
 
 def report(
@@ -751,22 +510,20 @@ def report(
     lines += ["", f"## Results ({size / MB:,.0f} MB file)", ""]
     if args.quick:
         lines += ["Smoke test (`--quick`): a small file and one repeat; indicative only.", ""]
-    tasks = args.tasks
-    head = "| engine |"
-    rule = "|---|"
-    for task in tasks:
-        head += f" {task} s | {task} MB/s | {task} peak tree RSS MiB |"
-        rule += "---:|---:|---:|"
-    lines += [head, rule]
+    head = ["engine"]
+    for task in args.tasks:
+        head += [f"{task} s", f"{task} MB/s", f"{task} peak tree RSS MiB"]
+    rows = []
     for engine in plan["main"]:
-        row = f"| {label(engine, args.workers)} |"
-        for task in tasks:
+        row = [label(engine, args.workers)]
+        for task in args.tasks:
             cell = cells["main", task, engine]
             if cell.skip or not cell.ok:
-                row += f" {seconds_cell(cell)} | - | - |"
+                row += [seconds_cell(cell), "-", "-"]
                 continue
-            row += f" {seconds_cell(cell)} | {size / MB / cell.median():.0f} | {cell.peak():.0f} |"
-        lines.append(row)
+            row += [seconds_cell(cell), f"{size / MB / cell.median():.0f}", f"{cell.peak():.0f}"]
+        rows.append(row)
+    lines += table(head, rows)
     lines += [
         "",
         "Seconds: median over repeats of the job's time inside a fresh child process (imports "
@@ -784,6 +541,10 @@ def report(
     return "\n".join(lines) + "\n"
 
 
+def mib(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.0f} MiB"
+
+
 def targets_section(
     args: argparse.Namespace, cells: dict[tuple[str, str, str], Cell], plan: dict[str, list[str]]
 ) -> list[str]:
@@ -791,31 +552,24 @@ def targets_section(
     if "process" not in plan["main"]:
         return [*lines, "Not judged: batchcore process was not among `--engines`."]
     warm = "process-warm" in plan["main"] and "T2" in args.tasks
-    lines.append(
-        "| batchcore process vs | "
-        + " | ".join(args.tasks)
-        + (" | T2, warm pool" if warm else "")
-        + " | target (T2) | verdict |"
-    )
-    lines.append("|---|" + "---:|" * (len(args.tasks) + warm) + "---|---|")
-    peers = [*SPEED_TARGETS, NEXT_MARK]
-    for other, minimum in peers:
+    head = ["batchcore process vs", *args.tasks, *(["T2, warm pool"] if warm else [])]
+    head += ["target (T2)", "verdict"]
+    rows = []
+    for other, minimum in [*SPEED_TARGETS, NEXT_MARK]:
         if other not in plan["main"]:
             continue
         cell = cells["main", args.tasks[0], other]
         values = [ratio(cells, task, other) for task in args.tasks]
         if warm:
             values.append(ratio(cells, "T2", other, "process-warm"))
-        shown = [f"{v:.2f}x" if not math.isnan(v) else (cell.skip or "-") for v in values]
+        shown = [times(v, missing=cell.skip or "-") for v in values]
         t2 = ratio(cells, "T2", other) if "T2" in args.tasks else math.nan
         if (other, minimum) == NEXT_MARK:
             target, verdict = "the next mark (>= 1.0x)", "reached" if t2 >= minimum else "-"
         else:
             target = f">= {minimum:g}x"
             verdict = "-" if math.isnan(t2) else ("**pass**" if t2 >= minimum else "**FAIL**")
-        lines.append(
-            f"| {label(other, args.workers)} | " + " | ".join(shown) + f" | {target} | {verdict} |"
-        )
+        rows.append([label(other, args.workers), *shown, target, verdict])
     peaks = [cells["main", task, "process"].peak() for task in args.tasks]
     if warm:
         peaks.append(cells["main", "T2", "process-warm"].peak())
@@ -832,14 +586,11 @@ def targets_section(
             big <= small * (1 + RSS_GROWTH) for big, small in zip(peaks, small_peaks, strict=False)
         )
         verdict = "**pass**" if ok else "**FAIL**"
-    shown = [f"{v:.0f} MiB" if not math.isnan(v) else "-" for v in peaks]
-    lines.append(
-        "| peak tree RSS (main file) | " + " | ".join(shown) + f" | {rss_target} | {verdict} |"
-    )
+    rows.append(["peak tree RSS (main file)", *map(mib, peaks), rss_target, verdict])
     if small_peaks:
-        shown = [f"{v:.0f} MiB" if not math.isnan(v) else "-" for v in small_peaks]
-        blank = " | -" if warm else ""
-        lines.append("| peak tree RSS (small file) | " + " | ".join(shown) + blank + " | | |")
+        blank = ["-"] if warm else []
+        rows.append(["peak tree RSS (small file)", *map(mib, small_peaks), *blank, "", ""])
+    lines += table(head, rows, align="l" + "r" * (len(head) - 3) + "ll")
     lines += [
         "",
         "Speedup: the peer's median seconds / batchcore process's median seconds (its pool "
@@ -850,21 +601,18 @@ def targets_section(
     ]
     if "small" in plan:
         lines += ["", "### Peak RSS and file size (batchcore process)", ""]
-        lines.append(
-            "| file | bytes | "
-            + " | ".join(f"{t} s | {t} peak tree RSS MiB | {t} peak anon MiB" for t in args.tasks)
-            + " |"
-        )
-        lines.append("|---|---:|" + "---:|---:|---:|" * len(args.tasks))
+        head = ["file", "bytes"]
+        for t in args.tasks:
+            head += [f"{t} s", f"{t} peak tree RSS MiB", f"{t} peak anon MiB"]
+        rows = []
         for which in ("small", "main"):
             path = args.files[which]
-            row = f"| {path.name} | {path.stat().st_size:,} |"
+            row = [path.name, f"{path.stat().st_size:,}"]
             for task in args.tasks:
                 cell = cells[which, task, "process"]
-                row += (
-                    f" {seconds_cell(cell)} | {fmt(cell.peak(), 0)} | {fmt(cell.peak_anon(), 0)} |"
-                )
-            lines.append(row)
+                row += [seconds_cell(cell), fmt(cell.peak(), 0), fmt(cell.peak_anon(), 0)]
+            rows.append(row)
+        lines += table(head, rows)
     return lines
 
 
@@ -875,40 +623,40 @@ def detail_section(
     plan: dict[str, list[str]],
 ) -> list[str]:
     lines = ["", "## Every run: seconds (min-max), start-up, memory", ""]
-    lines += [
-        "| file | task | engine | median s (min-max) | start-up s | child wall s | "
-        "peak tree RSS MiB | peak anon MiB | child's own share at peak MiB | "
-        "child ru_maxrss MiB | processes | notes |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    head = ["file", "task", "engine", "median s (min-max)", "start-up s", "child wall s"]
+    head += ["peak tree RSS MiB", "peak anon MiB", "child's own share at peak MiB"]
+    head += ["child ru_maxrss MiB", "processes", "notes"]
+    rows = []
     for which, engines in plan.items():
         for task in args.tasks:
             for engine in engines:
                 cell = cells[which, task, engine]
-                name = files[which].name
+                first = [files[which].name, task, label(engine, args.workers)]
                 if cell.skip or not cell.ok:
                     status = cell.skip or ("ERROR" if cell.error else "?")
-                    lines.append(
-                        f"| {name} | {task} | {label(engine, args.workers)} | {status} |" + " |" * 8
-                    )
+                    rows.append([*first, status, *[""] * 8])
                     continue
-                seconds = [run.seconds for run in cell.ok]
-                spread = fmt(cell.median())
-                if len(seconds) > 1:
-                    spread += f" ({min(seconds):.2f}-{max(seconds):.2f})"
                 runs = cell.ok
                 processes = statistics.median(len(run.tree.processes) for run in runs)
                 notes = {k: v for k, v in runs[-1].details.items() if v != 0}
                 note = ", ".join(f"{k} {v}" for k, v in notes.items() if k != "pool_start")
                 if "pool_start" in notes:
                     note = f"`start()` {notes['pool_start']:.3f} s, " + note
-                lines.append(
-                    f"| {name} | {task} | {label(engine, args.workers)} | {spread} | "
-                    f"{fmt(cell.median('startup'))} | {fmt(cell.median('wall'))} | "
-                    f"{fmt(cell.peak(), 0)} | {fmt(cell.peak_anon(), 0)} | "
-                    f"{fmt(statistics.median(r.tree.main_at_peak_mib for r in runs), 0)} | "
-                    f"{fmt(cell.median('maxrss_mib'), 0)} | {processes:g} | {note} |"
+                rows.append(
+                    [
+                        *first,
+                        cell.spread(),
+                        fmt(cell.median("startup")),
+                        fmt(cell.median("wall")),
+                        fmt(cell.peak(), 0),
+                        fmt(cell.peak_anon(), 0),
+                        fmt(median(r.tree.main_at_peak_mib for r in runs), 0),
+                        fmt(cell.median("maxrss_mib"), 0),
+                        f"{processes:g}",
+                        note,
+                    ]
                 )
+    lines += table(head, rows, align="lll" + "r" * 8 + "l")
     lines += [
         "",
         "Start-up: pool start-up inside the timed job (batchcore thread and process). Child "
@@ -924,16 +672,6 @@ def detail_section(
 # --- main -------------------------------------------------------------------------------------
 
 
-def parse_env(items: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
-    env = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--env must look like KEY=VALUE, got {item!r}")
-        env[key] = value
-    return env
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--size", default=None, help="generated file size (default 1GB)")
@@ -945,35 +683,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(default 100MB, 10MB with --quick; 0 to skip)",
     )
     parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3)")
-    parser.add_argument("--pause", type=float, default=None, help="seconds before each run (3)")
     parser.add_argument("--workers", type=int, default=2, help="batchcore thread/process workers")
     parser.add_argument("--chunk-bytes", type=int, default=None, help="batchcore range size")
     parser.add_argument("--tasks", default="T1,T2", help="tasks to run, e.g. T2")
     parser.add_argument("--engines", default=",".join(ENGINES), help="engines to run")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set in every child's environment, e.g. ARROW_DEFAULT_MEMORY_POOL=system",
+    add_child_options(
+        parser, pause=3.0, interval=0.01, env_example="ARROW_DEFAULT_MEMORY_POOL=system"
     )
-    parser.add_argument("--interval", type=float, default=0.01, help="RSS sampling period, s")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="generated files go here")
     parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
     parser.add_argument("--quick", action="store_true", help="50MB file, 1 repeat, 0.5 s pause")
     parser.add_argument("--one", nargs=2, metavar=("ENGINE", "TASK"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.env = parse_env(args.env, parser)
-    args.tasks = [t.strip().upper() for t in args.tasks.split(",") if t.strip()]
-    bad = sorted(set(args.tasks) - set(TASKS))
-    if bad or not args.tasks:
-        parser.error(f"--tasks: unknown {bad}; valid tasks are {sorted(TASKS)}")
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    bad = sorted(set(engines) - set(ENGINES))
-    if bad or not engines:
-        parser.error(f"--engines: unknown {bad}; valid engines are {sorted(ENGINES)}")
-    args.engines = [e for e in ENGINES if e in engines]
+    args.tasks = parse_list(parser, "--tasks", args.tasks, TASKS, upper=True)
+    args.engines = parse_list(parser, "--engines", args.engines, ENGINES)
     if args.one:
         engine, task = args.one
         if engine not in ENGINES or task not in TASKS:
@@ -989,13 +713,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.pause = args.pause if args.pause is not None else (0.5 if args.quick else 3.0)
     args.timeout = args.timeout or (120.0 if args.quick else 600.0)
-    if args.repeats < 1 or args.workers < 1 or args.pause < 0 or args.interval <= 0:
-        parser.error("--repeats and --workers must be >= 1, --pause >= 0, --interval > 0")
-    if args.output is None:
-        name = "csv-quick" if args.quick else "csv"
-        for key, value in sorted(args.env.items()):
-            name += "-" + re.sub(r"[^A-Za-z0-9.]+", "-", f"{key}-{value}").lower()
-        args.output = RESULTS / f"{name}.md"
+    check_counts(parser, args)
+    args.output = args.output or default_output("csv", args.quick, args.env)
     return args
 
 
@@ -1003,8 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:
         return one(args.one[0], args.one[1], str(args.path), args.workers, args.chunk_bytes)
-    began = time.perf_counter()
-    started_at = datetime.datetime.now().astimezone()
+    session = Session.start()
     files = {"main": args.path.resolve() if args.path else ensure_file(args.size, args.data_dir)}
     plan = {"main": list(args.engines)}
     small_bytes = 0
@@ -1015,8 +733,6 @@ def main(argv: list[str] | None = None) -> int:
             plan["small"] = ["process"]
     args.files = files
     floor = {which: read_rate(path) for which, path in files.items()}
-    env = {**os.environ, **args.env}
-    load_before = os.getloadavg()
     print(
         f"{files['main']}: {files['main'].stat().st_size:,} bytes, cached read "
         f"{floor['main']:.1f} GB/s; {args.repeats} repeats, pause {args.pause:g} s",
@@ -1025,12 +741,10 @@ def main(argv: list[str] | None = None) -> int:
     cells = make_cells(args, plan)
     parent_cpu = time.process_time()
     try:
-        run_all(args, files, plan, env, cells)
+        run_all(args, files, plan, cells)
     except KeyboardInterrupt:
         print("interrupted: the running child and its workers were killed", file=sys.stderr)
         return 130
-    sampler_cpu = sum(run.tree.cpu_seconds for cell in cells.values() for run in cell.runs)
-    child_wall = sum(run.wall for cell in cells.values() for run in cell.runs if run.wall > 0)
     parent_cpu = time.process_time() - parent_cpu
     problems = check_results(cells)
     problems += [
@@ -1039,11 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in cell.runs
         if run.error
     ]
-    stray = leftover_processes()
-    if stray:
-        problems.append(f"processes still running at the end: {stray}")
-    load_after = os.getloadavg()
-    elapsed = time.perf_counter() - began
+    problems += leftover_problems()
 
     rows: dict[str, int] = {}
     for (which, _task, _engine), cell in cells.items():
@@ -1057,41 +767,26 @@ def main(argv: list[str] | None = None) -> int:
             if "arrow_pool" in run.details
         }
     )
-    command = shlex.join([sys.executable, *sys.argv])
     file_lines = [
         f"`{path}`: {path.stat().st_size:,} bytes, {rows.get(which, 0):,} rows, cached "
         f"16 MiB `readinto` {floor[which]:.1f} GB/s"
         for which, path in files.items()
     ]
-    header = [
-        f"- Date: {started_at:%Y-%m-%d %H:%M %Z}; whole run {elapsed:.0f} s",
-        f"- Machine: nproc {len(os.sched_getaffinity(0))} ({cpu_model()}), "
-        f"{platform.system()} {platform.release()}; load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after",
-        f"- Python {platform.python_version()}; packages: {versions()}",
-        f"- Command: `cd {os.getcwd()} && {command}`",
+    header = session.header(package_versions(PACKAGES))
+    header += [
         "- Files: " + "; ".join(file_lines),
         f"- Method: every (engine, task) run in a fresh child process after a {args.pause:g} s "
         f"pause; {args.repeats} repeat(s), medians; engines take turns within each repeat; "
         f"batchcore workers: {args.workers}"
         + (f", chunk_bytes {args.chunk_bytes:,}" if args.chunk_bytes else ", default chunk_bytes"),
-        "- Children's extra environment: "
-        + (", ".join(f"`{k}={v}`" for k, v in args.env.items()) if args.env else "none")
-        + f"; pyarrow memory pool seen in children: {', '.join(pools) or '-'}",
-        f"- RSS sampler: every {args.interval * 1000:.0f} ms (descendants rediscovered every "
-        f"5th sample); it used {sampler_cpu:.1f} s CPU over {child_wall:.0f} s of child runs "
-        f"({100 * sampler_cpu / max(child_wall, 1e-9):.1f}% of a core); "
-        f"parent CPU {parent_cpu:.1f} s",
+        f"- Children's extra environment: {env_line(args.env)}; pyarrow memory pool seen in "
+        f"children: {', '.join(pools) or '-'}",
+        sampler_line(cells.values(), args.interval, parent_cpu),
         "- Results: every engine's rows, sums (1e-6 relative) and per-region counts checked "
         "against the first run; "
         + (f"{len(problems)} problem(s), see the end" if problems else "all agree"),
     ]
-    text = report(args, header, files, cells, plan, problems)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print()
-    print(text)
-    print(f"written to {args.output}")
+    write_report(args.output, report(args, header, files, cells, plan, problems))
     return 1 if problems else 0
 
 

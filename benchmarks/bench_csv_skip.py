@@ -11,19 +11,23 @@ split counts newlines for that in its first pass, so no range rereads the file u
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import statistics
-import sys
-import time
 from pathlib import Path
 
 import bench_csv  # the same generated sales file as bench_csv.py
+from harness import (
+    DATA_DIR,
+    RESULTS,
+    Session,
+    median_time,
+    package_versions,
+    start_batchcore,
+    table,
+    times,
+    write_report,
+)
 
 import batchcore
 from batchcore.processors.csv.jobs import csv_stats
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def with_bad_rows(source: Path, target: Path, every: int) -> int:
@@ -38,13 +42,12 @@ def with_bad_rows(source: Path, target: Path, every: int) -> int:
 
 
 def median_seconds(path: Path, backend: str, workers: int, repeats: int) -> tuple[float, int]:
-    times, skipped = [], 0
-    for _ in range(repeats):
-        began = time.perf_counter()
-        stats = csv_stats(path, ["amount"], bad_rows="skip", backend=backend, workers=workers)
-        times.append(time.perf_counter() - began)
-        skipped = stats.skipped_rows
-    return statistics.median(times), skipped
+    """Median seconds of ``csv_stats`` skipping bad rows, and how many rows it skipped."""
+    seconds, stats = median_time(
+        lambda: csv_stats(path, ["amount"], bad_rows="skip", backend=backend, workers=workers),
+        repeats,
+    )
+    return seconds, stats.skipped_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,43 +56,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every-mib", type=int, default=4, help="a ragged row every N MiB")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--data-dir", type=Path, default=bench_csv.DATA_DIR)
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--output", type=Path, default=RESULTS / "csv-skip.md")
     args = parser.parse_args(argv)
+    session = Session.start()
     clean = bench_csv.ensure_file(args.size, args.data_dir)
     bad = clean.with_name(f"{clean.stem}-bad-every-{args.every_mib}mib.csv")
     added = with_bad_rows(clean, bad, args.every_mib << 20)
-    pool = batchcore.get_backend("process", workers=args.workers)
-    pool.start()  # type: ignore[attr-defined]
-    csv_stats(clean, ["amount"], backend=pool)  # warm: both measurements get a running pool
-    rows = []
+    start_batchcore("process", args.workers)
+    csv_stats(clean, ["amount"], backend="process", workers=args.workers)  # warm the pool
+    rows: list[list[str]] = []
     try:
         for backend in ("sequential", "process"):
             clean_s, _ = median_seconds(clean, backend, args.workers, args.repeats)
             bad_s, skipped = median_seconds(bad, backend, args.workers, args.repeats)
             assert skipped == added, (skipped, added)
-            rows.append((backend, clean_s, bad_s))
+            rows.append([backend, f"{clean_s:.2f}", f"{bad_s:.2f}", times(bad_s / clean_s)])
     finally:
         batchcore.shutdown()
         bad.unlink()
     lines = [
         "# CSV: the cost of skipping bad rows",
         "",
-        f"- Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "
-        f"nproc {os.cpu_count()}; Python {sys.version.split()[0]}",
-        f"- Command: `{' '.join(['python benchmarks/bench_csv_skip.py', *sys.argv[1:]])}`",
+        *session.header(package_versions(["batchcore", "pyarrow"])),
         f"- Files: `{clean.name}` ({clean.stat().st_size:,} bytes) and the same file with "
         f"{added} ragged rows, one after every ~{args.every_mib} MiB",
         f"- Job: `csv_stats(path, ['amount'], bad_rows='skip')`; medians of {args.repeats}; "
         "the process pool is warm",
         "",
-        "| backend | clean file s | with bad rows s | ratio |",
-        "|---|---:|---:|---:|",
-        *[f"| {b} | {c:.2f} | {d:.2f} | {d / c:.2f}x |" for b, c, d in rows],
+        *table(["backend", "clean file s", "with bad rows s", "ratio"], rows),
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.output, "\n".join(lines) + "\n")
     return 0
 
 

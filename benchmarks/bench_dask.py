@@ -17,32 +17,26 @@ process pool's, and the cluster's. Medians of ``--repeats``; results checked equ
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
-import platform
-import statistics
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from bench_backends import calibrate, spin  # workload A: the same items as bench_backends.py
+from harness import (
+    DATA_DIR,
+    RESULTS,
+    ROOT,
+    Session,
+    median_time,
+    package_versions,
+    table,
+    times,
+    write_report,
+)
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-
-DEFAULT_CSV = Path("/tmp/batchcore-bench/sales-1g.csv")
-
-
-def median_time(run: Any, repeats: int) -> tuple[float, Any]:
-    times = []
-    result = None
-    for _ in range(repeats):
-        began = time.perf_counter()
-        result = run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times), result
+DEFAULT_CSV = DATA_DIR / "sales-1g.csv"
 
 
 def main() -> int:
@@ -51,8 +45,9 @@ def main() -> int:
     parser.add_argument("--items", type=int, default=200)
     parser.add_argument("--ms", type=float, default=20.0)
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV)
-    parser.add_argument("--output", type=Path, default=HERE / "results" / "dask.md")
+    parser.add_argument("--output", type=Path, default=RESULTS / "dask.md")
     args = parser.parse_args()
+    session = Session.start()
 
     sys.path.insert(0, str(ROOT))
     import batchcore
@@ -72,7 +67,7 @@ def main() -> int:
 
     loops, _ = calibrate(args.ms)
     items = [(index, loops) for index in range(args.items)]
-    rows: list[tuple[str, str, str]] = []
+    rows: list[list[str]] = []
 
     def run_a(backend: Any) -> list[int]:
         shared: dict[str, Any] = {"items": items}
@@ -109,18 +104,13 @@ def main() -> int:
     assert result == expected
 
     rows += [
-        ("A: batchcore sequential", f"{seq:.2f} s", "1.00x"),
-        ("A: batchcore process (2 workers)", f"{proc_time:.2f} s", f"{seq / proc_time:.2f}x"),
-        (
-            "A: batchcore dask (LocalCluster, 2 workers)",
-            f"{dask_time:.2f} s",
-            f"{seq / dask_time:.2f}x",
-        ),
-        (
-            "A: plain `client.map` (one task per item)",
-            f"{map_time:.2f} s",
-            f"{seq / map_time:.2f}x",
-        ),
+        [f"A: {name}", f"{seconds:.2f} s", times(seq / seconds)]
+        for name, seconds in [
+            ("batchcore sequential", seq),
+            ("batchcore process (2 workers)", proc_time),
+            ("batchcore dask (LocalCluster, 2 workers)", dask_time),
+            ("plain `client.map` (one task per item)", map_time),
+        ]
     ]
 
     if args.csv.exists():
@@ -134,27 +124,19 @@ def main() -> int:
         t2(dask)
         csv_dask, got = median_time(lambda: t2(dask), args.repeats)
         assert got == want
+        size = f"{args.csv.stat().st_size / 1e9:.2f} GB CSV"
         rows += [
-            (
-                f"T2 ({args.csv.stat().st_size / 1e9:.2f} GB CSV): batchcore process",
-                f"{csv_proc:.2f} s",
-                "1.00x",
-            ),
-            ("T2: batchcore dask", f"{csv_dask:.2f} s", f"{csv_proc / csv_dask:.2f}x vs process"),
+            [f"T2 ({size}): batchcore process", f"{csv_proc:.2f} s", "1.00x"],
+            ["T2: batchcore dask", f"{csv_dask:.2f} s", f"{times(csv_proc / csv_dask)} vs process"],
         ]
 
     dask.close()
     batchcore.shutdown()
 
-    cpu = os.cpu_count()
     lines = [
         "# Dask against the local process backend",
         "",
-        f"- Date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC; machine: nproc {cpu}, "
-        f"{platform.platform()}; Python {platform.python_version()}",
-        f"- Packages: batchcore {batchcore.__version__}, dask {version('dask')}, distributed "
-        f"{version('distributed')}, pyarrow {version('pyarrow')}",
-        f"- Command: `cd {ROOT} && {sys.executable} {' '.join(sys.argv)}`",
+        *session.header(package_versions(["batchcore", "dask", "distributed", "pyarrow"])),
         f"- Repeats: {args.repeats} (medians); warm pool and warm cluster; results checked equal",
         f"- A: {args.items} items of `spin((index, {loops:,}))` from bench_backends.py "
         f"(~{args.ms:.0f} ms each, calibrated)",
@@ -163,18 +145,12 @@ def main() -> int:
         f"{pool_start:.2f} s; batchcore's LocalCluster of 2 worker processes (1 thread each, "
         f"Dask's profiler off) and its client {cluster_start:.2f} s",
         "",
-        "| run | median | speedup |",
-        "|---|---:|---:|",
-        *[f"| {name} | {seconds} | {ratio} |" for name, seconds, ratio in rows],
+        *table(["run", "median", "speedup"], rows),
         "",
         "Target (issue): batchcore dask >= 1.6x sequential on A with 2 workers (plain "
         "`client.map` reached 1.35x in the anchor run).",
     ]
-    text = "\n".join(lines) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(text)
-    print(f"written to {args.output}")
+    write_report(args.output, "\n".join(lines) + "\n")
     return 0
 
 

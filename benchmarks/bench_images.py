@@ -27,39 +27,55 @@ byte-identical to the plain loop's (pixel differences are measured where they ar
     python benchmarks/bench_images.py --quick    # smoke test: 12 x 1080p, 60 x 240p, 1 repeat
     python benchmarks/bench_images.py --only 240p --engines plain,process,ppe-chunks
     python benchmarks/bench_images.py --one process 240p --src DIR --out DIR   # JSON out
-
-The child-process runner, the RSS sampler and the leftover-process check are bench_csv.py's.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import hashlib
-import json
 import math
 import multiprocessing
 import os
-import platform
-import re
-import resource
-import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import psutil
-from bench_csv import Cell, Run, fmt, parse_env, run_child
-from common import cpu_model, leftover_processes, package_versions
+from harness import (
+    DATA_DIR,
+    ROOT,
+    Cell,
+    Measured,
+    Run,
+    Session,
+    add_child_options,
+    check_counts,
+    default_output,
+    emit,
+    env_line,
+    fmt,
+    leftover_problems,
+    package_versions,
+    parse_env,
+    parse_list,
+    progress,
+    run_child,
+    sampler_line,
+    speedup,
+    start_batchcore,
+    table,
+    take_turns,
+    times,
+    tree_usage,
+    warm_workers,
+    write_report,
+)
 from PIL import Image
 
 from batchcore.processors.errors import FilterSpecError
@@ -67,11 +83,7 @@ from batchcore.processors.files import is_temp_name
 from batchcore.processors.images.filters import FilterChain, get_filter, parse_chain
 from batchcore.processors.images.io import load_image, save_image
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-RESULTS = HERE / "results"
 MAKE_IMAGES = ROOT / "data" / "make_images.py"
-DATA_DIR = Path("/tmp/batchcore-bench")
 
 FILTERS = ["grayscale", "blur:radius=2", "sepia", "thumbnail:size=256"]
 QUALITY = 85
@@ -119,7 +131,7 @@ HOW = {
     "`get_backend('thread', W).start()`",
     "process": "`run_images(..., backend='process', workers=W)` (decode once) after "
     "`get_backend('process', W).start()` and warm-up batches until every worker has answered "
-    "(each imports `processors.images_jobs`); chunk sizes are batchcore's own (adaptive)",
+    "(each imports `batchcore.processors.images.jobs`); chunk sizes are batchcore's own (adaptive)",
     "process-flow": "`run_images(..., backend='process', workers=W, grouped=False)`, "
     "started and warmed the same way",
     "tpe": "`ThreadPoolExecutor(W).map(process_job, jobs)`, threads started before timing",
@@ -201,70 +213,10 @@ def worker_pid(_: int) -> int:
     return os.getpid()
 
 
-def warm(run: Callable[[list[int]], Iterable[int]], workers: int) -> int:
-    """Run warm-up batches until ``workers`` distinct workers answered; returns the rounds."""
-    seen: set[int] = set()
-    for rounds in range(1, 51):
-        seen |= set(run(list(range(2 * workers))))
-        if len(seen) >= workers:
-            return rounds
-    raise RuntimeError(f"only {len(seen)} of {workers} workers answered after 50 warm-up rounds")
-
-
-def batchcore_warmup(workers: int) -> Callable[[list[int]], list[int]]:
-    """``run(items)``: a tiny BatchNode on the shared process pool, returning worker pids."""
-    from batchcore import BatchNode
-
-    class WorkerPids(BatchNode):
-        def prep(self, shared: dict[str, Any]) -> list[int]:
-            return list(shared["items"])
-
-        def exec(self, item: int) -> int:
-            return worker_pid(item)
-
-        def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[int]) -> None:
-            shared["pids"] = exec_res
-
-    def run(items: list[int]) -> list[int]:
-        shared: dict[str, Any] = {"items": items}
-        WorkerPids(backend="process", workers=workers, chunksize=1).run(shared)
-        return list(shared["pids"])
-
-    return run
-
-
-def tree_usage(descendants_only: bool = False) -> tuple[float, int]:
-    """CPU seconds (user + system) and minor page faults of this process and its live
-    descendants so far (faults from ``/proc/PID/stat``: psutil does not report them)."""
-    cpu, faults = 0.0, 0
-    me = psutil.Process()
-    for proc in [*([] if descendants_only else [me]), *me.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error, OSError, ValueError, IndexError):
-            times = proc.cpu_times()
-            stat = Path(f"/proc/{proc.pid}/stat").read_text()
-            faults += int(stat.rpartition(")")[2].split()[7])  # minflt, the 10th field
-            cpu += times.user + times.system
-    return cpu, faults
-
-
-@dataclass
-class Timed:
-    """What a child measured: start-up (pool start and warm-up, not timed), the job's seconds,
-    the CPU seconds and minor page faults of the process tree during the job, the outcome and
-    notes."""
-
-    startup: float = 0.0
-    seconds: float = math.nan
-    cpu: float = math.nan
-    faults: int = 0
-    result: dict[str, Any] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
-
-
 class Stopwatch:
     """``with watch:`` times the block (wall, tree CPU and page faults) into ``timed``."""
 
-    def __init__(self, timed: Timed) -> None:
+    def __init__(self, timed: Measured) -> None:
         self.timed = timed
 
     def __enter__(self) -> Stopwatch:
@@ -275,24 +227,25 @@ class Stopwatch:
     def __exit__(self, *exc: object) -> None:
         self.timed.seconds = time.perf_counter() - self.began
         cpu, faults = tree_usage()
-        self.timed.cpu = cpu - self.cpu
-        self.timed.faults = faults - self.faults
+        self.timed.details["cpu_seconds"] = round(cpu - self.cpu, 3)
+        self.timed.details["minor_faults"] = faults - self.faults
 
 
-def run_batchcore(engine: str, args: argparse.Namespace) -> Timed:
+def run_batchcore(engine: str, args: argparse.Namespace) -> Measured:
     import batchcore
     from batchcore.processors.images.jobs import run_images
 
     backend, grouped = BATCHCORE[engine]
     workers = None if backend == "sequential" else args.workers
-    timed = Timed()
+    timed = Measured()
     try:
         began = time.perf_counter()
         if backend != "sequential":
-            pool = batchcore.get_backend(backend, workers)
-            pool.start()  # type: ignore[attr-defined]
-            if backend == "process":
-                timed.details["warmup_rounds"] = warm(batchcore_warmup(args.workers), args.workers)
+            rounds = start_batchcore(
+                backend, args.workers, worker_pid if backend == "process" else None
+            )
+            if rounds:
+                timed.details["warmup_rounds"] = rounds
         timed.startup = time.perf_counter() - began
         with Stopwatch(timed):
             summary = run_images(
@@ -315,8 +268,8 @@ def run_batchcore(engine: str, args: argparse.Namespace) -> Timed:
     return timed
 
 
-def run_plain(args: argparse.Namespace) -> Timed:
-    timed = Timed()
+def run_plain(args: argparse.Namespace) -> Measured:
+    timed = Measured()
     by_filter: dict[str, float] = {}
     with Stopwatch(timed):
         jobs = list_jobs(args.src, args.out, args.filters)
@@ -331,10 +284,10 @@ def run_plain(args: argparse.Namespace) -> Timed:
     return timed
 
 
-def run_tpe(args: argparse.Namespace) -> Timed:
+def run_tpe(args: argparse.Namespace) -> Measured:
     from concurrent.futures import ThreadPoolExecutor
 
-    timed = Timed()
+    timed = Measured()
     began = time.perf_counter()
     with ThreadPoolExecutor(args.workers) as executor:
         list(executor.map(time.sleep, [0.01] * args.workers))  # threads start on submit
@@ -346,13 +299,13 @@ def run_tpe(args: argparse.Namespace) -> Timed:
     return timed
 
 
-def run_ppe(args: argparse.Namespace, chunksize: int) -> Timed:
+def run_ppe(args: argparse.Namespace, chunksize: int) -> Measured:
     from concurrent.futures import ProcessPoolExecutor
 
-    timed = Timed(details={"chunksize": chunksize})
+    timed = Measured(details={"chunksize": chunksize})
     began = time.perf_counter()
     with ProcessPoolExecutor(args.workers) as executor:
-        rounds = warm(lambda items: executor.map(worker_pid, items), args.workers)
+        rounds = warm_workers(lambda items: executor.map(worker_pid, items), args.workers)
         timed.startup = time.perf_counter() - began
         timed.details["warmup_rounds"] = rounds
         with Stopwatch(timed):
@@ -363,15 +316,15 @@ def run_ppe(args: argparse.Namespace, chunksize: int) -> Timed:
     return timed
 
 
-def run_joblib(args: argparse.Namespace) -> Timed:
+def run_joblib(args: argparse.Namespace) -> Measured:
     from joblib import Parallel, delayed  # type: ignore[import-untyped]
     from joblib.externals.loky import get_reusable_executor  # type: ignore[import-untyped]
 
-    timed = Timed()
+    timed = Measured()
     try:
         began = time.perf_counter()
         with Parallel(n_jobs=args.workers) as parallel:
-            rounds = warm(
+            rounds = warm_workers(
                 lambda items: parallel(delayed(worker_pid)(i) for i in items), args.workers
             )
             timed.startup = time.perf_counter() - began
@@ -400,21 +353,7 @@ def one(args: argparse.Namespace) -> int:
         timed = run_ppe(args, args.ppe_chunksize)
     else:
         timed = run_joblib(args)
-    timed.details["cpu_seconds"] = round(timed.cpu, 3)
-    timed.details["minor_faults"] = timed.faults
-    # processes that outlive this one (loky's resource trackers) are never reaped here, so the
-    # parent cannot count their CPU as ours without this
-    timed.details["unreaped_cpu"] = round(tree_usage(descendants_only=True)[0], 3)
-    report = {
-        "engine": engine,
-        "set": args.one[1],
-        "seconds": timed.seconds,
-        "startup": timed.startup,
-        "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "result": timed.result,
-        "details": timed.details,
-    }
-    print(json.dumps(report))
+    emit(timed, engine=engine, set=args.one[1])
     return 0
 
 
@@ -501,28 +440,6 @@ def chunks_for(args: argparse.Namespace, image_set: ImageSet) -> int:
     return max(1, jobs // (8 * int(args.workers)))
 
 
-def cpu_in_use() -> tuple[float, float, float]:
-    """CPU seconds so far: the whole machine's busy time, this process's, its reaped children's
-    (a finished child's includes the workers it reaped)."""
-    machine = psutil.cpu_times()
-    busy = machine.user + machine.nice + machine.system + machine.irq + machine.softirq
-    busy += machine.steal  # another VM on our cores: contention too
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return busy, time.process_time(), children.ru_utime + children.ru_stime
-
-
-def timed_child(command: list[str], args: argparse.Namespace) -> Run:
-    """``run_child``, noting how many cores other processes on the machine kept busy meanwhile
-    (``details["other_cores"]``): the machine is shared, and that skews ratios."""
-    busy, mine, children = cpu_in_use()
-    run = run_child(command, {**os.environ, **args.env}, args.timeout, args.interval)
-    busy_after, mine_after, children_after = cpu_in_use()
-    other = (busy_after - busy) - (mine_after - mine) - (children_after - children)
-    other -= run.details.get("unreaped_cpu", 0.0)
-    run.details["other_cores"] = max(0.0, other / run.wall) if run.wall > 0 else math.nan
-    return run
-
-
 def run_all(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> list[str]:
     """Every repeat runs every (set, engine); engines take turns. Returns the problems."""
     problems = []
@@ -530,14 +447,14 @@ def run_all(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> lis
         for image_set in args.sets:
             expected = expected_outputs(args.folders[image_set.key], args.filters)
             active = [e for e in args.engines if not cells[image_set.key, e].error]
-            turn = repeat % max(len(active), 1)
-            for engine in active[turn:] + active[:turn]:
+            for engine in take_turns(active, repeat):
                 out = output_dir(args, image_set, engine)
                 shutil.rmtree(out, ignore_errors=True)
                 time.sleep(args.pause)
                 command = child_command(engine, image_set, args, chunks_for(args, image_set))
-                run = timed_child(command, args)
-                tag = f"  {image_set.key} repeat {repeat + 1}: {ENGINES[engine]}"
+                run = run_child(
+                    command, timeout=args.timeout, extra_env=args.env, interval=args.interval
+                )
                 if not run.error:
                     found = check_outputs(run, out, expected)
                     if found:
@@ -545,15 +462,11 @@ def run_all(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> lis
                 cells[image_set.key, engine].runs.append(run)
                 if run.error:
                     problems.append(f"{image_set.title}: {ENGINES[engine]}: {run.error}")
-                    print(f"{tag}: ERROR {run.error}", flush=True)
-                    continue
-                startup = f" (start-up {run.startup:.2f} s)" if run.startup >= 0.005 else ""
-                print(
-                    f"{tag}: {run.seconds:.2f} s{startup}, "
-                    f"{len(expected) / run.seconds:.1f} jobs/s, "
-                    f"peak tree RSS {run.tree.peak_mib:.0f} MiB, "
-                    f"other load {run.details['other_cores']:.2f} cores",
-                    flush=True,
+                progress(
+                    f"{image_set.key} repeat {repeat + 1}: {ENGINES[engine]}",
+                    run,
+                    f"{len(expected) / run.seconds:.1f} jobs/s",
+                    f"other load {run.other_cores:.2f} cores",
                 )
     return problems
 
@@ -646,13 +559,13 @@ def compare_outputs(
 # --- reporting ----------------------------------------------------------------------------------
 
 
-def versions() -> str:
+def versions() -> list[str]:
     parts = package_versions(PACKAGES)
     with contextlib.suppress(Exception):
         from PIL import features
 
         parts.append(f"libjpeg-turbo {features.version('libjpeg_turbo')}")
-    return ", ".join(parts)
+    return parts
 
 
 def label(engine: str, workers: int) -> str:
@@ -661,16 +574,9 @@ def label(engine: str, workers: int) -> str:
     return ENGINES[engine]
 
 
-def detail(cell: Cell, name: str) -> float:
-    values = [run.details[name] for run in cell.ok if name in run.details]
-    return statistics.median(values) if values else math.nan
-
-
-def speedup(cells: dict[tuple[str, str], Cell], key: str, engine: str, over: str) -> float:
-    mine, theirs = cells.get((key, engine)), cells.get((key, over))
-    if mine is None or theirs is None or not mine.ok or not theirs.ok:
-        return math.nan
-    return theirs.median() / mine.median()
+def ratio(cells: dict[tuple[str, str], Cell], key: str, engine: str, over: str) -> float:
+    """How many times faster ``engine`` ran image set ``key`` than ``over``."""
+    return speedup(cells.get((key, over)), cells.get((key, engine)))
 
 
 def best_peer(args: argparse.Namespace, cells: dict[tuple[str, str], Cell], key: str) -> str | None:
@@ -679,27 +585,24 @@ def best_peer(args: argparse.Namespace, cells: dict[tuple[str, str], Cell], key:
 
 
 def results_table(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> list[str]:
-    head, rule = "| engine |", "|---|"
+    head = ["engine"]
     for image_set in args.sets:
         k = image_set.key
-        head += f" {k} s | {k} jobs/s | {k} vs plain | {k} peak tree RSS MiB |"
-        rule += "---:|---:|---:|---:|"
-    lines = [head, rule]
+        head += [f"{k} s", f"{k} jobs/s", f"{k} vs plain", f"{k} peak tree RSS MiB"]
+    rows = []
     for engine in args.engines:
-        row = f"| {label(engine, args.workers)} |"
+        row = [label(engine, args.workers)]
         for image_set in args.sets:
             cell = cells[image_set.key, engine]
             if not cell.ok:
-                row += f" {'ERROR' if cell.error else '-'} | - | - | - |"
+                row += ["ERROR" if cell.error else "-", "-", "-", "-"]
                 continue
             jobs = image_set.count * len(args.filters)
-            ratio = speedup(cells, image_set.key, engine, "plain")
-            row += (
-                f" {cell.median():.2f} | {jobs / cell.median():.1f} | "
-                f"{fmt(ratio)}{'x' if not math.isnan(ratio) else ''} | {cell.peak():.0f} |"
-            )
-        lines.append(row)
-    return lines
+            vs_plain = ratio(cells, image_set.key, engine, "plain")
+            row += [f"{cell.median():.2f}", f"{jobs / cell.median():.1f}", times(vs_plain)]
+            row.append(f"{cell.peak():.0f}")
+        rows.append(row)
+    return table(head, rows)
 
 
 def worst_ratios(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> dict[str, float]:
@@ -707,7 +610,7 @@ def worst_ratios(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -
     peers = {s.key: best_peer(args, cells, s.key) for s in args.sets}
     worst = {}
     for engine in (e for e in args.engines if e in BATCHCORE):
-        ratios = [speedup(cells, s.key, engine, peers[s.key] or "") for s in args.sets]
+        ratios = [ratio(cells, s.key, engine, peers[s.key] or "") for s in args.sets]
         if ratios and not any(math.isnan(r) for r in ratios):
             worst[engine] = min(ratios)
     return worst
@@ -730,17 +633,15 @@ def target_line(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) ->
 def target_section(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> list[str]:
     lines = ["", "## batchcore against the issue's target", ""]
     peers = {s.key: best_peer(args, cells, s.key) for s in args.sets}
-    head, rule = "| batchcore configuration |", "|---|"
-    for key, peer in peers.items():
-        head += f" {key} vs best peer: {ENGINES[peer] if peer else '-'} |"
-        rule += "---:|"
-    lines += [head + " verdict |", rule + "---|"]
+    head = ["batchcore configuration"]
+    head += [f"{key} vs best peer: {ENGINES[peer] if peer else '-'}" for key, peer in peers.items()]
     worst = worst_ratios(args, cells)
+    rows = []
     for engine in (e for e in args.engines if e in BATCHCORE):
-        ratios = [speedup(cells, key, engine, peer or "") for key, peer in peers.items()]
+        ratios = [ratio(cells, key, engine, peer or "") for key, peer in peers.items()]
         verdict = "-" if engine not in worst else "pass" if worst[engine] >= 1.0 else "FAIL"
-        shown = " | ".join("-" if math.isnan(r) else f"{r:.2f}x" for r in ratios)
-        lines.append(f"| {label(engine, args.workers)} | {shown} | {verdict} |")
+        rows.append([label(engine, args.workers), *map(times, ratios), verdict])
+    lines += table([*head, "verdict"], rows, align="l" + "r" * len(peers) + "l")
     lines += [
         "",
         target_line(args, cells),
@@ -759,22 +660,26 @@ def checks_section(
     references: dict[str, str],
 ) -> list[str]:
     lines = ["", "## Output checks (each engine's last run)", ""]
-    lines += [
-        "| set | engine | files | byte-identical to reference | pixel-identical only | "
-        "differing (by chain) |",
-        "|---|---|---:|---:|---:|---|",
-    ]
+    head = ["set", "engine", "files", "byte-identical to reference", "pixel-identical only"]
+    head.append("differing (by chain)")
+    rows = []
     for image_set in args.sets:
         for engine in args.engines:
             comparison = comparisons.get((image_set.key, engine))
             if comparison is None:
                 continue
             reference = " (reference)" if references[image_set.key] == engine else ""
-            lines.append(
-                f"| {image_set.key} | {ENGINES[engine]}{reference} | {comparison.files} | "
-                f"{comparison.identical} | {comparison.pixel_identical} | "
-                f"{comparison.summary()} |"
+            rows.append(
+                [
+                    image_set.key,
+                    f"{ENGINES[engine]}{reference}",
+                    comparison.files,
+                    comparison.identical,
+                    comparison.pixel_identical,
+                    comparison.summary(),
+                ]
             )
+    lines += table(head, rows, align="llrrrl")
     lines += [
         "",
         "Every expected output (`<stem>_<chain label>.jpg`) must exist in the engine's own fresh "
@@ -791,50 +696,54 @@ def filter_section(args: argparse.Namespace, cells: dict[tuple[str, str], Cell])
     if not found:
         return []
     lines = ["", "## Per job in the plain loop (load + filter + save), ms", ""]
-    lines += ["| chain | " + " | ".join(found) + " |", "|---|" + "---:|" * len(found)]
+    rows = []
     for spec in [parse_chain(s).spec for s in args.filters]:
-        values = []
+        row = [f"`{spec}`"]
         for cell in found.values():
             per = [run.details["ms_per_job"].get(spec, math.nan) for run in cell.ok]
-            values.append(fmt(statistics.median(per), 1))
-        lines.append(f"| `{spec}` | " + " | ".join(values) + " |")
-    return lines
+            row.append(fmt(statistics.median(per), 1))
+        rows.append(row)
+    return lines + table(["chain", *found], rows)
 
 
 def detail_section(args: argparse.Namespace, cells: dict[tuple[str, str], Cell]) -> list[str]:
     lines = ["", "## Every run: seconds (min-max), start-up, CPU, memory", ""]
-    lines += [
-        "| set | engine | median s (min-max) | start-up s | CPU s | cores busy | "
-        "page faults / job | other load, cores (max) | child wall s | peak tree RSS MiB | "
-        "peak anon MiB | processes | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
+    head = ["set", "engine", "median s (min-max)", "start-up s", "CPU s", "cores busy"]
+    head += ["page faults / job", "other load, cores (max)", "child wall s", "peak tree RSS MiB"]
+    head += ["peak anon MiB", "processes", "notes"]
+    rows = []
     for image_set in args.sets:
         for engine in args.engines:
             cell = cells[image_set.key, engine]
             name = label(engine, args.workers)
             if not cell.ok:
-                lines.append(f"| {image_set.key} | {name} | ERROR |" + " |" * 10)
+                rows.append([image_set.key, name, "ERROR", *[""] * 10])
                 continue
-            seconds = [run.seconds for run in cell.ok]
-            spread = fmt(cell.median())
-            if len(seconds) > 1:
-                spread += f" ({min(seconds):.2f}-{max(seconds):.2f})"
-            cpu = detail(cell, "cpu_seconds")
-            faults = detail(cell, "minor_faults") / (image_set.count * len(args.filters))
+            cpu = cell.median_detail("cpu_seconds")
+            faults = cell.median_detail("minor_faults") / (image_set.count * len(args.filters))
             processes = statistics.median(len(run.tree.processes) for run in cell.ok)
             notes = []
             for key in ("chunksize", "warmup_rounds"):
                 if key in cell.ok[-1].details:
                     notes.append(f"{key.replace('_', ' ')} {cell.ok[-1].details[key]}")
-            lines.append(
-                f"| {image_set.key} | {name} | {spread} | {fmt(cell.median('startup'))} | "
-                f"{fmt(cpu, 1)} | {fmt(cpu / cell.median())} | {fmt(faults, 0)} | "
-                f"{fmt(max(run.details.get('other_cores', math.nan) for run in cell.ok))} | "
-                f"{fmt(cell.median('wall'))} | "
-                f"{fmt(cell.peak(), 0)} | {fmt(cell.peak_anon(), 0)} | {processes:g} | "
-                f"{', '.join(notes)} |"
+            rows.append(
+                [
+                    image_set.key,
+                    name,
+                    cell.spread(),
+                    fmt(cell.median("startup")),
+                    fmt(cpu, 1),
+                    fmt(cpu / cell.median()),
+                    fmt(faults, 0),
+                    fmt(max(run.other_cores for run in cell.ok)),
+                    fmt(cell.median("wall")),
+                    fmt(cell.peak(), 0),
+                    fmt(cell.peak_anon(), 0),
+                    f"{processes:g}",
+                    ", ".join(notes),
+                ]
             )
+    lines += table(head, rows, align="ll" + "r" * 10 + "l")
     lines += [
         "",
         "Start-up: creating and warming the pool before the timed job (not in its seconds). "
@@ -853,7 +762,7 @@ def detail_section(args: argparse.Namespace, cells: dict[tuple[str, str], Cell])
 
 def other_loads(cells: dict[tuple[str, str], Cell]) -> list[float]:
     """Every run's ``other_cores`` (how busy the rest of the machine was)."""
-    loads = [run.details.get("other_cores", math.nan) for c in cells.values() for run in c.runs]
+    loads = [run.other_cores for c in cells.values() for run in c.runs]
     return [load for load in loads if not math.isnan(load)]
 
 
@@ -919,16 +828,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ppe-chunksize", type=int, default=0, help="ppe-chunks' chunksize (0: jobs / (8 x W))"
     )
-    parser.add_argument("--pause", type=float, default=None, help="seconds before each run (1)")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set in every child's environment, e.g. PILLOW_BLOCKS_MAX=16",
-    )
-    parser.add_argument("--interval", type=float, default=0.02, help="RSS sampling period, s")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    add_child_options(parser, pause=1.0, interval=0.02, env_example="PILLOW_BLOCKS_MAX=16")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="images and outputs")
     parser.add_argument("--keep-outputs", action="store_true", help="keep the output folders")
     parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
@@ -948,11 +848,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         return args
     args.chains = chains
     args.env = parse_env(args.env, parser)
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    bad = sorted(set(engines) - set(ENGINES))
-    if bad or not engines:
-        parser.error(f"--engines: unknown {bad}; valid engines are {sorted(ENGINES)}")
-    args.engines = [e for e in ENGINES if e in engines]
+    args.engines = parse_list(parser, "--engines", args.engines, ENGINES)
     try:
         args.sets = parse_sets(args.sets or (QUICK_SETS if args.quick else SETS))
     except ValueError as exc:
@@ -966,17 +862,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.pause = args.pause if args.pause is not None else (0.2 if args.quick else 1.0)
     args.timeout = args.timeout or (120.0 if args.quick else 900.0)
-    if args.repeats < 1 or args.workers < 1 or args.pause < 0 or args.interval <= 0:
-        parser.error("--repeats and --workers must be >= 1, --pause >= 0, --interval > 0")
+    check_counts(parser, args)
     if not 1 <= args.quality <= 100:
         parser.error(f"--quality must be from 1 to 100, got {args.quality}")
     if args.output is None:
-        name = "images-quick" if args.quick else "images"
         partial_run = args.only or args.sets != parse_sets(QUICK_SETS if args.quick else SETS)
         partial_run = partial_run or args.engines != list(ENGINES) or args.filters != FILTERS
-        for key, value in sorted(args.env.items()):
-            name += "-" + re.sub(r"[^A-Za-z0-9.]+", "-", f"{key}-{value}").lower()
-        args.output = RESULTS / f"{name}{'-partial' if partial_run else ''}.md"
+        args.output = default_output("images", args.quick, args.env, bool(partial_run))
     return args
 
 
@@ -1001,13 +893,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.one:
         return one(args)
-    began = time.perf_counter()
-    started_at = datetime.datetime.now().astimezone()
+    session = Session.start()
     blur = next((c for c in args.chains if c.steps[0].name == "blur"), None)
     if blur is not None and dict(blur.steps[0].kwargs).get("radius", 2.0) != 2.0:
         print("note: blur is not radius 2 as in the anchors", file=sys.stderr)
     args.folders = {s.key: ensure_images(s, args.data_dir) for s in args.sets}
-    load_before = os.getloadavg()
     cells = {(s.key, e): Cell() for s in args.sets for e in args.engines}
     parent_cpu = time.process_time()
     print(f"{args.repeats} repeat(s), pause {args.pause:g} s, workers {args.workers}", flush=True)
@@ -1019,17 +909,10 @@ def main(argv: list[str] | None = None) -> int:
     parent_cpu = time.process_time() - parent_cpu
     comparisons, references, found = compare_outputs(args, cells)
     problems += found
-    stray = leftover_processes()
-    if stray:
-        problems.append(f"processes still running at the end: {stray}")
+    problems += leftover_problems()
     if not args.keep_outputs:
         shutil.rmtree(args.data_dir / "images-out", ignore_errors=True)
-    sampler_cpu = sum(run.tree.cpu_seconds for cell in cells.values() for run in cell.runs)
-    child_wall = sum(run.wall for cell in cells.values() for run in cell.runs if run.wall > 0)
-    load_after = os.getloadavg()
-    elapsed = time.perf_counter() - began
 
-    command = shlex.join([sys.executable, *sys.argv])
     set_lines = []
     for image_set in args.sets:
         folder = args.folders[image_set.key]
@@ -1037,45 +920,33 @@ def main(argv: list[str] | None = None) -> int:
         jobs = image_set.count * len(args.filters)
         set_lines.append(f"{image_set.title} (`{folder}`, {size / 1e6:.0f} MB; {jobs} jobs)")
     outputs = args.data_dir / "images-out"
-    header = [
-        f"- Date: {started_at:%Y-%m-%d %H:%M %Z}; whole run {elapsed:.0f} s",
-        f"- Machine: nproc {len(os.sched_getaffinity(0))} ({cpu_model()}), "
-        f"{platform.system()} {platform.release()}; load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after",
-        f"- Python {platform.python_version()}; packages: {versions()}; multiprocessing start "
-        f"method `{multiprocessing.get_start_method()}` (ProcessPoolExecutor)",
-        f"- Command: `cd {os.getcwd()} && {command}`",
+    start_method = multiprocessing.get_start_method()
+    header = session.header(
+        versions(), f"multiprocessing start method `{start_method}` (ProcessPoolExecutor)"
+    )
+    header += [
         "- Image sets: " + "; ".join(set_lines) + " (photo-like JPEGs, quality 90, from "
         "`data/make_images.py --bench N --size WxH`)",
         f"- Jobs: every image x {describe_chains(args.chains)} -> JPEG quality {args.quality}, "
         f"each engine into its own fresh folder under `{outputs}`"
         + ("" if args.keep_outputs else " (removed at the end)"),
-        "- Load path (all engines): `processors.images_io.load_image` (with "
+        "- Load path (all engines): `batchcore.processors.images.io.load_image` (with "
         "`draft_size=chain.draft_size`: a JPEG draft decode for a chain that starts with "
         "`thumbnail`, as Pillow's own `thumbnail()` does on a freshly opened JPEG) -> "
         f"`FilterChain.apply` (the registry's filters) -> `save_image(quality={args.quality})`",
         f"- Method: every (engine, set) run in a fresh child process after a {args.pause:g} s "
         f"pause; pools started and warmed before timing; {args.repeats} repeat(s), medians; "
         f"engines take turns within each repeat; workers: {args.workers}",
-        "- Children's extra environment: "
-        + (", ".join(f"`{k}={v}`" for k, v in args.env.items()) if args.env else "none"),
-        f"- RSS sampler: every {args.interval * 1000:.0f} ms (descendants rediscovered every "
-        f"5th sample); it used {sampler_cpu:.1f} s CPU over {child_wall:.0f} s of child runs "
-        f"({100 * sampler_cpu / max(child_wall, 1e-9):.1f}% of a core); parent CPU "
-        f"{parent_cpu:.1f} s (hashing outputs included)",
+        f"- Children's extra environment: {env_line(args.env)}",
+        sampler_line(cells.values(), args.interval, parent_cpu) + " (hashing outputs included)",
         "- Other load: other processes on the machine kept "
         f"{statistics.median(other_loads(cells) or [math.nan]):.2f} cores busy (median over "
         f"runs), {max(other_loads(cells), default=math.nan):.2f} at most",
         "- Outputs: every expected file present, compared with the reference's (sha256, then "
         "pixels); " + (f"{len(problems)} problem(s), see the end" if problems else "all agree"),
     ]
-    text = report(args, header, cells, comparisons, references, problems)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print()
-    print(text)
+    write_report(args.output, report(args, header, cells, comparisons, references, problems))
     print(target_line(args, cells))
-    print(f"written to {args.output}")
     return 1 if problems else 0
 
 

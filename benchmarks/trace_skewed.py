@@ -11,7 +11,6 @@ the same traced items alongside, as the reference. Run::
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import os
 import statistics
@@ -23,10 +22,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_backends as bench  # the same items and spin() as workload D
+from harness import RESULTS, Session, package_versions, start_batchcore, table, write_report
 
 import batchcore
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def traced_spin(item: tuple[int, int]) -> tuple[float, float, int]:
@@ -115,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--output", type=Path, default=RESULTS / "skewed-trace.md")
     args = parser.parse_args(argv)
+    session = Session.start()
     loops, _ = bench.calibrate(bench.FULL["a_ms"])
     items, description = bench.skewed_items(bench.FULL, loops / bench.FULL["a_ms"], args.workers)
     try:
@@ -124,8 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         run_joblib(parallel, items[:16])  # warm
     except ImportError:
         parallel = None
-    backend = batchcore.get_backend("process", workers=args.workers)
-    backend.start()  # type: ignore[attr-defined]
+    start_batchcore("process", args.workers)
     TracedSpin(backend="process", workers=args.workers).run({"items": items[:16]})  # warm
     engines = ["batchcore process"] + (["joblib (loky)"] if parallel is not None else [])
     rows: dict[str, list[dict[str, float]]] = {engine: [] for engine in engines}
@@ -151,29 +149,23 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Workload D traced: where the process backend's time goes",
         "",
-        f"- Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "
-        f"nproc {os.cpu_count()}; workers {args.workers}; repeats {args.repeats} (medians)",
-        "- Command: `python benchmarks/trace_skewed.py`",
+        *session.header(package_versions(["batchcore", "joblib"])),
+        f"- Workers: {args.workers}; repeats: {args.repeats} (medians)",
         f"- Items: {description}",
         "- Each repeat times every item once in this process (sequential), then runs the batch "
         "on the warm process backend, then on a warm joblib `Parallel` (default batching), "
         "with each item recording its start and end in its worker.",
         "",
-        "| measure | " + " | ".join(engines) + " |",
-        "|---|" + "---:|" * len(engines),
-    ]
-    for key, text, form in ROWS:
-        lines.append(f"| {text} | " + " | ".join(form.format(med(e, key)) for e in engines) + " |")
-    lines += [
+        *table(
+            ["measure", *engines],
+            [[text, *(form.format(med(e, key)) for e in engines)] for key, text, form in ROWS],
+        ),
         "",
         "Reading it: wall = (work in workers + gaps + tail) / workers (+ the end). The gaps are "
         "what the scheduler costs; the tail is what any in-order dispatcher pays on this "
         "layout; the slowdown is the machine (two busy vCPUs run the same loop slower than one).",
     ]
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines[8:]))
-    print(f"written to {args.output}")
+    write_report(args.output, "\n".join(lines) + "\n")
     return 0
 
 
