@@ -35,7 +35,7 @@ from typing import Any
 
 from ..errors import RemoteItemError, SerializationError
 from ..pickling import dumps, loads
-from ..tasks import Chunk, Failure, Task, run_chunk
+from .base import Chunk, Failure, Task, run_chunk
 
 SLOT_SIZE = 64
 PARENT_GONE_EXIT = 70
