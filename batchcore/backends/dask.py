@@ -35,8 +35,8 @@ from typing import Any
 
 from ..errors import ItemTimeoutError, WorkerCrashedError, short_repr
 from ..pickling import dumps, loads
-from ._worker import pack, unpack
 from .base import Backend, Chunk, Failure, Slot, Task, mark_worker, run_chunk
+from .wire import pack, unpack
 
 try:
     import distributed

@@ -28,9 +28,9 @@ from multiprocessing.connection import Connection, wait
 
 from ..errors import SerializationError, WorkerStartupError, describe_exit
 from ..pickling import dumps
-from ._worker import SLOT_SIZE, SlotStruct, forward_record, log_levels, unpack
 from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
 from .ordered import Died, Done, Job, Pool, PooledBackend, WorkerState, pickle_task
+from .wire import SLOT_SIZE, SlotStruct, forward_record, log_levels, unpack
 
 THREAD_LIMIT_VARS = (
     "OMP_NUM_THREADS",  # also read by pyarrow's CPU pool
@@ -204,8 +204,6 @@ class ProcessPool(Pool):
     def submit(self, worker: ProcessWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
         has_task = worker.batch != self.batch
         header = (
-            "run",
-            self.batch,
             has_task,
             job.start,
             job.first_attempt,
