@@ -10,14 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .backends import (
-    Backend,
-    available_backends,
-    get_backend,
-    register_backend,
-    shutdown,
-    use_backend,
-)
+from .backends import available_backends, get_backend, register_backend, shutdown
+from .backends.base import Backend
 from .batch import BatchStats, ItemFailure
 from .errors import (
     BatchcoreError,
@@ -29,6 +23,7 @@ from .errors import (
 )
 from .flows import BatchFlow, Flow, RunResult
 from .nodes import BaseNode, BatchNode, Node
+from .options import use_backend
 
 if TYPE_CHECKING:
     from .async_nodes import (

@@ -13,10 +13,10 @@ import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from .backends import resolve_settings
+from .backends.base import CUR_RETRY
 from .flows import BatchFlow, Flow
 from .nodes import BaseNode, BatchNode, Node
-from .tasks import CUR_RETRY
+from .options import resolve_options
 
 __all__ = [
     "AsyncBatchFlow",
@@ -123,7 +123,7 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
 
 def _offloads(node: BaseNode) -> bool:
     """A sync batch on a parallel backend runs in a thread so it does not block the event loop."""
-    return isinstance(node, (BatchNode, BatchFlow)) and resolve_settings(node).backend.parallel
+    return isinstance(node, (BatchNode, BatchFlow)) and resolve_options(node).backend.parallel
 
 
 class AsyncFlow(Flow, AsyncNode):

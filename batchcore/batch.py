@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .backends import Resolved
+from .backends.base import Failure, Task
 from .backends.streams import write_out
 from .errors import RemoteTraceback, short_repr
+from .options import BatchPlan
 from .progress import progress_bar
-from .tasks import Failure, Task
 
 __all__ = ["BatchStats", "ItemFailure", "run_batch"]
 
@@ -64,33 +64,33 @@ def raise_failure(failure: Failure, index: int, item: Any, label: str) -> None:
     raise exc
 
 
-def run_batch(owner: Any, task: Task, items: Iterable[Any], settings: Resolved) -> list[Any]:
-    """Run ``task`` over ``items`` on ``settings.backend``; return results in input order.
+def run_batch(owner: Any, task: Task, items: Iterable[Any], plan: BatchPlan) -> list[Any]:
+    """Run ``task`` over ``items`` on ``plan.backend``; return results in input order.
 
     Fail-fast (the default, ``on_error="raise"``) re-raises the first failing item's exception;
     ``on_error="collect"`` leaves failed items out of the result and lists them in
     ``owner.batch_stats.failures``.
     """
-    backend = settings.backend
+    backend = plan.backend
     stats = getattr(owner, "batch_stats", None)
     if not isinstance(stats, BatchStats):
         stats = BatchStats()
     stats.reset(backend.name, backend.workers)
     # A node may weigh its items for the bar (the CSV job counts bytes): progress_units(item).
-    units = getattr(owner, "progress_units", None) if settings.progress else None
+    units = getattr(owner, "progress_units", None) if plan.progress else None
     total: int | None = None
-    if settings.progress and hasattr(items, "__len__"):
+    if plan.progress and hasattr(items, "__len__"):
         total = sum(units(item) for item in items) if units else len(items)  # type: ignore[arg-type]
     unit = str(getattr(owner, "progress_unit", "item"))
-    bar = progress_bar(settings.progress, total, type(owner).__name__, unit)
+    bar = progress_bar(plan.progress, total, type(owner).__name__, unit)
     results: list[Any] = []
     began = time.perf_counter()
     chunks = backend.map(
         task,
         items,
-        chunksize=settings.chunksize,
-        timeout=settings.timeout,
-        fail_fast=settings.fail_fast,
+        chunksize=plan.chunksize,
+        timeout=plan.timeout,
+        fail_fast=plan.fail_fast,
     )
     try:
         for chunk in chunks:
@@ -102,7 +102,7 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], settings: Resolved) 
                 for offset, failure in chunk.failures:
                     index = chunk.start + offset
                     item = chunk.items[offset]
-                    if settings.fail_fast:
+                    if plan.fail_fast:
                         raise_failure(failure, index, item, task.label)
                     failed.add(offset)
                     exc = failure.exception

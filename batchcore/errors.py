@@ -27,6 +27,7 @@ __all__ = [
     "SerializationError",
     "WorkerCrashedError",
     "WorkerStartupError",
+    "check_positive_int",
     "short_repr",
 ]
 
@@ -47,6 +48,14 @@ def short_repr(value: Any, limit: int = 80) -> str:
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """Raise ``TypeError`` unless ``value`` is an int, ``ValueError`` unless it is >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
 
 
 class BatchcoreError(Exception):

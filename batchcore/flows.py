@@ -7,13 +7,13 @@ import copy
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
-from .backends import Backend, resolve_settings
+from .backends.base import Task
 from .batch import BatchStats, run_batch
-from .nodes import BaseNode, set_batch_options
+from .nodes import BaseNode
+from .options import BatchOptions, check_options, resolve_options
 from .pickling import dumps, dumps_checked, loads
-from .tasks import Task
 
 __all__ = ["BatchFlow", "Flow", "RunResult", "merge_writes"]
 
@@ -177,39 +177,24 @@ class BatchFlow(Flow):
     the keys each run added or changed are merged into ``shared`` in batch order (dict values key
     by key, otherwise the last run wins) and ``post`` gets one ``RunResult`` per run.
     ``shared_outputs`` (a class attribute) names the keys to merge back; keys a run writes that
-    are not named (scratch keys such as a decoded image) then never leave the worker.
+    are not named (scratch keys such as a decoded image) then never leave the worker. The
+    ``BatchOptions`` are BatchNode's.
     """
 
     shared_outputs: tuple[str, ...] | None = None
-    backend: str | Backend | None = None
-    workers: int | None = None
-    chunksize: int | None = None
-    timeout: float | None = None
-    on_error: str | None = None
-    progress: bool | None = None
 
-    def __init__(
-        self,
-        start: BaseNode | None = None,
-        *,
-        backend: str | Backend | None = None,
-        workers: int | None = None,
-        chunksize: int | None = None,
-        timeout: float | None = None,
-        on_error: str | None = None,
-        progress: bool | None = None,
-    ) -> None:
+    def __init__(self, start: BaseNode | None = None, **options: Unpack[BatchOptions]) -> None:
         super().__init__(start)
-        set_batch_options(self, backend, workers, chunksize, timeout, on_error, progress)
+        self._batch_options = check_options(dict(options), f"{type(self).__name__}()")
         self.batch_stats = BatchStats()
 
     def _run(self, shared: Any) -> Any:
         batch_params: Iterable[dict[str, Any]] = self.prep(shared) or []
-        settings = resolve_settings(self)
-        if not settings.backend.parallel:
-            run_batch(self, _SharedSubflow(self, shared), batch_params, settings)
+        plan = resolve_options(self)
+        if not plan.backend.parallel:
+            run_batch(self, _SharedSubflow(self, shared), batch_params, plan)
             return self.post(shared, batch_params, None)
-        runs = run_batch(self, _IsolatedSubflow(self, shared), batch_params, settings)
+        runs = run_batch(self, _IsolatedSubflow(self, shared), batch_params, plan)
         for run in runs:
             merge_writes(shared, run.writes)
         return self.post(shared, batch_params, runs)

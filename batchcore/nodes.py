@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Unpack
 
-from .backends import Backend, Settings, resolve_settings
+from .backends.base import CUR_RETRY, ITEM_STATE, Task
 from .batch import BatchStats, run_batch
-from .tasks import CUR_RETRY, ITEM_STATE, NodeTask
+from .options import BatchOptions, check_options, resolve_options
 
-__all__ = ["BaseNode", "BatchNode", "Node"]
+__all__ = ["BaseNode", "BatchNode", "Node", "NodeTask"]
 
 
 class BaseNode:
@@ -108,18 +108,11 @@ class Node(BaseNode):
         # Inside a batch, the chunk runner says where to record attempts and which one to start
         # from (a crashed item resumes at its next attempt on a fresh worker).
         state = ITEM_STATE.get()
-        if state is not None and state.owner is self:
-            first, slot, timed = state.first_attempt, state.slot, state.track_time
-        else:
-            first, slot, timed = 0, None, False
-        for attempt in range(first, self.max_retries):
-            if slot is not None:
-                if timed:
-                    slot.started = 0
-                    slot.attempt = attempt
-                    slot.started = time.monotonic_ns()
-                else:
-                    slot.attempt = attempt
+        if state is not None and state.node is not self:
+            state = None  # another node's batch: this one is a plain node inside its exec
+        for attempt in range(0 if state is None else state.first_attempt, self.max_retries):
+            if state is not None:
+                state.record(attempt)
             token = CUR_RETRY.set(attempt)
             try:
                 return self.exec(prep_res)
@@ -136,51 +129,54 @@ class Node(BaseNode):
 class BatchNode(Node):
     """A node whose ``exec`` runs once per item of the iterable ``prep`` returns.
 
-    ``post`` gets the list of results in input order. Options, by keyword, by class attribute on
-    a subclass, or by ``use_backend``: ``backend`` ("sequential", "thread", "process", or a
-    ``Backend``), ``workers``, ``chunksize``, ``timeout`` (seconds per item attempt; thread and
-    process backends), ``on_error`` ("raise" or "collect") and ``progress``. ``batch_stats``
+    ``post`` gets the list of results in input order. The ``BatchOptions``, by keyword, by class
+    attribute on a subclass, or by ``use_backend``: ``backend`` ("sequential", "thread",
+    "process", "dask", or a ``Backend``), ``workers``, ``chunksize``, ``timeout`` (seconds per
+    item attempt), ``on_error`` ("raise" or "collect") and ``progress``. ``batch_stats``
     describes the last run.
     """
 
-    backend: str | Backend | None = None
-    workers: int | None = None
-    chunksize: int | None = None
-    timeout: float | None = None
-    on_error: str | None = None
-    progress: bool | None = None
-
     def __init__(
-        self,
-        max_retries: int = 1,
-        wait: float = 0,
-        *,
-        backend: str | Backend | None = None,
-        workers: int | None = None,
-        chunksize: int | None = None,
-        timeout: float | None = None,
-        on_error: str | None = None,
-        progress: bool | None = None,
+        self, max_retries: int = 1, wait: float = 0, **options: Unpack[BatchOptions]
     ) -> None:
         super().__init__(max_retries, wait)
-        set_batch_options(self, backend, workers, chunksize, timeout, on_error, progress)
+        # Kept apart from the node's own attributes: a user attribute that happens to be called
+        # ``timeout`` or ``progress`` means nothing to batchcore.
+        self._batch_options = check_options(dict(options), f"{type(self).__name__}()")
         self.batch_stats = BatchStats()
 
     def _exec(self, items: Iterable[Any] | None) -> list[Any]:
-        return run_batch(self, NodeTask(self), items or [], resolve_settings(self))
+        return run_batch(self, NodeTask(self), items or [], resolve_options(self))
 
 
-def set_batch_options(
-    node: Any,
-    backend: str | Backend | None,
-    workers: int | None,
-    chunksize: int | None,
-    timeout: float | None,
-    on_error: str | None,
-    progress: bool | None,
-) -> None:
-    """Validate keyword options and keep them apart from the node's own attributes, so a user
-    attribute that happens to be called ``timeout`` or ``progress`` means nothing to batchcore."""
-    node._batch_options = Settings(
-        backend, workers, chunksize, timeout, on_error, progress
-    ).validate()
+class NodeTask(Task):
+    """A BatchNode's per-item step: ``super(BatchNode, node)._exec(item)``, as in PocketFlow, so
+    mixins that wrap ``_exec`` per item keep working; that is ``Node._exec``'s retry loop."""
+
+    def __init__(self, node: BatchNode) -> None:
+        self.node = node
+        self.label = f"{type(node).__name__}.exec"
+        self.call = super(BatchNode, node)._exec  # type: ignore[method-assign,assignment]
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.node.max_retries)
+
+    @property
+    def wait(self) -> float:
+        return float(self.node.wait)
+
+    def fallback(self, item: Any, exc: Exception) -> Any:
+        return self.node.exec_fallback(item, exc)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Ship the node without its successors (workers run one node, not the rest of the graph)
+        # and without a Backend object given as ``backend=`` (workers never use it).
+        clone = self.node.__class__.__new__(self.node.__class__)
+        clone.__dict__.update(self.node.__dict__)
+        clone.successors = {}
+        clone.__dict__.pop("_batch_options", None)
+        return {"node": clone}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["node"])  # type: ignore[misc]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import batchcore
-from batchcore.backends import process as process_backend
+from batchcore.backends import base
 
 settings.register_profile(
     "default",
@@ -65,13 +65,13 @@ def pool_worker_pids() -> set[int]:
     """Pids of the warm workers that live backends keep on purpose (process pools, and the
     processes of a Dask LocalCluster a Dask backend started)."""
     pids: set[int] = set()
-    for backend in list(process_backend._LIVE):
-        for pool in backend._idle:
-            pids.update(worker.proc.pid for worker in pool.workers)
+    live = list(base._LIVE)
+    for backend in live:
+        if backend.name == "process":
+            for pool in backend._idle:  # type: ignore[attr-defined]
+                pids.update(worker.proc.pid for worker in pool.workers)
     if HAS_DASK:
-        from batchcore.backends import dask as dask_backend
-
-        if any(b._cluster is not None for b in list(dask_backend._LIVE)):
+        if any(getattr(b, "_cluster", None) is not None for b in live if b.name == "dask"):
             for child in psutil.Process().children(recursive=True):
                 try:
                     if "multiprocessing" in " ".join(child.cmdline()):

@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 import batchcore
 from batchcore import BatchNode, use_backend
-from batchcore.backends import get_backend, resolve_settings
-from batchcore.tasks import NodeTask
+from batchcore.backends import get_backend
+from batchcore.nodes import NodeTask
+from batchcore.options import resolve_options as resolve_settings
 
 
 def _head_sleeps(seconds: float) -> float:
@@ -84,7 +85,7 @@ def test_generator_is_consumed_lazily_with_a_bounded_window(parallel_backend: st
             pulled[0] = next(consumed) + 1
             yield i
 
-    from batchcore.backends.pool import WINDOW_ITEMS_PER_WORKER
+    from batchcore.backends.ordered import WINDOW_ITEMS_PER_WORKER
 
     node = Square(workers=2)
     task = NodeTask(node)
@@ -171,11 +172,12 @@ def test_thread_backend_runs_on_other_threads() -> None:
 
 
 def test_workers_limit_native_thread_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchcore.backends.base import default_workers
     from batchcore.backends.process import ProcessBackend
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     shared: dict[str, Any] = {"items": [1]}
-    with ProcessBackend(workers=batchcore.backends.default_workers()) as backend:
+    with ProcessBackend(workers=default_workers()) as backend:
         WhereAmI(backend=backend).run(shared)
     assert shared["out"][0]["omp"] == "1"  # each worker's share of the CPUs
     assert shared["out"][0]["arrow_threads"] == 1

@@ -107,7 +107,7 @@ def test_lazy_input_is_bounded() -> None:
             pulled[0] = i + 1
             yield i
 
-    from batchcore.tasks import NodeTask
+    from batchcore.nodes import NodeTask
 
     backend = batchcore.get_backend("dask", 2)
     chunks = backend.map(NodeTask(Square()), source(), chunksize=100)

@@ -1,30 +1,17 @@
 """The worker process of the process backend: a fresh interpreter serving jobs over two pipes.
 
-Protocol (each message is one or more ``Connection`` frames of pickled data)::
-
-    parent -> worker   hello {sys_path}
-                       ("run", batch, has_task, start, first_attempt, fail_fast, track_time,
-                        log_levels)  [task]  items
-    worker -> parent   ("ready", pid) | ("startup_error", text) | ("setup_error", text)
-                       | ("items_error", text) | ("done", retries, elapsed, ran)  failures  values
-                       | ("log", record) | ("out", "stdout" or "stderr", whole lines)
-                         at any time, from any thread of the worker
-
-The worker ignores SIGINT (the parent owns Ctrl-C), turns SIGTERM into ``SystemExit`` so cleanup
-code runs, and exits by itself when the parent dies (a thread waits for the task pipe to hang up
-while an item runs; an idle worker reads the end of the pipe). A worker that finds its parent
-gone, at any point, exits quietly: nobody is left to read a traceback. What it prints goes up
-the result pipe as whole lines (``streams.LineWriter``), which the parent writes to its own
-stdout and stderr.
-It records the item and attempt it is running in a shared-memory ``SlotStruct`` that the parent
-reads to charge crashes and timeouts to the right item. Log records reach the parent's handlers:
-the worker's loggers take the levels the parent's have (sent with each batch), and a handler on
-its root logger sends every record that passes them up the result pipe (``forward_record``).
+What crosses the pipes, and how, is ``wire.py``. The worker ignores SIGINT (the parent owns
+Ctrl-C), turns SIGTERM into ``SystemExit`` so cleanup code runs, and exits by itself when the
+parent dies (a thread waits for the task pipe to hang up while an item runs; an idle worker reads
+the end of the pipe). A worker that finds its parent gone, at any point, exits quietly: nobody is
+left to read a traceback. It records the item and attempt it is running in the shared-memory
+slot; a handler on its root logger sends every record that passes the parent's levels up the
+result pipe (``LogForwarder``), and its ``sys.stdout``/``sys.stderr`` send whole lines
+(``streams.LineWriter``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import mmap
 import os
@@ -40,19 +27,12 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
-from ..errors import RemoteItemError, SerializationError
-from ..pickling import dumps, loads
-from ..tasks import Chunk, Failure, Task, run_chunk
+from ..pickling import loads
+from .base import Task, run_chunk
 from .streams import STREAMS, LineWriter
+from .wire import SLOT_SIZE, SlotStruct, pack, record_blob, set_log_levels
 
-SLOT_SIZE = 64
 PARENT_GONE_EXIT = 70
-
-
-class SlotStruct(ctypes.Structure):
-    """The shared-memory twin of ``tasks.Slot``."""
-
-    _fields_ = [("index", ctypes.c_int64), ("attempt", ctypes.c_int64), ("started", ctypes.c_int64)]
 
 
 def _exit_on_term(signum: int, frame: FrameType | None) -> None:
@@ -126,49 +106,6 @@ class LogForwarder(logging.Handler):
             self.busy.on = False
 
 
-def record_blob(record: logging.LogRecord) -> bytes:
-    """``("log", record)`` pickled, the record prepared as QueueHandler does (args merged into the
-    message, exc_info as text); attributes that do not pickle (extras) are sent as their repr."""
-    attrs = dict(record.__dict__)
-    attrs["msg"] = record.getMessage()
-    attrs["args"] = None
-    if record.exc_info:
-        attrs["exc_text"] = record.exc_text or logging.Formatter().formatException(record.exc_info)
-    attrs["exc_info"] = None
-    attrs["processName"] = f"batchcore-worker-{os.getpid()}"
-    try:
-        return pickle.dumps(("log", logging.makeLogRecord(attrs)))
-    except Exception:  # rare: check each attribute only now, not for every record
-        for key, value in list(attrs.items()):
-            try:
-                pickle.dumps(value)
-            except Exception:
-                attrs[key] = repr(value)
-        return pickle.dumps(("log", logging.makeLogRecord(attrs)))
-
-
-def set_log_levels(levels: dict[str, int]) -> None:
-    """Give this worker's loggers the levels of the parent's (``""`` is the root logger)."""
-    for name, level in levels.items():
-        logging.getLogger(name or None).setLevel(level)
-
-
-def log_levels() -> dict[str, int]:
-    """The parent's side: the levels set on its loggers (``""``: root), for the workers."""
-    levels = {"": logging.getLogger().level}
-    for name, logger in list(logging.Logger.manager.loggerDict.items()):
-        if isinstance(logger, logging.Logger) and logger.level != logging.NOTSET:
-            levels[name] = logger.level
-    return levels
-
-
-def forward_record(record: logging.LogRecord) -> None:
-    """The parent's side: hand a worker's record to the parent's logger of the same name."""
-    logger = logging.getLogger(record.name)
-    if logger.isEnabledFor(record.levelno):
-        logger.handle(record)
-
-
 def main() -> None:
     task_fd, result_fd, slot_fd = (int(arg) for arg in sys.argv[1:4])
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -190,7 +127,7 @@ def main() -> None:
         send(outbox, pickle.dumps(("startup_error", traceback.format_exc())))
         return
     logging.getLogger().addHandler(LogForwarder(outbox))
-    send(outbox, pickle.dumps(("ready", os.getpid())))
+    send(outbox, pickle.dumps(("ready",)))
     serve(inbox, outbox, slot, writers)
 
 
@@ -203,7 +140,7 @@ def serve(inbox: Connection, outbox: Connection, slot: Any, writers: list[LineWr
             header = pickle.loads(inbox.recv_bytes())
         except (EOFError, OSError):
             return
-        _, _batch, has_task, start, first_attempt, fail_fast, track_time, levels = header
+        has_task, start, first_attempt, fail_fast, track_time, levels = header
         if levels is not None:
             set_log_levels(levels)
         task_blob = inbox.recv_bytes() if has_task else None
@@ -231,80 +168,3 @@ def serve(inbox: Connection, outbox: Connection, slot: Any, writers: list[LineWr
         values_blob, failures_blob = pack(chunk.values, chunk.failures, start)
         done = pickle.dumps(("done", chunk.retries, chunk.elapsed, len(chunk.values)))
         send(outbox, done, failures_blob, values_blob)
-
-
-def portable(exc: BaseException, text: str) -> BaseException:
-    """``exc`` if it survives a pickle round trip, else a ``RemoteItemError`` describing it."""
-    try:
-        loads(dumps(exc))
-        return exc
-    except Exception:
-        try:
-            message = str(exc)
-        except Exception:
-            message = "<str() failed>"
-        return RemoteItemError(f"{type(exc).__module__}.{type(exc).__qualname__}", message, text)
-
-
-def pack(values: list[Any], failures: list[tuple[int, Any]], start: int) -> tuple[bytes, bytes]:
-    """Pickle results and failures; a result that cannot be pickled becomes that item's failure."""
-    try:
-        values_blob = dumps(values)
-    except Exception:
-        values = list(values)
-        failed = {offset for offset, _ in failures}
-        for offset, value in enumerate(values):
-            if offset in failed:
-                continue
-            try:
-                dumps(value)
-            except Exception as exc:
-                values[offset] = None
-                error = SerializationError(
-                    "result",
-                    f"the result of item {start + offset} "
-                    f"({type(value).__module__}.{type(value).__qualname__}) cannot be pickled to "
-                    f"send it back from the worker: {type(exc).__name__}: {exc}. Return plain data "
-                    "(numbers, strings, paths, bytes, arrays) instead",
-                )
-                failures.append((offset, Failure.capture(error, 1)))
-        failures.sort(key=lambda pair: pair[0])
-        values_blob = dumps(values)
-    records = [
-        (offset, portable(f.exception, f.traceback), f.traceback, f.attempts)
-        for offset, f in failures
-    ]
-    return values_blob, dumps(records)
-
-
-def unpack(
-    start: int,
-    items: list[Any],
-    ran: int,
-    failures_blob: bytes,
-    values_blob: bytes,
-    retries: int,
-    elapsed: float,
-) -> Chunk:
-    """The parent's half of ``pack``: a ``Chunk``; what cannot be unpickled fails its items."""
-    try:
-        records = loads(failures_blob)
-        failures = [(o, Failure(exc, text, n, remote=True)) for o, exc, text, n in records]
-    except Exception as exc:
-        error = SerializationError(
-            "result", f"the errors of items {start}.. could not be unpickled: {exc}"
-        )
-        failures = [(0, Failure.capture(error, 1))]
-    try:
-        values = loads(values_blob)
-    except Exception as exc:
-        failed = {offset for offset, _ in failures}
-        error = SerializationError(
-            "result",
-            f"the results of items {start}..{start + ran - 1} could not be unpickled in the "
-            f"parent: {type(exc).__name__}: {exc}",
-        )
-        values = [None] * ran
-        failures += [(o, Failure.capture(error, 1)) for o in range(ran) if o not in failed]
-        failures.sort(key=lambda pair: pair[0])
-    return Chunk(start, items, values, failures, retries, elapsed)

@@ -24,23 +24,20 @@ filesystem, or the same path on each machine).
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 from ..errors import ItemTimeoutError, WorkerCrashedError, short_repr
 from ..pickling import dumps, loads
-from ..tasks import Chunk, Failure, Slot, Task, run_chunk
-from . import Backend, mark_worker
-from ._worker import pack, unpack
+from .base import Backend, Chunk, Failure, Slot, Task, mark_worker, run_chunk
 from .streams import Output, captured
+from .wire import pack, unpack
 
 try:
     import distributed
@@ -50,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         'the "dask" backend needs Dask distributed: pip install "batchcore[dask]"'
     ) from exc
 
-from .pool import (
+from .ordered import (
     ChunkSizer,
     fallback_chunk,
     known_length,
@@ -169,9 +166,6 @@ def _worker_addresses(client: Any) -> set[str]:
     return set(client.scheduler_info(n_workers=-1).get("workers", {}))
 
 
-_LIVE: weakref.WeakSet[DaskBackend] = weakref.WeakSet()
-
-
 class DaskBackend(Backend):
     """Runs items on a Dask cluster; see the module docstring for where it connects."""
 
@@ -184,7 +178,6 @@ class DaskBackend(Backend):
         self._cluster: Any = None
         self._owns_client = False
         self._lock = threading.Lock()
-        _LIVE.add(self)
 
     # --- connection ---------------------------------------------------------------------------
 
@@ -471,9 +464,3 @@ class _DaskRun:
         if self.pending:
             self.client.cancel(list(self.pending))
             self.pending.clear()
-
-
-@atexit.register
-def _close_all() -> None:
-    for backend in list(_LIVE):
-        backend.close()

@@ -15,7 +15,6 @@ their share of the CPUs.
 
 from __future__ import annotations
 
-import atexit
 import fcntl
 import mmap
 import os
@@ -25,16 +24,14 @@ import subprocess
 import sys
 import tempfile
 import time
-import weakref
 from multiprocessing.connection import Connection, wait
 
 from ..errors import SerializationError, WorkerStartupError, describe_exit
 from ..pickling import dumps
-from ..tasks import Chunk, Failure, Slot, Task
-from . import WORKER_ENV, default_workers
-from ._worker import SLOT_SIZE, SlotStruct, forward_record, log_levels, unpack
-from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState, pickle_task
+from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
+from .ordered import Died, Done, Job, Pool, PooledBackend, WorkerState, pickle_task
 from .streams import Output, write_out
+from .wire import SLOT_SIZE, SlotStruct, forward_record, log_levels, unpack
 
 THREAD_LIMIT_VARS = (
     "OMP_NUM_THREADS",  # also read by pyarrow's CPU pool
@@ -218,8 +215,6 @@ class ProcessPool(Pool):
     def submit(self, worker: ProcessWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
         has_task = worker.batch != self.batch
         header = (
-            "run",
-            self.batch,
             has_task,
             job.start,
             job.first_attempt,
@@ -371,23 +366,10 @@ class ProcessPool(Pool):
             pass  # the worker is gone (or our stream is): nothing more to deliver
 
 
-_LIVE: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
-
-
 class ProcessBackend(PooledBackend):
     """Runs items in ``workers`` processes; the pool stays warm between batches and nodes."""
 
     name = "process"
 
-    def __init__(self, workers: int | None = None) -> None:
-        super().__init__(workers)
-        _LIVE.add(self)
-
     def make_pool(self) -> ProcessPool:
         return ProcessPool(self.workers)
-
-
-@atexit.register
-def _close_all() -> None:
-    for backend in list(_LIVE):
-        backend.close()

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..tasks import Chunk, Slot, Task, run_chunk
-from . import Backend
+from .base import Backend, Chunk, Slot, Task, run_chunk
 
 
 class SequentialBackend(Backend):

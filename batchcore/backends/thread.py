@@ -12,9 +12,8 @@ import queue
 import threading
 from itertools import count
 
-from ..tasks import Chunk, Slot, Task, run_chunk
-from . import mark_worker
-from .pool import Died, Done, Job, Pool, PooledBackend, WorkerState
+from .base import Chunk, Slot, Task, mark_worker, run_chunk
+from .ordered import Died, Done, Job, Pool, PooledBackend, WorkerState
 from .streams import Output, captured, write_out
 
 _names = count(1)

@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchcore import Backend, BatchNode, Node
-from batchcore.backends import resolve_settings
+from batchcore.options import resolve_options as resolve_settings
 
 from ..errors import CsvFormatError
 from .read import (

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from batchcore.backends import check_positive_int
+from batchcore.errors import check_positive_int
 
 from ..errors import CsvFormatError, UnknownColumnError
 from .split import NEWLINE, CsvRange, first_record_start, line_of

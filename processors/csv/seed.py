@@ -24,7 +24,7 @@ import pandas as pd
 from pandas.api.types import is_integer, is_numeric_dtype
 
 from batchcore import BatchNode, BatchStats, Flow, Node
-from batchcore.backends import check_positive_int
+from batchcore.errors import check_positive_int
 
 from ..errors import DataError, UnknownColumnError
 from ..tables import format_table

@@ -31,8 +31,7 @@ from typing import Any
 
 from ..errors import ItemTimeoutError, SerializationError, WorkerCrashedError, short_repr
 from ..pickling import dumps_checked
-from ..tasks import CUR_RETRY, Chunk, Failure, Task
-from . import Backend
+from .base import CUR_RETRY, Backend, Chunk, Failure, Task
 
 TARGET_SECONDS = 0.005  # work per job: >> the ~0.1 ms the parent spends per job; short tails
 TARGET_BYTES = 8 << 20  # pickled input per job, so big items are not batched into huge messages
@@ -187,9 +186,8 @@ def known_length(items: Iterable[Any]) -> int | None:
 
 def pickle_task(task: Task, hint: str) -> bytes:
     """Pickle ``task`` for workers; an unpicklable node is named by its class and attribute."""
-    node = getattr(task, "node", None)
-    name = type(node).__name__ if node is not None else task.label
-    return dumps_checked(task, "node", name, hint, inspect=node)
+    name = type(task.node).__name__ if task.node is not None else task.label
+    return dumps_checked(task, "node", name, hint, inspect=task.node)
 
 
 def unpicklable_item_chunk(index: int, item: Any, exc: Exception, where: str) -> Chunk:

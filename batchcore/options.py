@@ -1,0 +1,161 @@
+"""The batch options, and how a node's batch comes to run where it does.
+
+Each option (``BatchOptions``) is resolved on its own, most specific first::
+
+    Square(backend="process", workers=2)      keyword on the node
+    class Square(BatchNode): backend = "process"   class attribute
+    with use_backend("process", workers=2):   scoped default (a ContextVar, safe in asyncio tasks)
+    "sequential"                              when nothing is set
+
+``resolve_options`` turns them into a ``BatchPlan``: the backend object and what ``run_batch``
+passes to its ``map``. Inside a worker, every batch runs sequentially so nested parallel nodes
+never oversubscribe the machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, TypedDict
+
+from .backends import check_backend_name, get_backend
+from .backends.base import Backend, in_worker
+from .errors import check_positive_int
+
+__all__ = [
+    "OPTION_NAMES",
+    "BatchOptions",
+    "BatchPlan",
+    "check_options",
+    "resolve_options",
+    "use_backend",
+]
+
+ON_ERROR_CHOICES = ("collect", "raise")
+
+
+class BatchOptions(TypedDict, total=False):
+    """The options that choose how a batch runs: keywords of ``BatchNode``, ``BatchFlow`` and
+    ``use_backend``, and class attributes of their subclasses. ``None`` means "not set here"."""
+
+    backend: str | Backend | None  # a registered name or a Backend instance
+    workers: int | None  # workers of the backend named by ``backend``
+    chunksize: int | None  # items per job (default: sized from the measured time per item)
+    timeout: float | None  # seconds per item attempt (thread, process and Dask backends)
+    on_error: str | None  # "raise" (the default) or "collect"
+    progress: bool | None  # a progress bar on stderr
+
+
+OPTION_NAMES: frozenset[str] = frozenset(BatchOptions.__annotations__)
+
+
+def check_options(options: dict[str, Any], where: str) -> BatchOptions:
+    """The options in ``options`` that are set (not ``None``), each checked; ``TypeError`` for an
+    unknown name (``where`` says whose), as Python says for an unexpected keyword."""
+    unknown = sorted(options.keys() - OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"{where} got an unexpected keyword argument {unknown[0]!r}")
+    checked: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
+    backend = checked.get("backend")
+    if backend is not None and not isinstance(backend, Backend):
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a name or a Backend, got {backend!r}")
+        check_backend_name(backend)
+    for name in ("workers", "chunksize"):
+        if name in checked:
+            check_positive_int(name, checked[name])
+    timeout = checked.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    on_error = checked.get("on_error")
+    if on_error is not None and on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {list(ON_ERROR_CHOICES)}, got {on_error!r}")
+    progress = checked.get("progress")
+    if progress is not None and not isinstance(progress, bool):
+        raise TypeError(f"progress must be True or False, got {progress!r}")
+    return checked  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The options with every choice made: the backend a batch runs on and how."""
+
+    backend: Backend
+    chunksize: int | None
+    timeout: float | None
+    fail_fast: bool
+    progress: bool
+
+
+_SCOPE: ContextVar[BatchOptions] = ContextVar("batchcore_options")  # unset: read with .get({})
+
+
+@contextmanager
+def use_backend(backend: str | Backend | None = None, **options: Any) -> Iterator[SimpleNamespace]:
+    """Run every batch in the block on ``backend`` unless a node chooses otherwise.
+
+    ``options`` are the other ``BatchOptions`` (``workers=2``, ``on_error="collect"``...); unset
+    ones inherit from an enclosing block. Any other keyword configures the backend itself
+    (``use_backend("dask", address="tcp://scheduler:8786")``). Yields the options in force in the
+    block, as attributes (``None`` where unset). The pools outlive the block (they are shared and
+    warm); ``batchcore.shutdown()`` closes them.
+    """
+    batch_options = {name: options.pop(name) for name in OPTION_NAMES & options.keys()}
+    if options:
+        if not isinstance(backend, str):
+            raise TypeError(
+                f"backend options {sorted(options)} need a backend name, got {backend!r}"
+            )
+        backend = get_backend(backend, batch_options.get("workers"), **options)
+    inner = check_options({"backend": backend, **batch_options}, "use_backend()")
+    merged: BatchOptions = {**_SCOPE.get({}), **inner}
+    token = _SCOPE.set(merged)
+    try:
+        yield SimpleNamespace(**{name: merged.get(name) for name in sorted(OPTION_NAMES)})
+    finally:
+        _SCOPE.reset(token)
+
+
+def class_options(node: object) -> BatchOptions:
+    """The options set as class attributes of ``node``'s class, checked now (they can change).
+
+    Instance attributes are never read (a node's own ``self.timeout`` is its business), and a
+    class attribute that is a method or property is not an option either.
+    """
+    cls = type(node)
+    found: dict[str, Any] = {}
+    for name in OPTION_NAMES:
+        value = getattr(cls, name, None)
+        if (callable(value) and not isinstance(value, Backend)) or isinstance(value, property):
+            continue
+        found[name] = value
+    return check_options(found, f"{cls.__name__} class attributes")
+
+
+def resolve_options(node: object) -> BatchPlan:
+    """Decide how ``node`` runs its batch now: keywords over class attributes over the
+    ``use_backend`` scope over defaults."""
+    unset: BatchOptions = {}
+    keywords: BatchOptions = getattr(node, "_batch_options", unset)  # checked by the constructor
+    options: BatchOptions = {**_SCOPE.get({}), **class_options(node), **keywords}
+    chosen = options.get("backend")
+    backend: Backend
+    if in_worker():
+        backend = get_backend("sequential")
+    elif isinstance(chosen, Backend):
+        backend = chosen
+    else:
+        backend = get_backend(chosen or "sequential", options.get("workers"))
+    return BatchPlan(
+        backend=backend,
+        chunksize=options.get("chunksize"),
+        timeout=options.get("timeout"),
+        fail_fast=options.get("on_error", "raise") == "raise",
+        progress=bool(options.get("progress")),
+    )
