@@ -12,7 +12,7 @@ from typing import Any, Unpack
 from .backends.base import Task
 from .batch import BatchStats, run_batch
 from .nodes import BaseNode
-from .options import BatchOptions, check_options, resolve_options
+from .options import BatchOptions, check_options, resolve_options, shows_option_keywords
 from .pickling import dumps, dumps_checked, loads
 
 __all__ = ["BatchFlow", "Flow", "RunResult", "merge_writes"]
@@ -183,6 +183,7 @@ class BatchFlow(Flow):
 
     shared_outputs: tuple[str, ...] | None = None
 
+    @shows_option_keywords
     def __init__(self, start: BaseNode | None = None, **options: Unpack[BatchOptions]) -> None:
         super().__init__(start)
         self._batch_options = check_options(dict(options), f"{type(self).__name__}()")

@@ -9,7 +9,7 @@ from typing import Any, Unpack
 
 from .backends.base import CUR_RETRY, ITEM_STATE, Task
 from .batch import BatchStats, run_batch
-from .options import BatchOptions, check_options, resolve_options
+from .options import BatchOptions, check_options, resolve_options, shows_option_keywords
 
 __all__ = ["BaseNode", "BatchNode", "Node", "NodeTask"]
 
@@ -136,6 +136,7 @@ class BatchNode(Node):
     describes the last run.
     """
 
+    @shows_option_keywords
     def __init__(
         self, max_retries: int = 1, wait: float = 0, **options: Unpack[BatchOptions]
     ) -> None:

@@ -14,12 +14,13 @@ never oversubscribe the machine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from .backends import check_backend_name, get_backend
 from .backends.base import Backend, in_worker
@@ -31,6 +32,7 @@ __all__ = [
     "BatchPlan",
     "check_options",
     "resolve_options",
+    "shows_option_keywords",
     "use_backend",
 ]
 
@@ -49,13 +51,31 @@ class BatchOptions(TypedDict, total=False):
     progress: bool | None  # a progress bar on stderr
 
 
-OPTION_NAMES: frozenset[str] = frozenset(BatchOptions.__annotations__)
+OPTION_NAMES: tuple[str, ...] = tuple(BatchOptions.__annotations__)
+
+Init = TypeVar("Init", bound=Callable[..., None])
+
+
+def shows_option_keywords(init: Init) -> Init:
+    """Show ``init``'s ``**options`` as the keyword-only ``BatchOptions`` they are, so ``help()``
+    and ``inspect.signature`` list ``backend=None, workers=None, ...`` (as PocketFlow-style
+    signature checks and IDEs expect)."""
+    signature = inspect.signature(init)
+    parameters = [
+        p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    parameters += [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for name in OPTION_NAMES
+    ]
+    init.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    return init
 
 
 def check_options(options: dict[str, Any], where: str) -> BatchOptions:
     """The options in ``options`` that are set (not ``None``), each checked; ``TypeError`` for an
     unknown name (``where`` says whose), as Python says for an unexpected keyword."""
-    unknown = sorted(options.keys() - OPTION_NAMES)
+    unknown = sorted(options.keys() - set(OPTION_NAMES))
     if unknown:
         raise TypeError(f"{where} got an unexpected keyword argument {unknown[0]!r}")
     checked: dict[str, Any] = {name: value for name, value in options.items() if value is not None}
@@ -106,7 +126,7 @@ def use_backend(backend: str | Backend | None = None, **options: Any) -> Iterato
     block, as attributes (``None`` where unset). The pools outlive the block (they are shared and
     warm); ``batchcore.shutdown()`` closes them.
     """
-    batch_options = {name: options.pop(name) for name in OPTION_NAMES & options.keys()}
+    batch_options = {name: options.pop(name) for name in OPTION_NAMES if name in options}
     if options:
         if not isinstance(backend, str):
             raise TypeError(
@@ -117,7 +137,7 @@ def use_backend(backend: str | Backend | None = None, **options: Any) -> Iterato
     merged: BatchOptions = {**_SCOPE.get({}), **inner}
     token = _SCOPE.set(merged)
     try:
-        yield SimpleNamespace(**{name: merged.get(name) for name in sorted(OPTION_NAMES)})
+        yield SimpleNamespace(**{name: merged.get(name) for name in OPTION_NAMES})
     finally:
         _SCOPE.reset(token)
 

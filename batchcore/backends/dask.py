@@ -1,11 +1,11 @@
 """The Dask backend: the same batches on a Dask cluster (``pip install "batchcore[dask]"``).
 
-Dask's own scheduler and workers do the work; batchcore only feeds them chunks of items and reads
-back ordered results, like the process backend does with its own pool::
+Dask's own scheduler and workers do the work; the run loop is the one the other backends share
+(``ordered.py``), fed through a ``DaskTransport``::
 
-    items (lazy) -> chunk -> client.submit(run_remote, task, items) -> Dask worker -> run_chunk
-          ^ at most `window` futures in flight              |
-    caller <- yield in input order <- reorder buffer <- as_completed
+    OrderedRun --Job--> client.submit(run_remote, task, items) -> Dask worker -> run_chunk
+        ^ one task per lane (two lanes per Dask worker)                 |
+        +---- Done (results) or Died (Dask gave up: KilledWorker) <- done callback
 
 Where it connects, in order: ``DaskBackend(address=...)``; else the scheduler named by Dask's
 own setting (``DASK_SCHEDULER_ADDRESS`` / ``dask.config["scheduler-address"]``); else the client
@@ -14,30 +14,30 @@ already active in the caller (``distributed.default_client()``); else a ``LocalC
 
 The task (the node and its params, or a sub-flow and ``shared``) is pickled once per batch and
 sent to every worker once. A worker that dies is Dask's business: its tasks are rescheduled
-on the others (``distributed.scheduler.allowed-failures``). When Dask gives up on a task, its
-items (and the innocents queued on the same worker) become suspects: new work pauses, the work in
-flight drains, and each suspect then runs alone, so only an item that kills workers while alone
-fails, as a ``WorkerCrashedError``. Items
-and results cross by path and value: files must be readable by every worker (a shared
-filesystem, or the same path on each machine).
+on the others (``distributed.scheduler.allowed-failures``). When Dask gives up on a task, no slot
+says which item killed its workers: the loop's quarantine runs each of its items alone, so only an
+item that kills workers while alone fails, as a ``WorkerCrashedError``. A timeout is enforced in
+the Dask worker itself (the parent cannot see which item a Dask worker runs). Items and results
+cross by path and value: files must be readable by every worker (a shared filesystem, or the same
+path on each machine).
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import queue
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from typing import Any
 
-from ..errors import ItemTimeoutError, WorkerCrashedError, short_repr
+from ..errors import ItemTimeoutError, SerializationError, short_repr
 from ..pickling import dumps, loads
 from .base import Backend, Chunk, Failure, Slot, Task, mark_worker, run_chunk
+from .ordered import Died, Done, Job, OrderedRun, Transport, WorkerState, fallback_chunk, read_slot
 from .streams import Output, captured
-from .wire import pack, unpack
+from .wire import pack, pickle_task, unpack
 
 try:
     import distributed
@@ -47,19 +47,12 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         'the "dask" backend needs Dask distributed: pip install "batchcore[dask]"'
     ) from exc
 
-from .ordered import (
-    ChunkSizer,
-    fallback_chunk,
-    known_length,
-    pickle_task,
-    read_slot,
-    unpicklable_item_chunk,
-)
-
 log = logging.getLogger("batchcore")
 
 WINDOW_PER_WORKER = 32  # chunks read ahead per worker (in flight or waiting for their turn)
-IN_FLIGHT_PER_WORKER = 2  # tasks submitted and not yet finished, per worker
+# Tasks submitted and not yet finished, per worker: two keep it busy (the second waits on the
+# worker), and chunk sizes learn from the first results instead of a window of one-item tasks.
+IN_FLIGHT_PER_WORKER = 2
 TARGET_SECONDS = 0.1  # work per Dask task: a task costs milliseconds of scheduling, not 0.1 ms
 NODE_HINT = "Create such resources inside exec (or prep): Dask workers get a pickled copy."
 
@@ -78,7 +71,13 @@ def _task(key: str, blob: bytes) -> Task:
 
 
 def run_remote(
-    key: str, blob: bytes, items_blob: bytes, start: int, fail_fast: bool, timeout: float | None
+    key: str,
+    blob: bytes,
+    items_blob: bytes,
+    start: int,
+    first_attempt: int,
+    fail_fast: bool,
+    timeout: float | None,
 ) -> tuple[int, float, int, bytes, bytes, Output]:
     """On a Dask worker: run one chunk; return ``(retries, elapsed, ran, failures, values,
     output)``, ``output`` being what the chunk printed, as ``(stream, whole lines)``."""
@@ -87,9 +86,9 @@ def run_remote(
     output: Output = []
     with mark_worker(), captured(output):
         if timeout is None:
-            chunk = run_chunk(task, items, start, 0, Slot(), fail_fast)
+            chunk = run_chunk(task, items, start, first_attempt, Slot(), fail_fast)
         else:
-            chunk = _run_with_timeout(task, items, start, fail_fast, timeout, output)
+            chunk = _run_with_timeout(task, items, start, first_attempt, fail_fast, timeout, output)
     values_blob, failures_blob = pack(chunk.values, chunk.failures, start)
     return chunk.retries, chunk.elapsed, len(chunk.values), failures_blob, values_blob, output
 
@@ -98,6 +97,7 @@ def _run_with_timeout(
     task: Task,
     items: list[Any],
     start: int,
+    first_attempt: int,
     fail_fast: bool,
     timeout: float,
     output: Output,
@@ -113,7 +113,7 @@ def _run_with_timeout(
     began = time.perf_counter()
     for offset, item in enumerate(items):
         index = start + offset
-        first = 0
+        first = first_attempt
         while True:
             outcome = _attempt(task, item, index, first, fail_fast, timeout, output)
             if isinstance(outcome, Chunk):
@@ -247,220 +247,138 @@ class DaskBackend(Backend):
         fail_fast: bool = True,
     ) -> Iterator[Chunk]:
         client = self.client()
-        blob = pickle_task(task, NODE_HINT)
-        workers = self.worker_count(client)
-        run = _DaskRun(
-            client, task, blob, chunksize, timeout, fail_fast, workers, known_length(items)
-        )
+        transport = DaskTransport(client, self.worker_count(client))
         try:
-            yield from run.results(iter(items))
-        except (Exception, GeneratorExit):
-            run.stopped = True
-            raise
-        except BaseException:  # Ctrl-C: drop everything at once
-            run.cancel()
-            raise
+            yield from OrderedRun(transport, task, items, chunksize, timeout, fail_fast)
         finally:
-            if run.stopped:
-                # Tasks running on workers cannot be killed: cancel the others and wait for the
-                # running ones, so nothing of this batch runs after we return.
-                run.drain()
-            run.cancel()
-            client.cancel([run.blob])
+            transport.close()
 
     def __repr__(self) -> str:
         where = self.address or ("local cluster" if self._cluster else "active client")
         return f"DaskBackend(workers={self.workers}, {where})"
 
 
-class _DaskRun:
-    """One ``map`` on Dask: a window of chunk futures, results yielded in input order."""
+class DaskTransport(Transport):
+    """One ``map``'s chunks as Dask tasks. Dask places them on its workers, so the loop sees
+    lanes instead: each holds one task in flight, two lanes per Dask worker."""
 
-    def __init__(
-        self,
-        client: Any,
-        task: Task,
-        blob_bytes: bytes,
-        chunksize: int | None,
-        timeout: float | None,
-        fail_fast: bool,
-        workers: int,
-        total: int | None,
-    ) -> None:
+    depth = 1  # a lane's second task would only wait in Dask's queue: no lane queues
+    target_seconds = TARGET_SECONDS
+    window_jobs_per_worker = WINDOW_PER_WORKER
+
+    def __init__(self, client: Any, workers: int) -> None:
         self.client = client
-        self.task = task
+        self.size = workers
+        self.workers = [
+            WorkerState(ident=None, slot=None, ready=True)
+            for _ in range(IN_FLIGHT_PER_WORKER * workers)
+        ]
         self.key = f"batchcore-{uuid.uuid4().hex}"
-        self.blob_bytes = blob_bytes
-        self.blob = self.scatter_task()
-        self.timeout = timeout
-        self.fail_fast = fail_fast
-        self.sizer = ChunkSizer(chunksize, workers, total, TARGET_SECONDS)
-        self.window = WINDOW_PER_WORKER * workers  # read ahead of the oldest unfinished chunk
-        # Two tasks per worker keep it busy (the second waits on the worker), and chunk sizes
-        # learn from the first results instead of a window full of one-item tasks.
-        self.in_flight = IN_FLIGHT_PER_WORKER * workers
-        self.pending: dict[Any, tuple[int, list[Any]]] = {}
-        # Our client is not the process's default one, so hand its event loop over explicitly.
-        self.completed = distributed.as_completed(loop=client.loop)
-        self.done: dict[int, Chunk] = {}
-        self.requeue: list[tuple[int, list[Any]]] = []
-        self.next_index = 0
-        self.next_start = 0
-        self.outstanding = 0
-        self.exhausted = False
-        self.stop_at: float = math.inf
-        self.strikes: dict[int, int] = {}  # times a suspect running alone died with a worker
-        self.stopped = False  # ended before its items did (a failure, or the caller stopped)
-        self.suspects: list[tuple[int, list[Any]]] = []  # items that were on a dying worker
-        self.probe: Any = None  # the suspect running alone, if any
+        self.task_bytes = b""
+        self.task_future: Any = None
+        self.futures: dict[Any, WorkerState] = {}  # tasks in flight, and the lane of each
+        self.finished: queue.SimpleQueue[Any] = queue.SimpleQueue()  # fed by done callbacks
+        self.workers_before = _worker_addresses(client)
+
+    def begin(self, task: Task) -> None:
+        self.task_bytes = pickle_task(task, NODE_HINT)
+        self.task_future = self.scatter_task()
 
     def scatter_task(self) -> Any:
         """Put the pickled task on every worker: chunks need it wherever they run (one copy only
         would pull every chunk to that worker)."""
-        return self.client.scatter(self.blob_bytes, broadcast=True, hash=False)
+        return self.client.scatter(self.task_bytes, broadcast=True, hash=False)
 
-    def results(self, source: Iterator[Any]) -> Iterator[Chunk]:
-        workers_before = _worker_addresses(self.client)
-        while True:
-            while self.next_start in self.done:
-                chunk = self.done.pop(self.next_start)
-                self.outstanding -= 1
-                self.next_start = chunk.start + len(chunk.items)
-                yield chunk
-                if self.fail_fast and chunk.failures:
-                    self.stopped = True
-                    return
-            if self.exhausted and self.outstanding == 0:
-                break
-            self.feed(source)
-            if not self.pending:
-                continue
-            future = next(self.completed)
-            self.collect(future)
-            if future is self.probe:
-                self.probe = None
-        lost = workers_before - _worker_addresses(self.client)
-        if lost:
-            log.warning(
-                "Dask workers %s left during the batch; their tasks were rescheduled on the others",
-                sorted(lost),
-            )
+    def encode(self, job: Job) -> None:
+        if job.payload is None:
+            try:
+                job.payload = dumps(job.items)
+            except Exception as exc:
+                raise SerializationError("item", str(exc)) from exc
+            job.payload_size = len(job.payload)
 
-    def feed(self, source: Iterator[Any]) -> None:
-        if self.suspects:
-            # Quarantine: once the work in flight has drained, each suspect runs alone, so a
-            # worker that dies can only have been killed by the item it was running.
-            if not self.pending:
-                start, items = self.suspects.pop(0)
-                self.submit(start, items)
-                self.probe = next(reversed(self.pending), None)
-            return
-        while self.requeue and len(self.pending) < self.in_flight:
-            start, items = self.requeue.pop(0)
-            self.submit(start, items)
-        while self.outstanding < self.window and len(self.pending) < self.in_flight:
-            if self.exhausted or self.next_index >= self.stop_at:
-                return
-            size = self.sizer.next_size()
-            items = list(islice(source, size))
-            if len(items) < size:
-                self.exhausted = True
-            if not items:
-                return
-            start = self.next_index
-            self.next_index += len(items)
-            self.outstanding += 1
-            self.submit(start, items)
-
-    def submit(self, start: int, items: list[Any]) -> None:
-        try:
-            blob = dumps(items)
-        except Exception:
-            self.split_unpicklable(start, items)
-            return
+    def submit(self, lane: WorkerState, job: Job, fail_fast: bool, timeout: float | None) -> None:
         future = self.client.submit(
             run_remote,
             self.key,
-            self.blob,
-            blob,
-            start,
-            self.fail_fast,
-            self.timeout,
+            self.task_future,
+            job.payload,
+            job.start,
+            job.first_attempt,
+            fail_fast,
+            timeout,
             pure=False,
-            key=f"{self.key}-{start}-{len(items)}-{uuid.uuid4().hex[:8]}",
+            key=f"{self.key}-{job.start}-{len(job.items)}-{uuid.uuid4().hex[:8]}",
         )
-        self.pending[future] = (start, items)
-        self.completed.add(future)
+        lane.jobs.append(job)
+        self.futures[future] = lane
+        future.add_done_callback(self.finished.put)
 
-    def split_unpicklable(self, start: int, items: list[Any]) -> None:
-        """Fail the items that cannot be pickled; send the others as single items."""
-        self.outstanding += len(items) - 1
-        for offset, item in enumerate(items):
-            index = start + offset
-            try:
-                dumps(item)
-            except Exception as exc:
-                self.settle(unpicklable_item_chunk(index, item, exc, "a Dask worker"))
-            else:
-                self.requeue.append((index, [item]))
+    def wait(self, timeout: float | None) -> list[Done | Died]:
+        finished = []
+        try:
+            finished.append(self.finished.get(timeout=timeout))
+            while True:
+                finished.append(self.finished.get_nowait())
+        except queue.Empty:
+            pass
+        events: list[Done | Died] = []
+        for future in finished:
+            lane = self.futures.pop(future, None)
+            if lane is not None:  # else cancelled when the run stopped
+                events.append(self.outcome(future, lane))
+        return events
 
-    def collect(self, future: Any) -> None:
-        start, items = self.pending.pop(future)
+    def outcome(self, future: Any, lane: WorkerState) -> Done | Died:
+        """The lane's task ended: its results, or the death Dask reports."""
+        outcome = None
         if future.status == "finished":
             try:
                 outcome = future.result()
             except Exception:  # its worker died between finishing and handing the result over
                 outcome = None
-        else:
-            outcome = None
         if outcome is not None:
+            job = lane.jobs.popleft()
             retries, elapsed, ran, failures_blob, values_blob, output = outcome
-            chunk = unpack(start, items, ran, failures_blob, values_blob, retries, elapsed)
+            chunk = unpack(job.start, job.items, ran, failures_blob, values_blob, retries, elapsed)
             chunk.output = output
-            self.sizer.observe(len(chunk.values), chunk.elapsed, len(values_blob))
-            self.settle(chunk)
-            return
+            return Done(lane, job, chunk, len(values_blob))
         error = future.exception() if future.status == "error" else None
         if error is not None and not isinstance(error, KilledWorker):
             raise error  # Dask itself failed the task (not an item: those come back as values)
         # The chunk died with workers: Dask gave up on it (KilledWorker), or dropped it because
         # the task's bytes died with every worker holding them.
-        if self.blob.status != "finished":
-            self.blob = self.scatter_task()
-        if future is not self.probe:  # any of its items, or one queued near it, may be guilty
-            self.outstanding += len(items) - 1
-            self.suspects.extend((start + i, [item]) for i, item in enumerate(items))
-            return
-        strikes = self.strikes.get(start, 0) + 1
-        self.strikes[start] = strikes
-        if error is None and strikes < 2:
-            self.suspects.insert(0, (start, items))  # lost once while alone: once more
-            return
-        attempts = (error.args[2] + 1) if error is not None and len(error.args) > 2 else strikes
-        crashed = WorkerCrashedError(start, short_repr(items[0]), None, None, attempts)
-        crashed.add_note(f"the item kept killing Dask workers even when it ran alone ({error})")
-        last = max(self.task.max_retries - 1, 0)
-        self.settle(fallback_chunk(self.task, start, items[0], crashed, last, attempts=attempts))
+        if self.task_future.status != "finished":
+            self.task_future = self.scatter_task()
+        verdict = error or "its task was lost with the workers holding it"
+        return lane.died(
+            None, note=f"the item killed Dask workers even when it ran alone ({verdict})"
+        )
 
-    def settle(self, chunk: Chunk) -> None:
-        if self.fail_fast and chunk.failures:
-            self.stop_at = min(self.stop_at, chunk.start + chunk.failures[0][0])
-        self.done[chunk.start] = chunk
-
-    def drain(self) -> None:
-        """Cancel the chunks not yet running; wait for the running ones to finish."""
+    def end(self, clean: bool) -> None:
+        if clean:
+            lost = self.workers_before - _worker_addresses(self.client)
+            if lost:
+                log.warning(
+                    "Dask workers %s left during the batch; "
+                    "their tasks were rescheduled on the others",
+                    sorted(lost),
+                )
+            return
+        # Tasks running on workers cannot be stopped: cancel the others; the loop waits for those.
         running = {key for keys in self.client.processing().values() for key in keys}
-        waiting = [future for future in self.pending if future.key not in running]
+        waiting = [future for future in self.futures if future.key not in running]
         self.client.cancel(waiting)
-        for future in self.pending:
-            if future.key in running:
-                try:
-                    future.result()
-                except Exception:
-                    pass
-        self.pending.clear()
+        for future in waiting:
+            self.futures.pop(future).jobs.clear()
 
-    def cancel(self) -> None:
-        if self.pending:
-            self.client.cancel(list(self.pending))
-            self.pending.clear()
+    def close(self, kill: bool = False) -> None:
+        self.closed = True
+        if self.futures:
+            self.client.cancel(list(self.futures))
+            for lane in self.futures.values():
+                lane.jobs.clear()
+            self.futures.clear()
+        if self.task_future is not None:
+            self.client.cancel([self.task_future])
+            self.task_future = None

@@ -1,20 +1,26 @@
-"""Chunk scheduling shared by the thread and process backends.
+"""The one in-order run loop, shared by the thread, process and Dask backends.
 
 Data flow (one ``map`` call, all in the caller's thread)::
 
-    items (lazy) --islice--> Job(start, items) --submit--> worker --runs run_chunk-->
-         ^  reading stops at the window (jobs, items, bytes)        |
-         |  ahead of the oldest unfinished item                     v
-    caller <--yield in input order-- reorder buffer <--Done-- Pool.wait() <--Died (crash/timeout)
+    items (lazy) --islice--> Job(start, items) --Transport.submit--> worker --runs run_chunk-->
+         ^  reading stops at the window (jobs, items, bytes)               |
+         |  ahead of the oldest unfinished item                            v
+    caller <--yield in input order-- reorder buffer <--Done-- Transport.wait() <--Died
                                                                    |
-                             culprit retried alone or failed; bystanders re-queued
+             a culprit the slot names: retried alone, then its fallback; bystanders re-queued
+             no culprit known: the job's items run one at a time, alone (quarantine)
 
-A worker holds at most two jobs: the one it runs and, when the message fits in the pipe's buffer,
-the next one, so it never waits for the parent between jobs. A send therefore never blocks on a
-busy worker, and the parent and a worker cannot block on each other's pipes. Job sizes adapt to
-the measured time per item (about ``TARGET_SECONDS`` of work per job) unless ``chunksize=`` fixes
-them. Every worker records the item and attempt it is on in a ``Slot``; that is how a crash or a
-timeout is charged to the right item while the innocent items of the same job simply run again.
+A backend differs from another only in its ``Transport``: how a job reaches a worker and how its
+``Done`` or ``Died`` event comes back. A worker holds at most ``depth`` jobs: the one it runs and,
+for the thread and process transports, the next one when it can wait without blocking a send
+(``can_queue``), so it never waits for the parent between jobs. Job sizes adapt to the measured
+time per item (about ``target_seconds`` of work per job) unless ``chunksize=`` fixes them.
+
+Every thread or process worker records the item and attempt it is on in a ``Slot``: that is how a
+crash or a timeout is charged to the right item while the innocent items of the same job simply
+run again. A death no slot explains (a Dask worker, a process dying between items) puts the job's
+items in quarantine: new work pauses, the work in flight drains, and each item then runs alone,
+so a worker that dies can only have been killed by the one item it ran.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ from itertools import islice
 from typing import Any
 
 from ..errors import ItemTimeoutError, SerializationError, WorkerCrashedError, short_repr
-from ..pickling import dumps_checked
 from .base import CUR_RETRY, Backend, Chunk, Failure, Task
 
 TARGET_SECONDS = 0.005  # work per job: >> the ~0.1 ms the parent spends per job; short tails
@@ -42,7 +47,6 @@ MAX_ITEMS = 10_000  # items per job at most: a window of jobs stays a few MiB fo
 WINDOW_JOBS_PER_WORKER = 256
 WINDOW_ITEMS_PER_WORKER = 4 * MAX_ITEMS
 WINDOW_BYTES = 64 << 20
-MAX_UNATTRIBUTED_CRASHES = 3  # a job whose worker keeps dying outside any item is failed
 
 
 @dataclass(eq=False)
@@ -53,8 +57,8 @@ class Job:
     items: list[Any]
     first_attempt: int = 0
     ready_at: float = 0.0
-    crashes: int = 0
-    payload: Any = None
+    alone: bool = False  # a quarantined item: it runs while nothing else does
+    payload: Any = None  # the items as the transport sends them (pickled), once encoded
     payload_size: int = 0
     cancelled: bool = False  # queued behind a worker's current job when the run stopped
 
@@ -69,56 +73,66 @@ class Done:
 
 @dataclass(eq=False)
 class Died:
+    """A worker died, or was stopped, with ``job`` on it (``None`` if idle)."""
+
     worker: Any
-    job: Job | None  # the job it was running
+    job: Job | None
     exitcode: int | None
-    reason: tuple[str, int, int]  # ("crash" or "timeout", index, attempt) from the worker's slot
+    index: int | None  # the item its slot says it was running; None when unknown
+    attempt: int  # the attempt at that item
+    timed_out: bool = False  # stopped by the parent for running past ``timeout``
     queued: list[Job] = field(default_factory=list)  # jobs waiting behind it: all innocent
+    note: str = ""  # what the transport knows beyond that (Dask's own verdict)
 
 
 @dataclass(eq=False)
 class WorkerState:
-    """What the scheduler tracks per worker; transports subclass it."""
+    """What the loop tracks per worker; transports subclass it. ``slot`` is ``None`` where the
+    parent cannot see which item a worker runs (Dask): the transport enforces timeouts there."""
 
     ident: Any
     slot: Any
     ready: bool = False
     jobs: deque[Job] = field(default_factory=deque)  # jobs sent, oldest (running) first
 
-    def died(self, exitcode: int | None, reason: tuple[str, int, int]) -> Died:
-        """The event for this worker's death, taking its jobs with it."""
+    def died(self, exitcode: int | None, timed_out: bool = False, note: str = "") -> Died:
+        """The event for this worker's death, taking its jobs (and its slot's last word)."""
         jobs = list(self.jobs)
         self.jobs.clear()
-        return Died(self, jobs[0] if jobs else None, exitcode, reason, jobs[1:])
+        index: int | None = None
+        attempt = jobs[0].first_attempt if jobs else 0
+        if self.slot is not None and self.slot.index >= 0:
+            index, attempt = self.slot.index, self.slot.attempt
+        job = jobs[0] if jobs else None
+        return Died(self, job, exitcode, index, attempt, timed_out, jobs[1:], note)
 
 
-class Pool:
-    """A set of workers the scheduler can feed: the transport-specific half of a backend."""
+class Transport:
+    """How jobs reach a backend's workers and how their results come back: the part of a backend
+    the loop does not share. ``workers`` are ``WorkerState`` objects."""
 
-    size: int
+    size: int  # workers: sizes jobs and the window
     workers: list[Any]
-    kind: str = "worker"
     closed: bool = False
-    can_kill: bool = True  # False for threads: a running item can only be waited for
+    depth: int = 2  # jobs a worker may hold: the one it runs and the next
+    target_seconds: float = TARGET_SECONDS
+    window_jobs_per_worker: int = WINDOW_JOBS_PER_WORKER
 
     def begin(self, task: Task) -> None:
         """Prepare to run ``task`` (a process pool pickles it here, once per batch)."""
-        raise NotImplementedError(f"{type(self).__name__}.begin")
 
     def encode(self, job: Job) -> None:
-        """Serialise the job's items if the transport needs it; raise on an unpicklable item."""
-
-    def find_unpicklable(self, job: Job) -> list[tuple[int, Exception]]:
-        return []
-
-    def submit(self, worker: Any, job: Job, fail_fast: bool, track_time: bool) -> None:
-        raise NotImplementedError(f"{type(self).__name__}.submit")
+        """Serialise the job's items if the transport needs to; ``SerializationError`` if not."""
 
     def can_queue(self, worker: Any, job: Job) -> bool:
         """Whether ``job`` may wait behind a busy worker's current job without blocking a send."""
         return True
 
+    def submit(self, worker: Any, job: Job, fail_fast: bool, timeout: float | None) -> None:
+        raise NotImplementedError(f"{type(self).__name__}.submit")
+
     def wait(self, timeout: float | None) -> list[Done | Died]:
+        """The events that arrive within ``timeout`` seconds (each job's ``Done`` or ``Died``)."""
         raise NotImplementedError(f"{type(self).__name__}.wait")
 
     def stop(self, worker: Any) -> None:
@@ -126,21 +140,15 @@ class Pool:
         raise NotImplementedError(f"{type(self).__name__}.stop")
 
     def end(self, clean: bool) -> None:
-        """After a map: when not clean, stop workers still busy with its jobs."""
+        """After a map. When not clean, stop what can be stopped at once: the loop then waits
+        for the jobs still running (threads and Dask tasks cannot be killed)."""
 
     def close(self, kill: bool = False) -> None:
-        raise NotImplementedError(f"{type(self).__name__}.close")
-
-    def ready_workers(self, jobs: int) -> list[Any]:
-        """Started workers holding exactly ``jobs`` jobs."""
-        return [w for w in self.workers if w.ready and len(w.jobs) == jobs]
-
-    def busy_workers(self) -> list[Any]:
-        return [w for w in self.workers if w.jobs]
+        """Release every worker; ``kill`` when nothing may outlive this (Ctrl-C)."""
 
 
 class ChunkSizer:
-    """Chooses job sizes: fixed, or grown from 1 toward ``TARGET_SECONDS`` of measured work."""
+    """Chooses job sizes: fixed, or grown from 1 toward ``target_seconds`` of measured work."""
 
     def __init__(
         self,
@@ -184,18 +192,12 @@ def known_length(items: Iterable[Any]) -> int | None:
     return (operator.length_hint(items, 0) if hasattr(items, "__len__") else 0) or None
 
 
-def pickle_task(task: Task, hint: str) -> bytes:
-    """Pickle ``task`` for workers; an unpicklable node is named by its class and attribute."""
-    name = type(task.node).__name__ if task.node is not None else task.label
-    return dumps_checked(task, "node", name, hint, inspect=task.node)
-
-
-def unpicklable_item_chunk(index: int, item: Any, exc: Exception, where: str) -> Chunk:
-    """The failed one-item chunk for an item that cannot be pickled to send it to ``where``."""
+def unpicklable_item_chunk(index: int, item: Any, exc: BaseException) -> Chunk:
+    """The failed one-item chunk for an item that cannot be pickled to send it to a worker."""
     error = SerializationError(
         "item",
         f"item {index} ({type(item).__module__}.{type(item).__qualname__}, "
-        f"{short_repr(item, 60)}) cannot be pickled to send it to {where}: "
+        f"{short_repr(item, 60)}) cannot be pickled to send it to a worker: "
         f"{type(exc).__name__}: {exc}",
     )
     error.__cause__ = exc
@@ -203,22 +205,15 @@ def unpicklable_item_chunk(index: int, item: Any, exc: Exception, where: str) ->
 
 
 def fallback_chunk(
-    task: Task,
-    index: int,
-    item: Any,
-    error: Exception,
-    attempt: int,
-    attempts: int | None = None,
-    retries: int = 0,
+    task: Task, index: int, item: Any, error: Exception, attempt: int, retries: int = 0
 ) -> Chunk:
     """The last ``attempt`` at ``item`` crashed or timed out: ``task.fallback`` decides, here in
-    the caller. ``attempts`` (default ``attempt + 1``) is charged to a fallback that raises."""
+    the caller (on Dask, in the worker that enforced the timeout)."""
     token = CUR_RETRY.set(attempt)
     try:
         value = task.fallback(item, error)
     except Exception as exc:
-        failure = Failure.capture(exc, attempt + 1 if attempts is None else attempts)
-        return Chunk(index, [item], [None], [(0, failure)], retries)
+        return Chunk(index, [item], [None], [(0, Failure.capture(exc, attempt + 1))], retries)
     finally:
         CUR_RETRY.reset(token)
     return Chunk(index, [item], [value], [], retries)
@@ -234,53 +229,41 @@ def read_slot(slot: Any) -> tuple[int, int, int] | None:
     return index, attempt, started
 
 
-def map_jobs(
-    pool: Pool,
-    task: Task,
-    items: Iterable[Any],
-    *,
-    chunksize: int | None,
-    timeout: float | None,
-    fail_fast: bool,
-) -> Iterator[Chunk]:
-    """Run ``task`` over ``items`` on ``pool``; yield chunks in input order (see module docs)."""
-    return _Run(pool, task, items, chunksize, timeout, fail_fast).results()
-
-
-class _Run:
-    """The state of one ``map_jobs`` call."""
+class OrderedRun:
+    """One ``map``: iterating it runs ``task`` over ``items`` on ``transport`` and yields chunks
+    in input order (see the module docstring)."""
 
     def __init__(
         self,
-        pool: Pool,
+        transport: Transport,
         task: Task,
         items: Iterable[Any],
         chunksize: int | None,
         timeout: float | None,
         fail_fast: bool,
     ) -> None:
-        self.pool = pool
+        workers = transport.size
+        self.transport = transport
         self.task = task
-        self.source = iter(items)
-        self.exhausted = False
-        self.next_index = 0  # index of the next item to read from the source
-        self.sizer = ChunkSizer(chunksize, pool.size, known_length(items))
         self.timeout = timeout
         self.fail_fast = fail_fast
+        self.source = iter(items)
+        self.sizer = ChunkSizer(chunksize, workers, known_length(items), transport.target_seconds)
+        self.exhausted = False
+        self.next_index = 0  # index of the next item to read from the source
         self.retry: list[Job] = []  # jobs to run before new ones: crashed items, bystanders
-        self.done: dict[int, Chunk] = {}  # finished chunks waiting for their turn, by start
+        self.suspects: deque[Job] = deque()  # quarantined items, each to run alone
+        self.done: dict[int, Chunk] = {}  # the reorder buffer: finished chunks by start
         self.next_start = 0  # start of the next chunk to yield
         self.outstanding = 0  # pieces created and not yet yielded
         self.outstanding_items = 0  # items read from the source and not yet yielded
-        self.window_jobs = WINDOW_JOBS_PER_WORKER * pool.size
-        self.window_items = WINDOW_ITEMS_PER_WORKER * pool.size
-        self.window_bytes = max(WINDOW_BYTES, 4 * pool.size * TARGET_BYTES)
+        self.window_jobs = transport.window_jobs_per_worker * workers
+        self.window_items = WINDOW_ITEMS_PER_WORKER * workers
+        self.window_bytes = max(WINDOW_BYTES, 4 * workers * TARGET_BYTES)
         self.stop_at = math.inf  # fail-fast: index of the first known failure
 
-    # --- main loop --------------------------------------------------------------------------
-
-    def results(self) -> Iterator[Chunk]:
-        self.pool.begin(self.task)
+    def __iter__(self) -> Iterator[Chunk]:
+        self.transport.begin(self.task)
         try:
             while True:
                 while self.next_start in self.done:
@@ -293,12 +276,12 @@ class _Run:
                         self.stop_early()
                         return
                 if self.exhausted and self.outstanding == 0:
-                    self.pool.end(clean=True)
+                    self.transport.end(clean=True)
                     return
                 self.dispatch()
                 if self.exhausted and self.outstanding == 0:
                     continue  # the source just ran dry with nothing in flight: finish now
-                for event in self.pool.wait(self.wait_time()):
+                for event in self.transport.wait(self.wait_time()):
                     if isinstance(event, Done):
                         self.on_done(event)
                     else:
@@ -308,31 +291,33 @@ class _Run:
             self.stop_early()
             raise
         except BaseException:  # Ctrl-C, SystemExit: no worker may outlive this
-            self.pool.close(kill=True)
+            self.transport.close(kill=True)
             raise
+
+    def busy_workers(self) -> list[Any]:
+        return [worker for worker in self.transport.workers if worker.jobs]
 
     def stop_early(self) -> None:
         """The run ends before its items do: stop what is still running for it.
 
-        Processes are killed. Threads cannot be: their queued jobs are cancelled and their
-        running items (still subject to ``timeout``) are waited for, so nothing of this batch
-        runs, or writes, after the caller sees the error.
+        Processes are killed. Threads and Dask tasks cannot be: their queued jobs are cancelled
+        and their running items (still subject to ``timeout``) are waited for, so nothing of this
+        batch runs, or writes, after the caller sees the error.
         """
-        if not self.pool.can_kill:
-            for worker in self.pool.busy_workers():
-                for job in list(worker.jobs)[1:]:
-                    job.cancelled = True
-            while self.pool.busy_workers():
-                self.pool.wait(0.05)
-                self.check_timeouts()
-        self.pool.end(clean=False)
+        for worker in self.busy_workers():
+            for job in list(worker.jobs)[1:]:
+                job.cancelled = True
+        self.transport.end(clean=False)
+        while self.busy_workers():
+            self.transport.wait(0.05)
+            self.check_timeouts()
 
     def wait_time(self) -> float | None:
         deadlines: list[float] = []
         now = time.monotonic()
-        if self.retry:
-            deadlines.append(min(job.ready_at for job in self.retry) - now)
-        if self.timeout is not None and self.pool.busy_workers():
+        if self.retry or self.suspects:
+            deadlines.append(min(job.ready_at for job in (*self.retry, *self.suspects)) - now)
+        if self.timeout is not None and self.busy_workers():
             deadlines.append(min(self.timeout / 4, 0.1))
         if not deadlines:
             return 1.0
@@ -342,42 +327,63 @@ class _Run:
 
     def dispatch(self) -> None:
         """Give idle workers a job, then queue one more behind each busy worker where it fits."""
-        for queued in (0, 1):
-            for worker in self.pool.ready_workers(queued):
-                job = self.encoded_job()
+        if self.suspects:
+            self.dispatch_suspect()
+            return
+        for queued in range(self.transport.depth):
+            for worker in self.transport.workers:
+                if not worker.ready or len(worker.jobs) != queued:
+                    continue
+                job = self.next_job()
                 if job is None:
                     return
-                if queued and not self.pool.can_queue(worker, job):
+                if queued and not self.transport.can_queue(worker, job):
                     self.retry.append(job)  # too big to wait in the pipe: it goes out later
                     continue
-                if not queued:
-                    # Clear the slot: until the worker starts this job, it must not look like the
-                    # previous job's last item (a stale index and start time read as a timeout).
-                    worker.slot.started = 0
-                    worker.slot.index = -1
-                self.pool.submit(worker, job, self.fail_fast, self.timeout is not None)
+                self.submit(worker, job)
 
-    def encoded_job(self) -> Job | None:
-        """The next job to send, already serialised; unpicklable items are failed on the way."""
+    def dispatch_suspect(self) -> None:
+        """Quarantine: once the work in flight has drained, run the next suspect alone."""
+        if self.busy_workers() or self.suspects[0].ready_at > time.monotonic():
+            return
+        idle = [worker for worker in self.transport.workers if worker.ready]
+        if idle:
+            job = self.suspects.popleft()
+            self.transport.encode(job)  # it was part of a job that encoded: so does it alone
+            self.submit(idle[0], job)
+
+    def submit(self, worker: Any, job: Job) -> None:
+        if worker.slot is not None and not worker.jobs:
+            # Clear the slot: until the worker starts this job, it must not look like the
+            # previous job's last item (a stale index and start time read as a timeout).
+            worker.slot.started = 0
+            worker.slot.index = -1
+        self.transport.submit(worker, job, self.fail_fast, self.timeout)
+
+    def next_job(self) -> Job | None:
+        """The next job to send, encoded: a retry that is due, else new items if the window
+        allows. Items that cannot be encoded are failed on the way."""
         while True:
-            job = self.next_job()
+            job = self.due_retry() or self.read_job()
             if job is None:
                 return None
             try:
-                self.pool.encode(job)
+                self.transport.encode(job)
             except SerializationError:
                 self.split_unpicklable(job)
                 continue
             return job
 
-    def next_job(self) -> Job | None:
-        if self.retry:
-            now = time.monotonic()
-            ready = [job for job in self.retry if job.ready_at <= now]
-            if ready:
-                job = min(ready, key=lambda j: j.start)
-                self.retry.remove(job)
-                return job
+    def due_retry(self) -> Job | None:
+        now = time.monotonic()
+        ready = [job for job in self.retry if job.ready_at <= now]
+        if not ready:
+            return None
+        job = min(ready, key=lambda j: j.start)
+        self.retry.remove(job)
+        return job
+
+    def read_job(self) -> Job | None:
         if self.exhausted or self.next_index >= self.stop_at or self.window_full():
             return None
         size = self.sizer.next_size()
@@ -401,17 +407,18 @@ class _Run:
 
     def split_unpicklable(self, job: Job) -> None:
         """Fail the items that cannot be pickled; re-queue the others as smaller jobs."""
-        bad = dict(self.pool.find_unpicklable(job))
         pieces: list[Job | Chunk] = []
         run: list[Any] = []
         run_start = job.start
         for offset, item in enumerate(job.items):
             index = job.start + offset
-            if offset in bad:
+            try:
+                self.transport.encode(Job(index, [item]))
+            except SerializationError as exc:
                 if run:
                     pieces.append(Job(run_start, run, job.first_attempt))
                     run = []
-                pieces.append(unpicklable_item_chunk(index, item, bad[offset], "a worker process"))
+                pieces.append(unpicklable_item_chunk(index, item, exc.__cause__ or exc))
                 run_start = index + 1
             else:
                 run.append(item)
@@ -427,8 +434,10 @@ class _Run:
                 if piece.start > self.stop_at:
                     self.outstanding -= 1  # after a fail-fast failure: cancelled, never run
                     self.outstanding_items -= len(piece.items)
-                    continue
-                self.retry.append(piece)
+                elif piece.alone:
+                    self.suspects.append(piece)
+                else:
+                    self.retry.append(piece)
             else:
                 self.settle(piece)
 
@@ -452,26 +461,30 @@ class _Run:
         job = event.job
         if job is None:
             return
-        kind, index, attempt = event.reason
+        index, attempt = event.index, event.attempt
+        if index is None or not job.start <= index < job.start + len(job.items):
+            if not job.alone:
+                # Nobody to blame (a Dask worker, or a process dying between items): each item
+                # runs again alone, so the next death names its culprit.
+                self.add_pieces(
+                    [
+                        Job(job.start + offset, [item], job.first_attempt, alone=True)
+                        for offset, item in enumerate(job.items)
+                    ]
+                )
+                return
+            index, attempt = job.start, job.first_attempt  # it ran alone: its item is to blame
         offset = index - job.start
-        if not 0 <= offset < len(job.items):
-            # Died between items (unpickling, sending results): nobody to blame, run it again.
-            job.crashes += 1
-            if job.crashes < MAX_UNATTRIBUTED_CRASHES:
-                self.add_pieces([job])
-            else:
-                self.add_pieces([self.crash_chunk(job, event)])
-            return
         culprit = job.items[offset]
         pieces: list[Job | Chunk] = []
         if offset:
             pieces.append(Job(job.start, job.items[:offset], job.first_attempt))
         if attempt + 1 < self.task.max_retries:
             ready_at = time.monotonic() + self.task.wait
-            pieces.append(Job(index, [culprit], attempt + 1, ready_at=ready_at))
+            pieces.append(Job(index, [culprit], attempt + 1, ready_at, alone=job.alone))
         else:
             error: Exception
-            if kind == "timeout":
+            if event.timed_out:
                 error = ItemTimeoutError(
                     index, short_repr(culprit), self.timeout or 0.0, attempt + 1
                 )
@@ -479,6 +492,8 @@ class _Run:
                 error = WorkerCrashedError(
                     index, short_repr(culprit), event.worker.ident, event.exitcode, attempt + 1
                 )
+            if event.note:
+                error.add_note(event.note)
             pieces.append(
                 fallback_chunk(self.task, index, culprit, error, attempt, retries=attempt)
             )
@@ -486,37 +501,26 @@ class _Run:
             pieces.append(Job(index + 1, job.items[offset + 1 :], job.first_attempt))
         self.add_pieces(pieces)
 
-    def crash_chunk(self, job: Job, event: Died) -> Chunk:
-        failures = []
-        for offset, item in enumerate(job.items):
-            error = WorkerCrashedError(
-                job.start + offset,
-                short_repr(item),
-                event.worker.ident,
-                event.exitcode,
-                job.crashes,
-            )
-            failures.append((offset, Failure.capture(error, job.crashes)))
-        return Chunk(job.start, job.items, [None] * len(job.items), failures)
-
     def check_timeouts(self) -> None:
         if self.timeout is None:
             return
         limit = int(self.timeout * 1e9)
         now = time.monotonic_ns()
-        for worker in self.pool.busy_workers():
-            snapshot = read_slot(worker.slot)
+        for worker in self.busy_workers():
+            snapshot = None if worker.slot is None else read_slot(worker.slot)
             if snapshot is None:
                 continue
             index, attempt, started = snapshot
             job = worker.jobs[0]
             if now - started > limit and job.start <= index < job.start + len(job.items):
-                self.pool.stop(worker)
-                self.on_died(worker.died(None, ("timeout", index, attempt)))
+                event = worker.died(None, timed_out=True)
+                event.index, event.attempt = index, attempt  # the stuck attempt, not a later one
+                self.transport.stop(worker)
+                self.on_died(event)
 
 
 class PooledBackend(Backend):
-    """A backend whose ``map`` runs ``map_jobs`` on a pool it keeps warm between batches.
+    """A backend that keeps its transport (a pool of workers) warm between batches.
 
     Subclasses say how to build their pool. A second ``map`` running at the same time (from
     another thread) gets a pool of its own, closed when that map is done.
@@ -524,10 +528,10 @@ class PooledBackend(Backend):
 
     def __init__(self, workers: int | None = None) -> None:
         super().__init__(workers)
-        self._idle: list[Pool] = []
+        self._idle: list[Transport] = []
         self._lock = threading.Lock()
 
-    def make_pool(self) -> Pool:
+    def make_pool(self) -> Transport:
         raise NotImplementedError(f"{type(self).__name__}.make_pool")
 
     def map(
@@ -541,9 +545,7 @@ class PooledBackend(Backend):
     ) -> Iterator[Chunk]:
         pool = self._lease()
         try:
-            yield from map_jobs(
-                pool, task, items, chunksize=chunksize, timeout=timeout, fail_fast=fail_fast
-            )
+            yield from OrderedRun(pool, task, items, chunksize, timeout, fail_fast)
         finally:
             self._give_back(pool)
 
@@ -557,13 +559,13 @@ class PooledBackend(Backend):
         with self._lock:
             return any(pool.workers and all(w.ready for w in pool.workers) for pool in self._idle)
 
-    def _lease(self) -> Pool:
+    def _lease(self) -> Transport:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
         return self.make_pool()
 
-    def _give_back(self, pool: Pool) -> None:
+    def _give_back(self, pool: Transport) -> None:
         with self._lock:
             if not pool.closed and not self._idle:
                 self._idle.append(pool)

@@ -3,7 +3,7 @@
 Why not ``ProcessPoolExecutor``, loky or pebble? They either fail every in-flight item when one
 worker dies (and stay broken), cannot kill one hung item, leave workers behind on Ctrl-C or when
 the parent is killed, or consume input eagerly (see ``research/reliability.md``). The part they
-would save us, starting processes and moving bytes, is small; the rest is ``pool.py``.
+would save us, starting processes and moving bytes, is small; the rest is ``ordered.py``.
 
 Workers are fresh interpreters started with ``subprocess`` (never ``fork``, so a parent that
 already runs threads, as pyarrow and pandas do, cannot deadlock them), connected by two pipes and
@@ -29,9 +29,9 @@ from multiprocessing.connection import Connection, wait
 from ..errors import SerializationError, WorkerStartupError, describe_exit
 from ..pickling import dumps
 from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
-from .ordered import Died, Done, Job, Pool, PooledBackend, WorkerState, pickle_task
+from .ordered import Died, Done, Job, PooledBackend, Transport, WorkerState
 from .streams import Output, write_out
-from .wire import SLOT_SIZE, SlotStruct, forward_record, log_levels, unpack
+from .wire import SLOT_SIZE, SlotStruct, forward_record, log_levels, pickle_task, unpack
 
 THREAD_LIMIT_VARS = (
     "OMP_NUM_THREADS",  # also read by pyarrow's CPU pool
@@ -132,10 +132,8 @@ def _stop_processes(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
             proc.wait()
 
 
-class ProcessPool(Pool):
+class ProcessPool(Transport):
     """``size`` worker processes; dead ones are replaced at once, so the pool heals itself."""
-
-    kind = "process"
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -182,7 +180,7 @@ class ProcessPool(Pool):
             pass  # it died at once: wait() sees the hang-up and reports it
         return worker
 
-    # --- the Pool interface -----------------------------------------------------------------
+    # --- the Transport interface ------------------------------------------------------------
 
     def begin(self, task: Task) -> None:
         self.task_blob = pickle_task(task, NODE_HINT)
@@ -198,28 +196,21 @@ class ProcessPool(Pool):
                 raise SerializationError("item", str(exc)) from exc
             job.payload_size = len(job.payload)
 
-    def find_unpicklable(self, job: Job) -> list[tuple[int, Exception]]:
-        bad = []
-        for offset, item in enumerate(job.items):
-            try:
-                dumps(item)
-            except Exception as exc:
-                bad.append((offset, exc))
-        return bad
-
     def can_queue(self, worker: ProcessWorker, job: Job) -> bool:
         # The worker read its current job whole before running it, so its pipe is empty: a
         # message that fits the buffer is written at once, never waiting on the busy worker.
         return job.payload_size + 1024 <= worker.pipe_capacity
 
-    def submit(self, worker: ProcessWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
+    def submit(
+        self, worker: ProcessWorker, job: Job, fail_fast: bool, timeout: float | None
+    ) -> None:
         has_task = worker.batch != self.batch
         header = (
             has_task,
             job.start,
             job.first_attempt,
             fail_fast,
-            track_time,
+            timeout is not None,  # whether the worker's slot records when each attempt starts
             self.log_levels if has_task else None,
         )
         worker.jobs.append(job)
@@ -298,7 +289,6 @@ class ProcessPool(Pool):
         except subprocess.TimeoutExpired:  # it closed its pipe yet lives on: not usable
             worker.proc.kill()
             exitcode = worker.proc.wait()
-        reason = ("crash", worker.slot.index, worker.slot.attempt)
         for stream, text in worker.output:  # what the job printed before it died
             write_out(stream, text)
         worker.output = []
@@ -310,7 +300,7 @@ class ProcessPool(Pool):
                     f"worker processes keep exiting before they are ready (pid {worker.ident} "
                     f"{describe_exit(exitcode)}); see their output above"
                 )
-        return worker.died(exitcode, reason)
+        return worker.died(exitcode)  # its slot, kept on release, names the item it ran
 
     def retire(self, worker: ProcessWorker) -> None:
         """Drop a worker that is gone or being stopped, and start its replacement."""
@@ -327,7 +317,7 @@ class ProcessPool(Pool):
     def end(self, clean: bool) -> None:
         if clean:
             return
-        busy = self.busy_workers()
+        busy = [worker for worker in self.workers if worker.jobs]
         for worker in busy:
             worker.proc.send_signal(signal.SIGTERM)
             self.retire(worker)

@@ -13,7 +13,7 @@ import threading
 from itertools import count
 
 from .base import Chunk, Slot, Task, mark_worker, run_chunk
-from .ordered import Died, Done, Job, Pool, PooledBackend, WorkerState
+from .ordered import Died, Done, Job, PooledBackend, Transport, WorkerState
 from .streams import Output, captured, write_out
 
 _names = count(1)
@@ -55,9 +55,7 @@ class ThreadWorker(WorkerState):
                 except BaseException:  # SystemExit or the like inside exec: this thread is done
                     for stream, text in output:  # what the job printed before it ended
                         write_out(stream, text)
-                    self.events.put(
-                        Died(self, job, None, ("crash", self.slot.index, self.slot.attempt))
-                    )
+                    self.events.put(Died(self, job, None, self.slot.index, self.slot.attempt))
                     return
                 chunk.output = output
                 self.events.put(Done(self, job, chunk))
@@ -68,11 +66,8 @@ class ThreadWorker(WorkerState):
         self.inbox.put(None)
 
 
-class ThreadPool(Pool):
-    """``size`` thread workers and one queue of events back to the scheduler."""
-
-    kind = "thread"
-    can_kill = False
+class ThreadPool(Transport):
+    """``size`` thread workers and one queue of events back to the run loop."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -83,10 +78,12 @@ class ThreadPool(Pool):
     def begin(self, task: Task) -> None:
         self.task = task
 
-    def submit(self, worker: ThreadWorker, job: Job, fail_fast: bool, track_time: bool) -> None:
+    def submit(
+        self, worker: ThreadWorker, job: Job, fail_fast: bool, timeout: float | None
+    ) -> None:
         assert self.task is not None
         worker.jobs.append(job)
-        worker.inbox.put((job, self.task, fail_fast, track_time))
+        worker.inbox.put((job, self.task, fail_fast, timeout is not None))
 
     def wait(self, timeout: float | None) -> list[Done | Died]:
         events: list[Done | Died] = []
@@ -102,7 +99,7 @@ class ThreadPool(Pool):
             if worker.abandoned:
                 continue
             if isinstance(event, Died):
-                live.append(worker.died(None, event.reason))
+                live.append(worker.died(None))  # its slot still names the item it died on
                 self.replace(worker)
             else:
                 worker.jobs.popleft()
@@ -115,11 +112,6 @@ class ThreadPool(Pool):
 
     def stop(self, worker: ThreadWorker) -> None:
         self.replace(worker)
-
-    def end(self, clean: bool) -> None:
-        if not clean:
-            for worker in self.busy_workers():
-                self.replace(worker)
 
     def close(self, kill: bool = False) -> None:
         self.closed = True

@@ -28,8 +28,8 @@ import pickle
 from typing import Any
 
 from ..errors import RemoteItemError, SerializationError
-from ..pickling import dumps, loads
-from .base import Chunk, Failure
+from ..pickling import dumps, dumps_checked, loads
+from .base import Chunk, Failure, Task
 
 __all__ = [
     "SLOT_SIZE",
@@ -37,6 +37,7 @@ __all__ = [
     "forward_record",
     "log_levels",
     "pack",
+    "pickle_task",
     "record_blob",
     "set_log_levels",
     "unpack",
@@ -92,6 +93,12 @@ def forward_record(record: logging.LogRecord) -> None:
     logger = logging.getLogger(record.name)
     if logger.isEnabledFor(record.levelno):
         logger.handle(record)
+
+
+def pickle_task(task: Task, hint: str) -> bytes:
+    """Pickle ``task`` for workers; an unpicklable node is named by its class and attribute."""
+    name = type(task.node).__name__ if task.node is not None else task.label
+    return dumps_checked(task, "node", name, hint, inspect=task.node)
 
 
 def portable(exc: BaseException, text: str) -> BaseException:
