@@ -32,8 +32,8 @@ import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..errors import ItemTimeoutError, SerializationError, short_repr
-from ..pickling import dumps, loads
+from ..errors import ItemTimeoutError, short_repr
+from ..pickling import loads
 from .base import Backend, Chunk, Failure, Slot, Task, mark_worker, run_chunk
 from .ordered import Died, Done, Job, OrderedRun, Transport, WorkerState, fallback_chunk, read_slot
 from .streams import Output, captured
@@ -288,14 +288,6 @@ class DaskTransport(Transport):
         """Put the pickled task on every worker: chunks need it wherever they run (one copy only
         would pull every chunk to that worker)."""
         return self.client.scatter(self.task_bytes, broadcast=True, hash=False)
-
-    def encode(self, job: Job) -> None:
-        if job.payload is None:
-            try:
-                job.payload = dumps(job.items)
-            except Exception as exc:
-                raise SerializationError("item", str(exc)) from exc
-            job.payload_size = len(job.payload)
 
     def submit(self, lane: WorkerState, job: Job, fail_fast: bool, timeout: float | None) -> None:
         future = self.client.submit(

@@ -36,6 +36,7 @@ from itertools import islice
 from typing import Any
 
 from ..errors import ItemTimeoutError, SerializationError, WorkerCrashedError, short_repr
+from ..pickling import dumps
 from .base import CUR_RETRY, Backend, Chunk, Failure, Task
 
 TARGET_SECONDS = 0.005  # work per job: >> the ~0.1 ms the parent spends per job; short tails
@@ -122,7 +123,14 @@ class Transport:
         """Prepare to run ``task`` (a process pool pickles it here, once per batch)."""
 
     def encode(self, job: Job) -> None:
-        """Serialise the job's items if the transport needs to; ``SerializationError`` if not."""
+        """Pickle the job's items once (a retried job keeps its bytes); ``SerializationError``
+        when they cannot be pickled. Threads, which share memory, skip this."""
+        if job.payload is None:
+            try:
+                job.payload = dumps(job.items)
+            except Exception as exc:
+                raise SerializationError("item", str(exc)) from exc
+            job.payload_size = len(job.payload)
 
     def can_queue(self, worker: Any, job: Job) -> bool:
         """Whether ``job`` may wait behind a busy worker's current job without blocking a send."""

@@ -27,7 +27,6 @@ import time
 from multiprocessing.connection import Connection, wait
 
 from ..errors import SerializationError, WorkerStartupError, describe_exit
-from ..pickling import dumps
 from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
 from .ordered import Died, Done, Job, PooledBackend, Transport, WorkerState
 from .streams import Output, write_out
@@ -187,14 +186,6 @@ class ProcessPool(Transport):
         self.task_label = task.label
         self.log_levels = log_levels()  # sent with the task: workers log as the parent does now
         self.batch += 1
-
-    def encode(self, job: Job) -> None:
-        if job.payload is None:
-            try:
-                job.payload = dumps(job.items)
-            except Exception as exc:
-                raise SerializationError("item", str(exc)) from exc
-            job.payload_size = len(job.payload)
 
     def can_queue(self, worker: ProcessWorker, job: Job) -> bool:
         # The worker read its current job whole before running it, so its pipe is empty: a

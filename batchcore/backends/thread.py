@@ -78,6 +78,9 @@ class ThreadPool(Transport):
     def begin(self, task: Task) -> None:
         self.task = task
 
+    def encode(self, job: Job) -> None:
+        """Nothing to do: threads take the items themselves."""
+
     def submit(
         self, worker: ThreadWorker, job: Job, fail_fast: bool, timeout: float | None
     ) -> None:
