@@ -35,6 +35,7 @@ class BatchStats:
     original node object reports the run even when a ``Flow`` ran a copy."""
 
     backend: str = ""
+    reason: str = ""  # why this backend, when batchcore chose it (backend="auto")
     workers: int = 0
     items: int = 0
     failed: int = 0
@@ -42,8 +43,9 @@ class BatchStats:
     seconds: float = 0.0
     failures: list[ItemFailure] = field(default_factory=list)
 
-    def reset(self, backend: str, workers: int) -> None:
+    def reset(self, backend: str, workers: int, reason: str = "") -> None:
         self.backend = backend
+        self.reason = reason
         self.workers = workers
         self.items = 0
         self.failed = 0
@@ -75,7 +77,7 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], plan: BatchPlan) -> 
     stats = getattr(owner, "batch_stats", None)
     if not isinstance(stats, BatchStats):
         stats = BatchStats()
-    stats.reset(backend.name, backend.workers)
+    stats.reset(backend.name, backend.workers, plan.reason)
     # A node may weigh its items for the bar (the CSV job counts bytes): progress_units(item).
     units = getattr(owner, "progress_units", None) if plan.progress else None
     total: int | None = None

@@ -7,7 +7,7 @@ import copy
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Unpack
+from typing import Any, ClassVar, Unpack
 
 from .backends.base import Task
 from .batch import BatchStats, run_batch
@@ -182,6 +182,7 @@ class BatchFlow(Flow):
     """
 
     shared_outputs: tuple[str, ...] | None = None
+    releases_gil: ClassVar[bool] = False  # as BatchNode's: backend="auto" then picks threads
 
     @shows_option_keywords
     def __init__(self, start: BaseNode | None = None, **options: Unpack[BatchOptions]) -> None:
@@ -191,7 +192,7 @@ class BatchFlow(Flow):
 
     def _run(self, shared: Any) -> Any:
         batch_params: Iterable[dict[str, Any]] = self.prep(shared) or []
-        plan = resolve_options(self)
+        plan = resolve_options(self, batch_params)
         if not plan.backend.parallel:
             run_batch(self, _SharedSubflow(self, shared), batch_params, plan)
             return self.post(shared, batch_params, None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable
-from typing import Any, Unpack
+from typing import Any, ClassVar, Unpack
 
 from .backends.base import CUR_RETRY, ITEM_STATE, Task
 from .batch import BatchStats, run_batch
@@ -131,10 +131,13 @@ class BatchNode(Node):
 
     ``post`` gets the list of results in input order. The ``BatchOptions``, by keyword, by class
     attribute on a subclass, or by ``use_backend``: ``backend`` ("sequential", "thread",
-    "process", "dask", or a ``Backend``), ``workers``, ``chunksize``, ``timeout`` (seconds per
-    item attempt), ``on_error`` ("raise" or "collect") and ``progress``. ``batch_stats``
-    describes the last run.
+    "process", "dask", "auto", or a ``Backend``), ``workers``, ``chunksize``, ``timeout``
+    (seconds per item attempt), ``on_error`` ("raise" or "collect") and ``progress``.
+    ``batch_stats`` describes the last run.
     """
+
+    releases_gil: ClassVar[bool] = False  # True: exec's heavy work releases the GIL (numpy,
+    # pyarrow, Pillow), so backend="auto" runs it on threads rather than processes
 
     @shows_option_keywords
     def __init__(
@@ -147,7 +150,8 @@ class BatchNode(Node):
         self.batch_stats = BatchStats()
 
     def _exec(self, items: Iterable[Any] | None) -> list[Any]:
-        return run_batch(self, NodeTask(self), items or [], resolve_options(self))
+        items = items or []
+        return run_batch(self, NodeTask(self), items, resolve_options(self, items))
 
 
 class NodeTask(Task):

@@ -7,6 +7,10 @@ Each option (``BatchOptions``) is resolved on its own, most specific first::
     with use_backend("process", workers=2):   scoped default (a ContextVar, safe in asyncio tasks)
     "sequential"                              when nothing is set
 
+``backend="auto"`` lets batchcore choose per batch (``choose_backend``): sequential for a batch
+of one item, threads when the node says its work releases the GIL (``releases_gil``), processes
+for per-item Python work.
+
 ``resolve_options`` turns them into a ``BatchPlan``: the backend object and what ``run_batch``
 passes to its ``map``. Inside a worker, every batch runs sequentially so nested parallel nodes
 never oversubscribe the machine.
@@ -15,7 +19,7 @@ never oversubscribe the machine.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -29,21 +33,24 @@ from .errors import check_positive_int
 __all__ = [
     "OPTION_NAMES",
     "BatchOptions",
+    "AUTO",
     "BatchPlan",
     "check_options",
+    "choose_backend",
     "resolve_options",
     "shows_option_keywords",
     "use_backend",
 ]
 
 ON_ERROR_CHOICES = ("collect", "raise")
+AUTO = "auto"  # not a backend: the choice of one, made per batch
 
 
 class BatchOptions(TypedDict, total=False):
     """The options that choose how a batch runs: keywords of ``BatchNode``, ``BatchFlow`` and
     ``use_backend``, and class attributes of their subclasses. ``None`` means "not set here"."""
 
-    backend: str | Backend | None  # a registered name or a Backend instance
+    backend: str | Backend | None  # a registered name, "auto", or a Backend instance
     workers: int | None  # workers of the backend named by ``backend``
     chunksize: int | None  # items per job (default: sized from the measured time per item)
     timeout: float | None  # seconds per item attempt (thread, process and Dask backends)
@@ -83,7 +90,8 @@ def check_options(options: dict[str, Any], where: str) -> BatchOptions:
     if backend is not None and not isinstance(backend, Backend):
         if not isinstance(backend, str):
             raise TypeError(f"backend must be a name or a Backend, got {backend!r}")
-        check_backend_name(backend)
+        if backend != AUTO:
+            check_backend_name(backend)
     for name in ("workers", "chunksize"):
         if name in checked:
             check_positive_int(name, checked[name])
@@ -111,6 +119,7 @@ class BatchPlan:
     timeout: float | None
     fail_fast: bool
     progress: bool
+    reason: str = ""  # why this backend, when batchcore chose it (backend="auto")
 
 
 _SCOPE: ContextVar[BatchOptions] = ContextVar("batchcore_options")  # unset: read with .get({})
@@ -158,18 +167,22 @@ def class_options(node: object) -> BatchOptions:
     return check_options(found, f"{cls.__name__} class attributes")
 
 
-def resolve_options(node: object) -> BatchPlan:
-    """Decide how ``node`` runs its batch now: keywords over class attributes over the
-    ``use_backend`` scope over defaults."""
+def resolve_options(node: object, items: Iterable[Any] | None = None) -> BatchPlan:
+    """Decide how ``node`` runs its batch of ``items`` now: keywords over class attributes over
+    the ``use_backend`` scope over defaults."""
     unset: BatchOptions = {}
     keywords: BatchOptions = getattr(node, "_batch_options", unset)  # checked by the constructor
     options: BatchOptions = {**_SCOPE.get({}), **class_options(node), **keywords}
     chosen = options.get("backend")
     backend: Backend
+    reason = ""
     if in_worker():
         backend = get_backend("sequential")
     elif isinstance(chosen, Backend):
         backend = chosen
+    elif chosen == AUTO:
+        name, reason = choose_backend(node, items)
+        backend = get_backend(name, options.get("workers"))
     else:
         backend = get_backend(chosen or "sequential", options.get("workers"))
     return BatchPlan(
@@ -178,4 +191,23 @@ def resolve_options(node: object) -> BatchPlan:
         timeout=options.get("timeout"),
         fail_fast=options.get("on_error", "raise") == "raise",
         progress=bool(options.get("progress")),
+        reason=reason,
     )
+
+
+def choose_backend(node: object, items: Iterable[Any] | None) -> tuple[str, str]:
+    """What ``backend="auto"`` runs ``node``'s batch on, and why (for summaries and logs).
+
+    One item has nothing to share out. Work that releases the GIL (pyarrow, numpy, Pillow: the
+    node's class says so with ``releases_gil = True``) runs on threads, which start at once and
+    copy nothing; any other work is per-item Python, which only processes run in parallel.
+    """
+    try:
+        count: int | None = len(items)  # type: ignore[arg-type]
+    except TypeError:  # a generator (or no items yet): its length is not known
+        count = None
+    if count is not None and count < 2:
+        return "sequential", f"auto: {count} item{'' if count == 1 else 's'}, nothing to share"
+    if getattr(type(node), "releases_gil", False):
+        return "thread", f"auto: {type(node).__name__}'s work releases the GIL"
+    return "process", "auto: per-item Python work"

@@ -91,7 +91,7 @@ def test_table_output(capsys: pytest.CaptureFixture[str]) -> None:
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0].startswith(f"{SALES}: 5,000 rows in ")
-    assert lines[0].endswith("(sequential backend)")
+    assert lines[0].endswith("(sequential backend, auto: 1 item, nothing to share)")
     table = [line.split() for line in lines if line.strip()][1:]
     assert table[0] == ["column", "sum", "count", "mean", "min", "max"]
     frame = pd.read_csv(SALES)

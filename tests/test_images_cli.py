@@ -70,6 +70,7 @@ def test_json_is_one_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "seconds",
         "jobs_per_second",
         "backend",
+        "backend_reason",
         "workers",
         "out",
     }

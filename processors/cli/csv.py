@@ -191,10 +191,11 @@ def run_csv_stats(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - began
     if args.json:
         report = stats.as_json()
-        report.update(backend=args.backend, seconds=round(seconds, 6))
+        report.update(backend=stats.backend, backend_reason=stats.backend_reason)
+        report["seconds"] = round(seconds, 6)
         print(json.dumps(finite(report), allow_nan=False, default=str))
     else:
-        print(format_csv_stats(stats, seconds, args.backend))
+        print(format_csv_stats(stats, seconds, stats.backend, stats.backend_reason))
     print_skipped(args.path, stats.skipped_lines)
     return EXIT_OK
 
@@ -221,10 +222,11 @@ def finite(value: Any) -> Any:
     return value
 
 
-def format_csv_stats(stats: Any, seconds: float, backend: str) -> str:
+def format_csv_stats(stats: Any, seconds: float, backend: str, reason: str = "") -> str:
     """The human-readable ``csv stats`` output: a summary line and aligned tables."""
+    why = f", {reason}" if reason else ""
     lines = [
-        f"{stats.path}: {stats.rows:,} rows in {seconds:.2f} s ({backend} backend)"
+        f"{stats.path}: {stats.rows:,} rows in {seconds:.2f} s ({backend} backend{why})"
         + skipped_note(stats.skipped_rows)
     ]
     rows: list[list[str]] = []

@@ -145,7 +145,8 @@ def run_images_command(args: argparse.Namespace) -> int:
         print(
             f"{args.out}: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped "
             f"in {summary.seconds:.2f} s ({summary.jobs_per_second:.1f} jobs/s, "
-            f"{summary.backend} backend, {summary.workers} worker{plural})"
+            f"{summary.backend} backend, {summary.workers} worker{plural}"
+            + (f", {summary.backend_reason})" if summary.backend_reason else ")")
         )
     return EXIT_FAILED if summary.failed else EXIT_OK
 

@@ -28,9 +28,10 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("batch options")
     group.add_argument(
         "--backend",
-        choices=batchcore.available_backends(),
-        default="sequential",
-        help="where chunks run (default: %(default)s)",
+        choices=["auto", *batchcore.available_backends()],
+        default="auto",
+        help="where chunks run (default: %(default)s: sequential for one range or image, "
+        "else threads, since parsing and filtering release the GIL)",
     )
     group.add_argument(
         "--workers", type=positive_int, metavar="N", help="workers (default: one per CPU)"

@@ -81,6 +81,8 @@ class CsvStats:
     groups: dict[Any, GroupStats] = field(default_factory=dict)
     skipped_rows: int = 0
     skipped_lines: list[int] = field(default_factory=list)
+    backend: str = ""  # the backend the ranges ran on
+    backend_reason: str = ""  # why, when batchcore chose it (backend="auto")
 
     def as_json(self) -> dict[str, Any]:
         """The CLI's ``--json`` object: ``rows``, ``sum``, ``groups`` (and more detail)."""
@@ -198,6 +200,8 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
 class StatsNode(CSVBatchNode):
     """Per range: row count and column statistics (and per group); ``post`` merges them in order."""
 
+    releases_gil = True  # pyarrow parses and numpy sums without the GIL: auto picks threads
+
     def __init__(
         self, path: str | None, sums: Sequence[str], group_by: str | None = None, **options: Any
     ) -> None:
@@ -249,6 +253,8 @@ class StatsNode(CSVBatchNode):
                 stats.groups.setdefault(key, GroupStats()).merge(group)
         stats.skipped_rows = self.csv_report.skipped
         stats.skipped_lines = list(self.csv_report.skipped_lines)
+        stats.backend = self.batch_stats.backend
+        stats.backend_reason = self.batch_stats.reason
         shared["csv_stats"] = stats
         return "done"
 
@@ -280,6 +286,8 @@ SUCCESS = "_SUCCESS"
 
 class ParquetNode(CSVBatchNode):
     """Writes each range as one Parquet part, atomically (hidden temporary name, then rename)."""
+
+    releases_gil = True  # parsing and Parquet encoding run in pyarrow's C++, without the GIL
 
     def __init__(
         self, path: str | None, out_dir: str, overwrite: bool = False, **options: Any

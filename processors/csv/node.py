@@ -23,7 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from batchcore import Backend, BatchNode, Node
-from batchcore.options import resolve_options as resolve_settings
+from batchcore.options import resolve_options
 
 from ..errors import CsvFormatError
 from .read import (
@@ -202,7 +202,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             # Phase 1, on this node's backend: quote counts per block; an odd total is an
             # unterminated quote, reported before anything tries to read past it.
             spans = blocks(data_start, size, options.chunk_bytes)
-            backend = resolve_settings(self).backend
+            backend = resolve_options(self, spans).backend  # about one range per block
             if len(spans) > 1 and (quote is not None or lines) and _warm(backend):
                 shared: dict[str, Any] = {}
                 _ScanBlocks(path, quote, lines, spans, backend).run(shared)

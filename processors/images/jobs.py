@@ -190,6 +190,8 @@ class ImageJobsNode(BatchNode):
     writes every result, in job order, to ``shared["image_results"]``.
     """
 
+    releases_gil = True  # Pillow decodes, filters and encodes without the GIL: auto picks threads
+
     on_error = "collect"
     progress_unit = "job"
 
@@ -314,6 +316,8 @@ class ImageBatchFlow(BatchFlow):
     ``start`` defaults to ``create_base_flow(max_pixels, quality)``. A failing run fails only
     its job; ``post`` writes every result, in job order, to ``shared["image_results"]``.
     """
+
+    releases_gil = True  # as ImageJobsNode: the sub-flows' work is Pillow's
 
     shared_outputs = ()  # the decoded images are scratch keys: they never leave the worker
     on_error = "collect"
@@ -466,6 +470,7 @@ class ImagesSummary:
     seconds: float
     backend: str = ""
     workers: int = 0
+    backend_reason: str = ""  # why this backend, when batchcore chose it (backend="auto")
 
     @property
     def ok(self) -> int:
@@ -490,6 +495,7 @@ class ImagesSummary:
             "jobs_per_second": round(self.jobs_per_second, 3),
             "backend": self.backend,
             "workers": self.workers,
+            "backend_reason": self.backend_reason,
         }
 
 
@@ -536,4 +542,5 @@ def run_images(
         seconds=time.perf_counter() - began,
         backend=stats.backend,
         workers=stats.workers,
+        backend_reason=stats.reason,
     )
