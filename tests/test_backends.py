@@ -127,12 +127,36 @@ def test_fixed_chunksize_is_respected(parallel_backend: str) -> None:
     assert sizes == [10] * 9 + [5]
 
 
+class NeverRunBefore(Square):
+    """A class no batch has run yet, so no chunk size was learned for it."""
+
+
+class RunOnThreads(Square):
+    """A class the chunk-size test runs twice, with a fresh node each time."""
+
+
+class RunInProcesses(Square):
+    """The same, for the process backend (what a class learned is shared by every backend)."""
+
+
 def test_adaptive_chunks_grow_for_tiny_items() -> None:
     backend = get_backend("process", 2)
-    sizes = [len(c.items) for c in backend.map(NodeTask(Square()), range(50_000))]
+    sizes = [len(c.items) for c in backend.map(NodeTask(NeverRunBefore()), range(50_000))]
     assert sizes[0] == 1
     assert max(sizes) > 1000
     assert sum(sizes) == 50_000
+
+
+@pytest.mark.parametrize("name", ["thread", "process"])
+def test_a_fresh_node_starts_at_the_chunk_size_its_class_learned(name: str) -> None:
+    backend = get_backend(name, 2)
+    node_class = RunOnThreads if name == "thread" else RunInProcesses
+    first = [len(c.items) for c in backend.map(NodeTask(node_class()), range(50_000))]
+    fresh = [len(c.items) for c in backend.map(NodeTask(node_class()), range(50_000))]
+    assert first[0] == 1
+    assert fresh[0] > 100  # not one item a job again: the class's per-item cost is known
+    assert sum(fresh) == 50_000
+    assert fresh[0] <= 50_000 // (4 * 2)  # still at least four jobs per worker
 
 
 def test_node_travels_once_per_worker_per_batch(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ import math
 import operator
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
@@ -172,7 +172,8 @@ class ChunkSizer:
         self.cap = min(MAX_ITEMS, max(1, math.ceil(total / (4 * workers))) if total else MAX_ITEMS)
         self.size = 1
         self.seconds_per_item: float | None = None
-        self.bytes_per_item = 0.0
+        self.bytes_per_item = 0.0  # pickled input, for the read-ahead window's byte budget
+        self.message_bytes = 0.0  # the larger of input and result, per item
 
     def next_size(self) -> int:
         return self.fixed or self.size
@@ -186,13 +187,41 @@ class ChunkSizer:
             self.seconds_per_item = per_item
         else:
             self.seconds_per_item = 0.5 * self.seconds_per_item + 0.5 * per_item
-        ideal = self.target_seconds / self.seconds_per_item
         if payload_size:
             self.bytes_per_item = payload_size / count
-        message_bytes = max(payload_size, result_size) / count
-        if message_bytes:
-            ideal = min(ideal, TARGET_BYTES / message_bytes)
-        self.size = round(max(1, min(ideal, self.size * 8, self.cap)))
+        self.message_bytes = max(payload_size, result_size) / count
+        self.size = round(max(1, min(self.ideal(), self.size * 8, self.cap)))
+
+    def ideal(self) -> float:
+        """Items per job for ``target_seconds`` of work, and at most ``TARGET_BYTES`` a message."""
+        assert self.seconds_per_item is not None
+        ideal = self.target_seconds / self.seconds_per_item
+        if self.message_bytes:
+            ideal = min(ideal, TARGET_BYTES / self.message_bytes)
+        return ideal
+
+    def recall(self, key: str) -> None:
+        """Start from what earlier batches of the same task learned, not from one item a job:
+        a fresh node of a known class runs at its warmed per-item cost from its first job."""
+        learned = _LEARNED.get(key)
+        if self.fixed or learned is None:
+            return
+        self.seconds_per_item, self.bytes_per_item, self.message_bytes = learned
+        self.size = round(max(1, min(self.ideal(), self.cap)))
+
+    def remember(self, key: str) -> None:
+        """Keep what this batch learned for the next batch of the same task."""
+        if self.fixed or self.seconds_per_item is None:
+            return
+        _LEARNED[key] = (self.seconds_per_item, self.bytes_per_item, self.message_bytes)
+        _LEARNED.move_to_end(key)
+        while len(_LEARNED) > LEARNED_TASKS:
+            _LEARNED.popitem(last=False)
+
+
+# What batches learned about each task (seconds and bytes per item), by task label; bounded.
+_LEARNED: OrderedDict[str, tuple[float, float, float]] = OrderedDict()
+LEARNED_TASKS = 256
 
 
 def known_length(items: Iterable[Any]) -> int | None:
@@ -257,6 +286,7 @@ class OrderedRun:
         self.fail_fast = fail_fast
         self.source = iter(items)
         self.sizer = ChunkSizer(chunksize, workers, known_length(items), transport.target_seconds)
+        self.sizer.recall(task.label)
         self.exhausted = False
         self.next_index = 0  # index of the next item to read from the source
         self.retry: list[Job] = []  # jobs to run before new ones: crashed items, bystanders
@@ -285,6 +315,7 @@ class OrderedRun:
                         return
                 if self.exhausted and self.outstanding == 0:
                     self.transport.end(clean=True)
+                    self.sizer.remember(self.task.label)
                     return
                 self.dispatch()
                 if self.exhausted and self.outstanding == 0:
