@@ -267,6 +267,7 @@ def report(
         "",
     ]
     head = ["engine", "wall s (min-max)", "job s", "start-up s", "CPU s", "peak tree RSS MiB"]
+    head += ["others' cores"]
     head += ["x bc sequential", "x bc process"]
     rows = []
     for engine, cell in cells.items():
@@ -282,6 +283,7 @@ def report(
                 fmt(cell.median("startup")),
                 fmt(cell.median("cpu_seconds")),
                 fmt(cell.peak(), 0),
+                fmt(cell.median("other_cores"), 1),
                 times(ratio(cells, "sequential", engine)),
                 times(ratio(cells, "process", engine)),
             ]
@@ -297,7 +299,8 @@ def report(
         "included. Start-up: `Pool()` / `LocalCluster` + `wait_for_workers` (batchcore starts "
         "its pool inside the job, while the parent splits the file). CPU: user + system seconds "
         "of the child and the workers it reaped (Dask's workers are reaped by its nanny "
-        "processes, so they count too). `x ENGINE`: that engine's median wall / this row's.",
+        "processes, so they count too). `x ENGINE`: that engine's median wall / this row's. "
+        "Others' cores: how many cores other processes on the machine kept busy during the run (median): the machine is shared.",
     ]
     if problems:
         lines += ["", "## Errors and mismatches", "", *[f"- {p}" for p in problems]]

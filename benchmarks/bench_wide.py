@@ -353,7 +353,7 @@ def file_table(
 ) -> list[str]:
     engines = [e for e in ENGINES if (*where, e) in cells]
     bases = [b for b in RATIO_BASES if b in engines]
-    head = ["engine", "wall s (min-max)", "job s", "CPU s", "peak tree RSS MiB"]
+    head = ["engine", "wall s (min-max)", "job s", "CPU s", "peak tree RSS MiB", "others' cores"]
     head += [
         f"x {ENGINES[b].split(' ')[0] if b != 'sequential' else 'bc sequential'}" for b in bases
     ]
@@ -366,7 +366,7 @@ def file_table(
             fmt(cell.median()),
             fmt(cell.median("cpu_seconds")),
         ]
-        row.append(fmt(cell.peak(), 0))
+        row += [fmt(cell.peak(), 0), fmt(cell.median("other_cores"), 1)]
         row += [times(speedup_over(cells, where, b, engine)) for b in bases]
         rows.append(row)
     return table(head, rows)
@@ -475,7 +475,8 @@ def report(
         "system seconds of the child and the workers it reaped. Peak tree RSS: the highest sum "
         "of the RSS of the child and all its descendants, sampled every "
         f"{args.interval * 1000:.0f} ms. `x ENGINE`: that engine's median wall / this row's "
-        "(above 1.00x: this row is faster).",
+        "(above 1.00x: this row is faster). Others' cores: how many cores other "
+        "processes on the machine kept busy during the run (median): the machine is shared.",
         "",
         "## How each engine runs",
         "",
