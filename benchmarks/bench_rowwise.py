@@ -300,7 +300,8 @@ def report(
         "its pool inside the job, while the parent splits the file). CPU: user + system seconds "
         "of the child and the workers it reaped (Dask's workers are reaped by its nanny "
         "processes, so they count too). `x ENGINE`: that engine's median wall / this row's. "
-        "Others' cores: how many cores other processes on the machine kept busy during the run (median): the machine is shared.",
+        "Others' cores: how many cores other processes on the machine kept busy during the run "
+        "(median): the machine is shared.",
     ]
     if problems:
         lines += ["", "## Errors and mismatches", "", *[f"- {p}" for p in problems]]
