@@ -292,6 +292,8 @@ class Run:
     result: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     other_cores: float = math.nan  # cores other processes on the machine kept busy meanwhile
+    cpu_seconds: float = math.nan  # the child's CPU, with the workers it reaped (user + system)
+    report: dict[str, Any] = field(default_factory=dict)  # the child's whole JSON line
     error: str = ""
 
 
@@ -373,6 +375,7 @@ def run_child(
         command = [sys.executable, "-c", LAUNCHER, *command]
     run = Run()
     busy, mine = cpu_in_use()
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     began = time.perf_counter()
     child = subprocess.Popen(
         command,
@@ -398,6 +401,8 @@ def run_child(
             kill_leftovers(sampler.sample.processes, child.pid)
         raise
     run.wall = time.perf_counter() - began
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run.cpu_seconds = after.ru_utime + after.ru_stime - reaped.ru_utime - reaped.ru_stime
     if sampler is not None:
         run.tree = sampler.sample
         stray = kill_leftovers(run.tree.processes, child.pid)
@@ -412,7 +417,8 @@ def run_child(
         except (IndexError, ValueError):
             run.error = f"no JSON report: {(err.strip() or out.strip())[-800:]}"
         else:
-            run.seconds = report["seconds"]
+            run.report = report
+            run.seconds = report.get("seconds", math.nan)
             run.startup = report.get("startup", 0.0)
             run.maxrss_mib = report.get("maxrss_mib", math.nan)
             run.result = report.get("result", {})
@@ -618,6 +624,46 @@ def sampler_line(cells: Iterable[Cell], interval: float, parent_cpu: float) -> s
         f"({100 * sampler_cpu / max(child_wall, 1e-9):.1f}% of a core); parent CPU "
         f"{parent_cpu:.1f} s"
     )
+
+
+def bar_chart(
+    path: Path,
+    panels: Mapping[str, Mapping[str, float]],
+    xlabel: str,
+    marks: Mapping[str, float] | None = None,
+) -> str:
+    """Horizontal bars, one panel per table (``{panel title: {bar label: value}}``), saved as a
+    PNG beside the results file; ``marks`` draws a dashed line per panel (e.g. a target).
+    Returns a line for the results file (why there is no chart, if matplotlib is missing)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "- Chart: not drawn (matplotlib is not installed)"
+    shown = {title: bars for title, bars in panels.items() if bars}
+    if not shown:
+        return "- Chart: nothing to draw"
+    height = 1.2 + 0.35 * max(len(bars) for bars in shown.values())
+    figure, axes = plt.subplots(1, len(shown), figsize=(6.5 * len(shown), height), squeeze=False)
+    for ax, (title, bars) in zip(axes[0], shown.items(), strict=True):
+        names = list(bars)
+        values = [0.0 if math.isnan(v) else v for v in bars.values()]
+        ax.barh(names, values, color="tab:blue")
+        for y, value in enumerate(values):
+            ax.text(value, y, f" {value:.2f}", va="center", fontsize=8)
+        if marks and title in marks:
+            ax.axvline(marks[title], linestyle="--", color="gray")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.invert_yaxis()
+        ax.margins(x=0.15)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return f"- Chart: [{path.name}]({path.name})"
 
 
 def write_report(path: Path, text: str) -> None:
