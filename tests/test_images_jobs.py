@@ -536,6 +536,7 @@ def test_summary_json() -> None:
         "jobs_per_second": 4.0,
         "backend": "thread",
         "workers": 2,
+        "backend_reason": "",
     }
 
 
