@@ -89,7 +89,7 @@ class ProcessWorker(WorkerState):
         self.pipe_capacity = pipe_capacity  # of the task pipe: what can_queue may send at once
         self.output: Output = []  # lines printed by the job it runs, so far
 
-    @property  # type: ignore[override]
+    @property
     def ident(self) -> int | None:
         """The pid; a forked worker's is known once the zygote has reported the fork."""
         return self.proc.pid

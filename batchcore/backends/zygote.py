@@ -71,9 +71,7 @@ PID_WAIT = 60.0  # seconds to wait for a fork asked for while the zygote still i
 
 def available() -> bool:
     """A zygote needs fork, pidfds (Linux 5.3+) and fd passing; elsewhere workers are spawned."""
-    return all(hasattr(os, name) for name in ("fork", "pidfd_open")) and hasattr(
-        socket, "send_fds"
-    )
+    return all(hasattr(os, name) for name in ("fork", "pidfd_open")) and hasattr(socket, "send_fds")
 
 
 def thread_count() -> int:
@@ -124,7 +122,7 @@ def serve(sock_fd: int, preload: list[str]) -> tuple[int, int, int]:
                     sock.send(pickle.dumps(("preloaded",)))
             for fd, events in ready:
                 if fd == wake_r:
-                    while os.read(wake_r, 512) == 512:
+                    while len(os.read(wake_r, 512)) == 512:
                         pass
                     _reap(sock)
                     continue
