@@ -38,7 +38,9 @@ def one_thread_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def wait_preloaded(pool: ProcessPool) -> None:
+    """Wait until the zygote has imported all it preloads (it starts after the first batch)."""
     assert pool.zygote is not None
+    pool.zygote.preload()
     deadline = time.monotonic() + 60
     while not pool.zygote.preloaded and time.monotonic() < deadline:
         pool.zygote.pump(1)

@@ -368,6 +368,8 @@ class ProcessPool(Transport):
         self.retire(worker)
 
     def end(self, clean: bool) -> None:
+        if self.zygote is not None:
+            self.zygote.preload()
         if clean:
             return
         busy = [worker for worker in self.workers if worker.jobs]

@@ -9,6 +9,7 @@ thread pools limited and left unstarted), then forks a worker for each request. 
       |-- subprocess --> zygote   (one per pool; single-threaded, checked before every fork)
       |     socketpair (SOCK_SEQPACKET):
       |       parent -> zygote   b"fork" + SCM_RIGHTS [task_r, result_w, slot_fd]
+      |                          | b"preload"   (the first batch is done: import the rest)
       |       zygote -> parent   ("forked", pid) + SCM_RIGHTS [pidfd]  |  ("refused", why)
       |                          | ("preloaded",)   (every library of PRELOAD imported)
       |                          | ("exit", pid, exitcode)   (the zygote reaps its children)
@@ -41,8 +42,9 @@ from collections import deque
 from types import FrameType
 
 # What the zygote imports, in order; each is optional (a missing one is skipped). Those before
-# "" are imported before the first fork, the rest only while no fork request waits: pandas
-# takes over a second to import here, and most jobs (the CSV ones) do not need it.
+# "" are imported before the first fork; the rest once the pool's first batch is done, while no
+# fork request waits. Importing pandas and Pillow during that batch made a cold CSV run 1 s
+# slower on 2 cores (they compete with the workers), and most jobs do not need them.
 PRELOAD = (
     "batchcore.backends._worker",
     "numpy",
@@ -53,6 +55,7 @@ PRELOAD = (
     "pandas",
     "PIL.Image",
 )
+PRELOAD_ENV = "BATCHCORE_ZYGOTE_PRELOAD"  # replaces PRELOAD: names separated by ",", "" the cut
 # Arrow's bundled jemalloc starts a background purge thread at import: the zygote must stay
 # single-threaded to fork safely.
 ZYGOTE_ENV = {"JE_ARROW_MALLOC_CONF": "background_thread:false"}
@@ -100,10 +103,10 @@ def serve(sock_fd: int, preload: list[str]) -> tuple[int, int, int]:
     """Run the zygote until the parent goes. Returns only in a forked child, with its fds."""
     sock = socket.socket(fileno=sock_fd)
     try:
-        eager, _, idle = list(preload), "", []
+        eager, later, idle = list(preload), list[str](), list[str]()
         if "" in eager:
             cut = eager.index("")
-            eager, idle = eager[:cut], eager[cut + 1 :]
+            eager, later = eager[:cut], eager[cut + 1 :]
         for name in eager:
             _preload(name)
         wake_r, wake_w = os.pipe()
@@ -127,7 +130,11 @@ def serve(sock_fd: int, preload: list[str]) -> tuple[int, int, int]:
                     _reap(sock)
                     continue
                 fds = _fork_request(sock, events)
-                if fds is not None:  # the child: leave the zygote's loop behind
+                if fds == ():
+                    idle, later = later, []
+                    if not idle:
+                        sock.send(pickle.dumps(("preloaded",)))
+                elif len(fds or ()) == 3:  # the child: leave the zygote's loop behind
                     signal.set_wakeup_fd(-1)
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                     for own in (wake_r, wake_w):
@@ -136,7 +143,7 @@ def serve(sock_fd: int, preload: list[str]) -> tuple[int, int, int]:
                     numpy_random = sys.modules.get("numpy.random")
                     if numpy_random is not None:  # else every worker draws the same numbers
                         numpy_random.seed()
-                    return fds
+                    return fds  # type: ignore[return-value]  # three fds, as checked
     except OSError:
         pass  # the parent is gone (the socket broke): nobody to tell
     except BaseException:
@@ -144,11 +151,14 @@ def serve(sock_fd: int, preload: list[str]) -> tuple[int, int, int]:
     os._exit(0)
 
 
-def _fork_request(sock: socket.socket, events: int) -> tuple[int, int, int] | None:
-    """Serve one request: fork a worker; the child gets its fds back, the zygote ``None``."""
+def _fork_request(sock: socket.socket, events: int) -> tuple[int, int, int] | tuple[()] | None:
+    """Serve one request: fork a worker; the child gets its fds back, the zygote ``None``
+    (``()`` for a request to import the rest of its preload list)."""
     data, fds, _, _ = socket.recv_fds(sock, MESSAGE_BYTES, 3)
     if not data or events & select.POLLHUP:  # the parent closed the pool (or died): no more work
         os._exit(0)
+    if data == b"preload":
+        return ()
     threads = thread_count()
     if threads != 1 or threading.active_count() != 1:
         for fd in fds:
@@ -180,6 +190,11 @@ def _reap(sock: socket.socket) -> None:
 # --- the parent's side ----------------------------------------------------------------------
 
 
+def _preload_list() -> tuple[str, ...]:
+    names = os.environ.get(PRELOAD_ENV)
+    return PRELOAD if names is None else tuple(name.strip() for name in names.split(","))
+
+
 class ZygoteGone(Exception):
     """The zygote refused a fork or died: start workers directly."""
 
@@ -199,7 +214,14 @@ class Zygote:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", BOOT, str(theirs.fileno()), boot, *(preload or PRELOAD)],
+                [
+                    sys.executable,
+                    "-c",
+                    BOOT,
+                    str(theirs.fileno()),
+                    boot,
+                    *(preload or _preload_list()),
+                ],
                 pass_fds=(theirs.fileno(),),
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -208,6 +230,7 @@ class Zygote:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             theirs.close()
         self.alive = True
+        self.asked = False  # to preload the rest
         self.preloaded = False  # everything in PRELOAD imported: forks are as fast as they get
         self.why = ""  # why it is no longer used
         self.pending: deque[ForkedProcess] = deque()  # asked for, pid not yet known
@@ -227,6 +250,16 @@ class Zygote:
             child = ForkedProcess(self)
             self.pending.append(child)
             return child
+
+    def preload(self) -> None:
+        """Let the zygote import the rest of its preload list (once; the first batch is done)."""
+        with self.lock:
+            if self.alive and not self.asked:
+                self.asked = True
+                try:
+                    self.sock.send(b"preload")
+                except OSError:
+                    pass  # it is gone: the next fork finds out
 
     def pump(self, timeout: float) -> bool:
         """Handle one message from the zygote, waiting up to ``timeout`` s; False if none came."""
