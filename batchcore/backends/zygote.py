@@ -42,9 +42,9 @@ from collections import deque
 from types import FrameType
 
 # What the zygote imports, in order; each is optional (a missing one is skipped). Those before
-# "" are imported before the first fork; the rest once the pool's first batch is done, while no
-# fork request waits. Importing pandas and Pillow during that batch made a cold CSV run 1 s
-# slower on 2 cores (they compete with the workers), and most jobs do not need them.
+# "" are imported before the first fork; the rest a second after the pool's first batch is done,
+# while no fork request waits. Importing pandas and Pillow during that batch, or right after it,
+# made a cold CSV run 1 s (or 0.45 s) slower on 2 cores, and most jobs do not need them.
 PRELOAD = (
     "batchcore.backends._worker",
     "numpy",
@@ -68,6 +68,7 @@ BOOT = (
     "from batchcore.backends.zygote import serve; boot = sys.argv[2]; "
     "sys.argv[1:] = [str(fd) for fd in serve(int(sys.argv[1]), sys.argv[3:])]; exec(boot)"
 )
+LATER_DELAY = 1.0  # seconds after the first batch before importing the rest: a CLI is gone by then
 MESSAGE_BYTES = 4096
 PID_WAIT = 60.0  # seconds to wait for a fork asked for while the zygote still imports
 
@@ -104,6 +105,7 @@ def serve(sock_fd: int, preload: list[str]) -> tuple[int, int, int]:
     sock = socket.socket(fileno=sock_fd)
     try:
         eager, later, idle = list(preload), list[str](), list[str]()
+        later_at: float | None = None  # when to move ``later`` to ``idle``
         if "" in eager:
             cut = eager.index("")
             eager, later = eager[:cut], eager[cut + 1 :]
@@ -118,7 +120,10 @@ def serve(sock_fd: int, preload: list[str]) -> tuple[int, int, int]:
         poller.register(sock, select.POLLIN)
         poller.register(wake_r, select.POLLIN)
         while True:
-            ready = poller.poll(0 if idle else None)
+            wait_ms = None if later_at is None else max(0, (later_at - time.monotonic()) * 1000)
+            ready = poller.poll(0 if idle else wait_ms)
+            if later_at is not None and time.monotonic() >= later_at:
+                idle, later, later_at = later, [], None
             if not ready and idle:
                 _preload(idle.pop(0))
                 if not idle:
@@ -131,9 +136,10 @@ def serve(sock_fd: int, preload: list[str]) -> tuple[int, int, int]:
                     continue
                 fds = _fork_request(sock, events)
                 if fds == ():
-                    idle, later = later, []
-                    if not idle:
+                    if not later:
                         sock.send(pickle.dumps(("preloaded",)))
+                    elif later_at is None:
+                        later_at = time.monotonic() + LATER_DELAY
                 elif len(fds or ()) == 3:  # the child: leave the zygote's loop behind
                     signal.set_wakeup_fd(-1)
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -295,16 +301,14 @@ class Zygote:
             child.abandoned = True
         self.pending.clear()
 
-    def close(self, grace: float = 0.2) -> None:
-        """End the zygote (closing its socket tells it to exit) and reap it."""
+    def close(self) -> None:
+        """End the zygote and reap it. SIGKILL: it holds no work, its workers are reaped or live
+        on by themselves, and it may be in the middle of a long import."""
         with self.lock:
             self.lost("the pool closed")
             self.sock.close()
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:  # still importing: nothing of value left to finish
-            self.proc.kill()
-            self.proc.wait()
+        self.proc.kill()
+        self.proc.wait()
 
 
 class ForkedProcess:
