@@ -21,8 +21,10 @@ thread pools limited and left unstarted), then forks a worker for each request. 
 The zygote closes its copies of a worker's fds right after the fork, so only the parent and that
 worker hold its pipes: a worker sees the parent die by the hang-up of its task pipe, as before,
 and the zygote by the end of its socket. Signals go to a worker through its pidfd (no pid reuse
-race); its exit code comes from the zygote. The zygote ignores SIGINT and exits without a word
-when the parent goes. If it refuses a fork or dies, the pool starts workers directly instead.
+race); its exit code comes from the zygote (``None``, "unknown", for a worker that outlives a
+zygote that died). The zygote ignores SIGINT, exits without a word when the parent goes, and is
+killed when the pool closes (its workers are reaped by then). If it refuses a fork or dies, the
+pool starts workers directly instead. Workers forked from one zygote share its hash seed.
 """
 
 from __future__ import annotations
