@@ -62,14 +62,16 @@ def parallel_backend(request: pytest.FixtureRequest) -> str:
 
 
 def pool_worker_pids() -> set[int]:
-    """Pids of the warm workers that live backends keep on purpose (process pools, and the
-    processes of a Dask LocalCluster a Dask backend started)."""
+    """Pids of the warm workers that live backends keep on purpose (process pools and their
+    zygotes, and the processes of a Dask LocalCluster a Dask backend started)."""
     pids: set[int] = set()
     live = list(base._LIVE)
     for backend in live:
         if backend.name == "process":
             for pool in backend._idle:  # type: ignore[attr-defined]
                 pids.update(worker.proc.pid for worker in pool.workers)
+                if pool.zygote is not None:  # the fork server that starts its workers
+                    pids.add(pool.zygote.proc.pid)
     if HAS_DASK:
         if any(getattr(b, "_cluster", None) is not None for b in live if b.name == "dask"):
             for child in psutil.Process().children(recursive=True):

@@ -11,11 +11,18 @@ a small shared-memory slot. They do not re-import the user's ``__main__``: code 
 sent by value with cloudpickle, so scripts, ``python -c`` and notebooks all work without an
 ``if __name__ == "__main__"`` guard. BLAS, OpenMP and Arrow thread pools in workers are limited to
 their share of the CPUs.
+
+Workers after the first start in milliseconds: each pool has a zygote (``zygote.py``), itself a
+fresh interpreter started with ``subprocess``, that imports numpy, pyarrow, pandas and Pillow once
+and forks workers from a single-threaded state. The parent never forks. Without a zygote (not
+Linux, more than one BLAS thread per worker, ``BATCHCORE_ZYGOTE=0``, or after it refused a fork
+or died) workers are spawned directly as above.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import mmap
 import os
 import pickle
@@ -31,6 +38,10 @@ from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
 from .ordered import Died, Done, Job, PooledBackend, Transport, WorkerState
 from .streams import Output, write_out
 from .wire import SLOT_SIZE, SlotStruct, forward_record, log_levels, pickle_task, unpack
+from .zygote import ForkedProcess, Zygote, ZygoteGone, available
+
+log = logging.getLogger("batchcore")
+ZYGOTE_SWITCH = "BATCHCORE_ZYGOTE"  # "0": always spawn workers directly
 
 THREAD_LIMIT_VARS = (
     "OMP_NUM_THREADS",  # also read by pyarrow's CPU pool
@@ -55,18 +66,21 @@ NODE_HINT = (
 )
 
 
+Process = subprocess.Popen[bytes] | ForkedProcess
+
+
 class ProcessWorker(WorkerState):
     """A worker process as the parent sees it: its pipes, its slot, the batch it has loaded."""
 
     def __init__(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: Process,
         inbox: Connection,
         outbox: Connection,
         memory: mmap.mmap,
         pipe_capacity: int,
     ) -> None:
-        super().__init__(ident=proc.pid, slot=SlotStruct.from_buffer(memory))
+        super().__init__(ident=None, slot=SlotStruct.from_buffer(memory))
         self.proc = proc
         self.inbox = inbox
         self.outbox = outbox
@@ -74,6 +88,15 @@ class ProcessWorker(WorkerState):
         self.batch = 0
         self.pipe_capacity = pipe_capacity  # of the task pipe: what can_queue may send at once
         self.output: Output = []  # lines printed by the job it runs, so far
+
+    @property
+    def ident(self) -> int | None:
+        """The pid; a forked worker's is known once the zygote has reported the fork."""
+        return self.proc.pid
+
+    @ident.setter
+    def ident(self, value: object) -> None:
+        pass  # WorkerState's __init__ sets it: the pid is the proc's
 
     def release(self) -> None:
         """Close our ends of the pipes and the slot (keeping the slot's last values readable)."""
@@ -120,7 +143,17 @@ def _slot_fd() -> int:
     return fd
 
 
-def _stop_processes(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
+def use_zygote(env: dict[str, str]) -> bool:
+    """Fork workers from a zygote unless it could not stay single-threaded (BLAS pools of more
+    than one thread start at import) or the platform or the user rules it out."""
+    return (
+        available()
+        and env.get(ZYGOTE_SWITCH, "1") != "0"
+        and all(env.get(name) == "1" for name in THREAD_LIMIT_VARS)
+    )
+
+
+def _stop_processes(procs: list[Process], grace: float) -> None:
     """Wait up to ``grace`` seconds for ``procs`` to exit, then SIGKILL and reap the rest."""
     deadline = time.monotonic() + grace
     for proc in procs:
@@ -144,6 +177,7 @@ class ProcessPool(Transport):
         self.startup_failures = 0
         self.closed = False
         self.workers: list[ProcessWorker] = []
+        self.zygote = Zygote(self.env, BOOT) if use_zygote(self.env) else None
         for _ in range(size):
             self.workers.append(self.spawn())
 
@@ -153,17 +187,10 @@ class ProcessPool(Transport):
         slot_fd = _slot_fd()
         capacity = _enlarge_pipe(task_w)
         _enlarge_pipe(result_w)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", BOOT, str(task_r), str(result_w), str(slot_fd)],
-                pass_fds=(task_r, result_w, slot_fd),
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-            )
             memory = mmap.mmap(slot_fd, SLOT_SIZE)
+            proc = self.start_process((task_r, result_w, slot_fd))
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             for fd in (task_r, result_w, slot_fd):
                 os.close(fd)
         worker = ProcessWorker(
@@ -178,6 +205,38 @@ class ProcessPool(Transport):
         except OSError:
             pass  # it died at once: wait() sees the hang-up and reports it
         return worker
+
+    def start_process(self, fds: tuple[int, int, int]) -> Process:
+        """A worker process that owns ``fds``: forked by the zygote, else spawned directly."""
+        if self.zygote is not None:
+            try:
+                return self.zygote.fork(fds)
+            except ZygoteGone:
+                self.drop_zygote()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return subprocess.Popen(
+                [sys.executable, "-c", BOOT, *(str(fd) for fd in fds)],
+                pass_fds=fds,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def drop_zygote(self) -> None:
+        """Say why the zygote is no longer used and end it; workers are spawned directly now."""
+        zygote, self.zygote = self.zygote, None
+        if zygote is None:
+            return
+        if not self.closed:
+            log.warning(
+                "batchcore: the process pool's zygote (pid %s) is not usable: %s; starting "
+                "workers directly from now on (slower to start)",
+                zygote.proc.pid,
+                zygote.why,
+            )
+        zygote.close()
 
     # --- the Transport interface ------------------------------------------------------------
 
@@ -280,11 +339,14 @@ class ProcessPool(Transport):
         except subprocess.TimeoutExpired:  # it closed its pipe yet lives on: not usable
             worker.proc.kill()
             exitcode = worker.proc.wait()
+        forked = isinstance(worker.proc, ForkedProcess)
+        if forked and self.zygote is not None and not self.zygote.alive:
+            self.drop_zygote()
         for stream, text in worker.output:  # what the job printed before it died
             write_out(stream, text)
         worker.output = []
         self.retire(worker)
-        if not worker.ready:
+        if not worker.ready and not (forked and worker.proc.pid is None):  # never forked
             self.startup_failures += 1
             if self.startup_failures >= 3:
                 raise WorkerStartupError(
@@ -306,6 +368,8 @@ class ProcessPool(Transport):
         self.retire(worker)
 
     def end(self, clean: bool) -> None:
+        if self.zygote is not None:
+            self.zygote.preload()
         if clean:
             return
         busy = [worker for worker in self.workers if worker.jobs]
@@ -331,6 +395,8 @@ class ProcessPool(Transport):
                 worker.proc.kill()  # still booting: it has nothing to say and nothing to finish
             worker.release()
         _stop_processes([worker.proc for worker in workers], TERMINATE_GRACE)
+        if self.zygote is not None:  # last: it reports how the workers above exited
+            self.zygote.close()
 
     def drain(self, worker: ProcessWorker, deadline: float) -> None:
         """Deliver what an idle worker still sends (lines printed, log records) until it exits."""
