@@ -1,0 +1,236 @@
+"""Big payloads between the parent and its worker processes through shared memory, not the pipe.
+
+Pickle protocol 5 hands each large contiguous buffer (numpy arrays, Arrow buffers) to a callback
+instead of copying it into the stream (``pickling.dumps_buffers``). ``split`` keeps those buffers
+(without copying them) beside the small pickle; ``seal``, when the message is sent, writes them
+into one new file in ``/dev/shm`` and returns a small message for the pipe: a marker, the file's
+path and layout, then the pickle. ``loads`` on the other side opens the file, unlinks it, maps it
+copy-on-write (the arrays it loads are writable, as unpickled ones are) and unpickles with
+``buffers=``. A payload without a buffer of ``THRESHOLD`` bytes is the plain pickle it always was.
+
+Who creates and who unlinks:
+
+* The sender creates the file, exclusively and mode 0600, when it sends the message (a retried
+  job gets a new one), and unlinks it itself only if it fails before the message is sent,
+  including on ``SystemExit`` (a worker's SIGTERM).
+* The receiver unlinks it as soon as it has opened it, before mapping: from then on the memory
+  lives only as long as the arrays loaded from it.
+* The parent, which outlives its workers, removes what a receiver never got to: a worker killed
+  with a job unread, or between writing a result and sending it. Every file is named for the pair
+  that exchanges it, ``batchcore-<parent pid>-<worker pid>-<random>``, so the process pool calls
+  ``sweep(worker pid)`` once a worker is reaped; at exit the parent removes every file of its
+  pid, and when it first sends it removes the files of parents that died without doing so
+  (``sweep_stale``: a parent SIGKILLed with messages in flight).
+
+The Dask backend does not use this: its workers may be on other machines and Dask, not batchcore,
+decides when they die, so nobody could be sure to unlink; Dask moves its messages as frames.
+"""
+
+from __future__ import annotations
+
+import atexit
+import mmap
+import os
+import pickle
+import secrets
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..pickling import dumps, dumps_buffers
+from ..pickling import loads as loads_pickle
+
+__all__ = ["THRESHOLD", "Payload", "loads", "message_size", "seal", "split", "sweep"]
+
+THRESHOLD = 1 << 20  # bytes of one buffer: below this, copying it through the pipe is cheaper
+MAGIC = b"\x00batchcore-shm\x00"  # a pickle starts with b"\x80": never mistaken for one
+_HEAD = struct.Struct("<IQ")  # length of the header pickle, bytes in the file
+ALIGN = 64  # each buffer starts on a cache line, as numpy allocates them
+PREFIX = "batchcore-"
+_WRITE_MAX = 1 << 30  # bytes per pwrite: Linux moves at most ~2 GiB per call
+
+
+def _shared_dir() -> str:
+    """``/dev/shm`` (memory) where there is one, else the temp folder (page cache)."""
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        return "/dev/shm"
+    return tempfile.gettempdir()  # pragma: no cover - macOS
+
+
+SHARED_DIR = _shared_dir()
+
+
+@dataclass(eq=False)
+class Payload:
+    """A pickle whose big buffers travel beside it: ``blob`` for the pipe, ``buffers`` for the
+    shared file; ``obj`` to fall back on an ordinary pickle when no file can be made."""
+
+    obj: Any
+    blob: bytes
+    buffers: list[pickle.PickleBuffer]
+    nbytes: int  # of the buffers
+
+
+def split(obj: Any) -> bytes | Payload:
+    """Pickle ``obj``: the plain pickle when it has no big buffer, else a ``Payload``; raises what
+    the pickler raises, as ``pickling.dumps`` does."""
+    blob, buffers = dumps_buffers(obj, THRESHOLD)
+    if not buffers:
+        return blob
+    nbytes = sum(buffer.raw().nbytes for buffer in buffers)
+    try:
+        room = os.statvfs(SHARED_DIR)
+        if room.f_bavail * room.f_frsize < 2 * nbytes:  # no room: the pipe it is, as before
+            return dumps(obj)
+    except OSError:  # pragma: no cover - no such folder
+        return dumps(obj)
+    return Payload(obj, blob, buffers, nbytes)
+
+
+def shared_size(payload: bytes | Payload) -> int:
+    """Bytes of ``payload`` that travel through shared memory."""
+    return payload.nbytes if isinstance(payload, Payload) else 0
+
+
+def pipe_size(payload: bytes | Payload) -> int:
+    """Bytes of ``payload`` that travel through the pipe (about: the header is not counted)."""
+    return len(payload.blob) if isinstance(payload, Payload) else len(payload)
+
+
+def seal(payload: bytes | Payload, worker: int | None = None) -> bytes:
+    """The message to send for ``payload``, writing its buffers to a new shared file first.
+
+    ``worker`` is the pid of the worker the parent sends to; ``None`` in a worker, sending to its
+    parent. Without a file (the folder is full), the whole pickle goes through the pipe.
+    """
+    if not isinstance(payload, Payload):
+        return payload
+    if worker is None:
+        parent, worker = os.getppid(), os.getpid()
+    else:
+        parent = os.getpid()
+        _first_use()
+    path = os.path.join(SHARED_DIR, f"{PREFIX}{parent}-{worker}-{secrets.token_hex(8)}")
+    try:
+        size, spans = _write(path, payload.buffers)
+    except OSError:
+        return dumps(payload.obj)
+    head = pickle.dumps((path, spans), protocol=5)
+    return b"".join((MAGIC, _HEAD.pack(len(head), size), head, payload.blob))
+
+
+def _write(path: str, buffers: list[pickle.PickleBuffer]) -> tuple[int, list[tuple[int, int]]]:
+    """Create ``path`` and write ``buffers`` into it, aligned; unlink it on any failure."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        spans = []
+        offset = 0
+        for buffer in buffers:
+            view = buffer.raw()
+            spans.append((offset, view.nbytes))
+            done = 0
+            while done < view.nbytes:
+                done += os.pwrite(fd, view[done : done + _WRITE_MAX], offset + done)
+            offset += -(-view.nbytes // ALIGN) * ALIGN
+        return offset, spans
+    except BaseException:  # SystemExit (SIGTERM) too: nobody else knows of this file yet
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def message_size(data: bytes | bytearray | memoryview) -> int:
+    """Bytes a message moved: its own and those of its shared file."""
+    if data[: len(MAGIC)] != MAGIC:
+        return len(data)
+    return len(data) + int(_HEAD.unpack_from(data, len(MAGIC))[1])
+
+
+def loads(data: bytes | bytearray | memoryview) -> Any:
+    """Load a message ``seal`` made (or any ``pickling.dumps`` output): map and unlink its file."""
+    if data[: len(MAGIC)] != MAGIC:
+        return loads_pickle(data)
+    view = memoryview(data)
+    head_size, size = _HEAD.unpack_from(view, len(MAGIC))
+    start = len(MAGIC) + _HEAD.size
+    path, spans = pickle.loads(view[start : start + head_size])
+    if os.path.dirname(path) != SHARED_DIR or not os.path.basename(path).startswith(PREFIX):
+        raise ValueError(f"not a batchcore shared-memory file: {path!r}")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.unlink(path)  # ours now: the mapping keeps the memory as long as the arrays need it
+        memory = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+    mapped = memoryview(memory)
+    buffers = [mapped[offset : offset + nbytes] for offset, nbytes in spans]
+    return loads_pickle(view[start + head_size :], buffers=buffers)
+
+
+def sweep(worker: int, parent: int | None = None) -> None:
+    """Unlink the files still named for ``worker`` and ``parent`` (default: this process): the
+    messages one of them sent that the other never read."""
+    _unlink_matching(f"{PREFIX}{parent or os.getpid()}-{worker}-")
+
+
+def _unlink_matching(prefix: str) -> None:
+    try:
+        names = os.listdir(SHARED_DIR)
+    except OSError:  # pragma: no cover - the folder is gone
+        return
+    for name in names:
+        if name.startswith(prefix):
+            try:
+                os.unlink(os.path.join(SHARED_DIR, name))
+            except OSError:
+                pass  # the receiver took it meanwhile
+
+
+def sweep_stale() -> None:
+    """Unlink the files of parents that are gone (killed before they could sweep)."""
+    try:
+        names = os.listdir(SHARED_DIR)
+    except OSError:  # pragma: no cover - the folder is gone
+        return
+    for name in names:
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.unlink(os.path.join(SHARED_DIR, name))
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+_started = False
+_start_lock = threading.Lock()
+
+
+def _first_use() -> None:
+    """In a parent, once: clean up after dead parents and arrange to clean up after itself."""
+    global _started
+    with _start_lock:
+        if _started:
+            return
+        _started = True
+    sweep_stale()
+    atexit.register(_sweep_own, os.getpid())
+
+
+def _sweep_own(pid: int) -> None:
+    if os.getpid() == pid:  # not in a forked child that inherited the hook
+        _unlink_matching(f"{PREFIX}{pid}-")
