@@ -9,6 +9,7 @@ import os
 import pickle
 import signal
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -61,7 +62,8 @@ def no_new_files() -> Any:
     """Fail a test that leaves a shared-memory file of this process (or its workers) behind."""
     before = shm_files()
     yield
-    left = {name for name in shm_files() - before if name.startswith(f"{shm.PREFIX}{os.getpid()}-")}
+    mine = f"{shm.PREFIX}{os.getpid()}-"
+    left = {name for name in shm_files() - before if name.startswith(mine)}
     assert not left, f"shared-memory files left behind: {sorted(left)}"
 
 
@@ -95,8 +97,12 @@ class Echo(BatchNode):
             # the state of a worker killed between writing a result's file and sending it
             shm.seal(shm.split([item]))
             os.kill(os.getpid(), signal.SIGKILL)
-        if kind == "raise" and isinstance(item, np.ndarray) and item[0] == 3:
-            raise ValueError("bad item 3")
+        if kind == "slow":
+            time.sleep(1)
+        if kind == "raise" and isinstance(item, np.ndarray):
+            if item[0] == 1:
+                raise ValueError("bad item 1")
+            time.sleep(1)  # when 1 fails, both workers are busy and have their next job queued
         return [item, item * 2 if isinstance(item, np.ndarray) else item]
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> None:
@@ -200,8 +206,21 @@ def test_a_killed_worker_leaves_no_shared_memory_file(kind: str, no_new_files: N
 @pytest.mark.crash
 def test_stopping_early_leaves_no_shared_memory_file(no_new_files: None) -> None:
     """Fail-fast stops busy workers with big jobs queued behind their current one."""
-    with pytest.raises(ValueError, match="bad item 3"):
-        run("process", numbered(16), kind="raise", chunksize=1)
+    with pytest.raises(ValueError, match="bad item 1"):
+        run("process", numbered(8), kind="raise", chunksize=1)
+
+
+def interrupted(items: list[Any], after: int) -> Any:
+    """``items``, then a Ctrl-C in the parent (it arrives while reading the next item)."""
+    yield from items[:after]
+    raise KeyboardInterrupt
+
+
+@pytest.mark.crash
+def test_ctrl_c_leaves_no_shared_memory_file(no_new_files: None) -> None:
+    """Ctrl-C closes the pool at once: busy workers are stopped with big jobs queued unread."""
+    with pytest.raises(KeyboardInterrupt):
+        run("process", interrupted(numbered(8), 6), kind="slow", chunksize=1)  # type: ignore[arg-type]
 
 
 def test_sweep_stale_removes_files_of_dead_parents() -> None:
