@@ -3,24 +3,30 @@
 Pickle protocol 5 hands each large contiguous buffer (numpy arrays, Arrow buffers) to a callback
 instead of copying it into the stream (``pickling.dumps_buffers``). ``split`` keeps those buffers
 (without copying them) beside the small pickle; ``seal``, when the message is sent, writes them
-into one new file in ``/dev/shm`` and returns a small message for the pipe: a marker, the file's
-path and layout, then the pickle. ``loads`` on the other side opens the file, unlinks it, maps it
-copy-on-write (the arrays it loads are writable, as unpickled ones are) and unpickles with
-``buffers=``. A payload without a buffer of ``THRESHOLD`` bytes is the plain pickle it always was.
+into a file in ``/dev/shm`` and returns a small message for the pipe: a marker, the file's path
+and layout, then the pickle. ``loads`` on the other side reads the buffers out of the file into
+memory of its own (writable, as unpickled arrays are) and unpickles with ``buffers=``. A payload
+without a buffer of ``THRESHOLD`` bytes is the plain pickle it always was.
+
+Why a copy out rather than a mapping: new memory pages are what costs (more than a copy, on
+virtual machines several times more), so the file is not freed but kept for the sender's next
+message, whose buffers are then written into pages already there; a mapping would pin the file
+as long as the arrays read from it live. Reading a file costs no more than faulting it in.
 
 Who creates and who unlinks:
 
-* The sender creates the file, exclusively and mode 0600, when it sends the message (a retried
-  job gets a new one), and unlinks it itself only if it fails before the message is sent,
-  including on ``SystemExit`` (a worker's SIGTERM).
-* The receiver unlinks it as soon as it has opened it, before mapping: from then on the memory
-  lives only as long as the arrays loaded from it.
-* The parent, which outlives its workers, removes what a receiver never got to: a worker killed
-  with a job unread, or between writing a result and sending it. Every file is named for the pair
-  that exchanges it, ``batchcore-<parent pid>-<worker pid>-<random>``, so the process pool calls
-  ``sweep(worker pid)`` once a worker is reaped; at exit the parent removes every file of its
-  pid, and when it first sends it removes the files of parents that died without doing so
-  (``sweep_stale``: a parent SIGKILLed with messages in flight).
+* The sender, when it sends a message, renames a free file of its own (below) to a new random
+  name, or creates a new one (exclusively, mode 0600); it unlinks the file itself only if it
+  fails before the message is sent, including on ``SystemExit`` (a worker's SIGTERM).
+* The receiver, once it has read the buffers, links the file under a free name for its sender
+  (at most ``FREE_SLOTS`` per direction, none above ``RECYCLE_MAX``) and unlinks the message's
+  name.
+* The parent, which outlives its workers, removes the rest. Every file is named for the pair
+  that exchanges it, ``batchcore-<parent pid>-<worker pid>-...``: the process pool calls
+  ``sweep(worker pid)`` once a worker is reaped, which removes the worker's free files and the
+  messages one side never read (a worker killed with a job unread, or between writing a result
+  and sending it). At exit the parent removes every file of its pid, and when it first sends
+  it removes the files of parents that died without doing so (``sweep_stale``: SIGKILL).
 
 The Dask backend does not use this: its workers may be on other machines and Dask, not batchcore,
 decides when they die, so nobody could be sure to unlink; Dask moves its messages as frames.
@@ -187,6 +193,8 @@ def loads(data: bytes | bytearray | memoryview) -> Any:
     for name in (path, free):
         if os.path.dirname(name) != SHARED_DIR or not os.path.basename(name).startswith(PREFIX):
             raise ValueError(f"not a batchcore shared-memory file: {name!r}")
+    if not _started and os.path.basename(path).startswith(f"{PREFIX}{os.getpid()}-"):
+        _first_use()  # a parent that only receives big payloads cleans up at exit as well
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         buffers = []
@@ -196,7 +204,10 @@ def loads(data: bytes | bytearray | memoryview) -> Any:
             buffer = bytearray(nbytes)
             done = 0
             while done < nbytes:
-                done += os.preadv(fd, [memoryview(buffer)[done : done + _WRITE_MAX]], offset + done)
+                read = os.preadv(fd, [memoryview(buffer)[done : done + _WRITE_MAX]], offset + done)
+                if not read:
+                    raise EOFError(f"{path} ends at {offset + done}, before its buffers do")
+                done += read
             buffers.append(buffer)
     finally:
         os.close(fd)
