@@ -12,7 +12,9 @@ Protocol (each message is one or more ``Connection`` frames of pickled data)::
 
 The worker records the item and attempt it is running in a shared-memory ``SlotStruct`` that the
 parent reads to charge crashes and timeouts to the right item. Results travel as ``pack`` makes
-them (a result or error that does not pickle fails its item, not the job). Log records reach the
+them (a result or error that does not pickle fails its item, not the job); from process
+workers, their big buffers (numpy arrays, Arrow tables) go through shared memory (``shm``), as
+those of items do. Log records reach the
 parent's handlers: the worker's loggers take the levels the parent's have (``log_levels``, sent
 with each batch) and every record that passes them is sent up (``record_blob``), to be handled
 by the parent's logger of the same name (``forward_record``). The Dask backend uses ``pack`` and
