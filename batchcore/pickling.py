@@ -15,7 +15,7 @@ import cloudpickle
 
 from .errors import SerializationError, short_repr
 
-__all__ = ["dumps", "dumps_checked", "find_unpicklable", "loads"]
+__all__ = ["dumps", "dumps_buffers", "dumps_checked", "find_unpicklable", "loads"]
 
 PROTOCOL = 5
 _MAIN = b"__main__"
@@ -32,9 +32,34 @@ def dumps(obj: Any) -> bytes:
     return data
 
 
-def loads(data: bytes | bytearray | memoryview) -> Any:
-    """Load what ``dumps`` produced (cloudpickle output needs only cloudpickle to be importable)."""
-    return pickle.loads(data)
+def dumps_buffers(obj: Any, threshold: int) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """``dumps``, but each contiguous buffer of ``threshold`` bytes or more (numpy arrays, Arrow
+    buffers: pickle protocol 5) is left out of the stream and returned, for ``loads(buffers=)``."""
+    buffers: list[pickle.PickleBuffer] = []
+
+    def aside(buffer: pickle.PickleBuffer) -> bool:  # True: in the stream; False: out of band
+        try:
+            big = buffer.raw().nbytes >= threshold
+        except BufferError:  # not contiguous: only a copy in the stream can carry it
+            return True
+        if big:
+            buffers.append(buffer)
+        return not big
+
+    try:
+        data = pickle.dumps(obj, protocol=PROTOCOL, buffer_callback=aside)
+    except Exception:
+        data = b""
+    if not data or _MAIN in data:
+        buffers.clear()  # the failed or by-reference attempt's buffers are not this stream's
+        data = bytes(cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=aside))
+    return data, buffers
+
+
+def loads(data: bytes | bytearray | memoryview, buffers: Any = None) -> Any:
+    """Load what ``dumps`` (or ``dumps_buffers``, given its ``buffers``) produced (cloudpickle
+    output needs only cloudpickle to be importable)."""
+    return pickle.loads(data, buffers=buffers)
 
 
 def find_unpicklable(

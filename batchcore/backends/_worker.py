@@ -27,8 +27,8 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
-from ..pickling import loads
 from .base import Task, run_chunk
+from .shm import loads
 from .streams import STREAMS, LineWriter
 from .wire import SLOT_SIZE, SlotStruct, pack, record_blob, set_log_levels
 
@@ -165,6 +165,6 @@ def serve(inbox: Connection, outbox: Connection, slot: Any, writers: list[LineWr
         slot.index = -1
         for writer in writers:
             writer.drain()  # a chunk's output arrives before its results
-        values_blob, failures_blob = pack(chunk.values, chunk.failures, start)
+        values_blob, failures_blob = pack(chunk.values, chunk.failures, start, shared=True)
         done = pickle.dumps(("done", chunk.retries, chunk.elapsed, len(chunk.values)))
         send(outbox, done, failures_blob, values_blob)

@@ -37,6 +37,7 @@ from typing import Any
 
 from ..errors import ItemTimeoutError, SerializationError, WorkerCrashedError, short_repr
 from ..pickling import dumps
+from . import shm
 from .base import CUR_RETRY, Backend, Chunk, Failure, Task
 
 TARGET_SECONDS = 0.005  # work per job: >> the ~0.1 ms the parent spends per job; short tails
@@ -60,7 +61,8 @@ class Job:
     ready_at: float = 0.0
     alone: bool = False  # a quarantined item: it runs while nothing else does
     payload: Any = None  # the items as the transport sends them (pickled), once encoded
-    payload_size: int = 0
+    payload_size: int = 0  # bytes of it for the pipe
+    shared_size: int = 0  # bytes of it for shared memory (big buffers: ``shm``)
     cancelled: bool = False  # queued behind a worker's current job when the run stopped
 
 
@@ -69,7 +71,7 @@ class Done:
     worker: Any
     job: Job
     chunk: Chunk
-    result_size: int = 0  # bytes of pickled results, when the transport pickles
+    result_size: int = 0  # bytes of pickled results (with their shared memory), when pickled
 
 
 @dataclass(eq=False)
@@ -118,6 +120,7 @@ class Transport:
     depth: int = 2  # jobs a worker may hold: the one it runs and the next
     target_seconds: float = TARGET_SECONDS
     window_jobs_per_worker: int = WINDOW_JOBS_PER_WORKER
+    shared_memory: bool = False  # big buffers of items go through ``shm`` (its ``seal`` sends)
 
     def begin(self, task: Task) -> None:
         """Prepare to run ``task`` (a process pool pickles it here, once per batch)."""
@@ -127,10 +130,11 @@ class Transport:
         when they cannot be pickled. Threads, which share memory, skip this."""
         if job.payload is None:
             try:
-                job.payload = dumps(job.items)
+                job.payload = shm.split(job.items) if self.shared_memory else dumps(job.items)
             except Exception as exc:
                 raise SerializationError("item", str(exc)) from exc
-            job.payload_size = len(job.payload)
+            job.payload_size = shm.pipe_size(job.payload)
+            job.shared_size = shm.shared_size(job.payload)
 
     def can_queue(self, worker: Any, job: Job) -> bool:
         """Whether ``job`` may wait behind a busy worker's current job without blocking a send."""
@@ -490,8 +494,9 @@ class OrderedRun:
     def on_done(self, event: Done) -> None:
         chunk = event.chunk
         chunk.retries += event.job.first_attempt * len(event.job.items)  # spent on crashes
+        job = event.job
         self.sizer.observe(
-            len(chunk.values), chunk.elapsed, event.job.payload_size, event.result_size
+            len(chunk.values), chunk.elapsed, job.payload_size + job.shared_size, event.result_size
         )
         self.settle(chunk)
 

@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection, wait
 from ..errors import SerializationError, WorkerStartupError, describe_exit
 from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
 from .ordered import Died, Done, Job, PooledBackend, Transport, WorkerState
+from .shm import message_size, seal, sweep
 from .streams import Output, write_out
 from .wire import SLOT_SIZE, SlotStruct, forward_record, log_levels, pickle_task, unpack
 from .zygote import ForkedProcess, Zygote, ZygoteGone, available
@@ -162,10 +163,14 @@ def _stop_processes(procs: list[Process], grace: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    for proc in procs:
+        sweep(proc.pid)  # the big payloads the dead ones never read (``shm``)
 
 
 class ProcessPool(Transport):
     """``size`` worker processes; dead ones are replaced at once, so the pool heals itself."""
+
+    shared_memory = True  # big buffers of items and results travel through ``shm``
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -269,7 +274,7 @@ class ProcessPool(Transport):
             worker.inbox.send_bytes(pickle.dumps(header))
             if has_task:
                 worker.inbox.send_bytes(self.task_blob)
-            worker.inbox.send_bytes(job.payload)
+            worker.inbox.send_bytes(seal(job.payload, worker.ident))
         except OSError:
             pass  # the worker died: its hang-up arrives through wait() and re-queues the job
 
@@ -328,7 +333,7 @@ class ProcessPool(Transport):
             failures_blob = worker.outbox.recv_bytes()
             values_blob = worker.outbox.recv_bytes()
             chunk = unpack(job.start, job.items, ran, failures_blob, values_blob, retries, elapsed)
-            result_size = len(values_blob)
+            result_size = message_size(values_blob)
         chunk.output, worker.output = worker.output, []
         return Done(worker, job, chunk, result_size)
 
@@ -358,6 +363,7 @@ class ProcessPool(Transport):
     def retire(self, worker: ProcessWorker) -> None:
         """Drop a worker that is gone or being stopped, and start its replacement."""
         worker.release()
+        sweep(worker.ident)  # reaped, unless stopping: then ``_stop_processes`` sweeps again
         self.workers.remove(worker)
         if not self.closed:
             self.workers.append(self.spawn())

@@ -12,7 +12,9 @@ Protocol (each message is one or more ``Connection`` frames of pickled data)::
 
 The worker records the item and attempt it is running in a shared-memory ``SlotStruct`` that the
 parent reads to charge crashes and timeouts to the right item. Results travel as ``pack`` makes
-them (a result or error that does not pickle fails its item, not the job). Log records reach the
+them (a result or error that does not pickle fails its item, not the job); from process
+workers, their big buffers (numpy arrays, Arrow tables) go through shared memory (``shm``), as
+those of items do. Log records reach the
 parent's handlers: the worker's loggers take the levels the parent's have (``log_levels``, sent
 with each batch) and every record that passes them is sent up (``record_blob``), to be handled
 by the parent's logger of the same name (``forward_record``). The Dask backend uses ``pack`` and
@@ -29,6 +31,7 @@ from typing import Any
 
 from ..errors import RemoteItemError, SerializationError
 from ..pickling import dumps, dumps_checked, loads
+from . import shm
 from .base import Chunk, Failure, Task
 
 __all__ = [
@@ -114,10 +117,18 @@ def portable(exc: BaseException, text: str) -> BaseException:
         return RemoteItemError(f"{type(exc).__module__}.{type(exc).__qualname__}", message, text)
 
 
-def pack(values: list[Any], failures: list[tuple[int, Any]], start: int) -> tuple[bytes, bytes]:
-    """Pickle results and failures; a result that cannot be pickled becomes that item's failure."""
+def _seal_shared(obj: Any) -> bytes:
+    return shm.seal(shm.split(obj))
+
+
+def pack(
+    values: list[Any], failures: list[tuple[int, Any]], start: int, shared: bool = False
+) -> tuple[bytes, bytes]:
+    """Pickle results and failures; a result that cannot be pickled becomes that item's failure.
+    ``shared``: in a process worker, big buffers of results go to the parent through ``shm``."""
+    encode = _seal_shared if shared else dumps
     try:
-        values_blob = dumps(values)
+        values_blob = encode(values)
     except Exception:
         values = list(values)
         failed = {offset for offset, _ in failures}
@@ -137,7 +148,7 @@ def pack(values: list[Any], failures: list[tuple[int, Any]], start: int) -> tupl
                 )
                 failures.append((offset, Failure.capture(error, 1)))
         failures.sort(key=lambda pair: pair[0])
-        values_blob = dumps(values)
+        values_blob = encode(values)
     records = [
         (offset, portable(f.exception, f.traceback), f.traceback, f.attempts)
         for offset, f in failures
@@ -164,7 +175,7 @@ def unpack(
         )
         failures = [(0, Failure.capture(error, 1))]
     try:
-        values = loads(values_blob)
+        values = shm.loads(values_blob)
     except Exception as exc:
         failed = {offset for offset, _ in failures}
         error = SerializationError(
