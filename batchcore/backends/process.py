@@ -164,7 +164,8 @@ def _stop_processes(procs: list[Process], grace: float) -> None:
             proc.kill()
             proc.wait()
     for proc in procs:
-        sweep(proc.pid)  # the big payloads the dead ones never read (``shm``)
+        if proc.pid is not None:  # None: a fork the zygote never reported, so no payloads
+            sweep(proc.pid)  # the big payloads the dead ones never read (``shm``)
 
 
 class ProcessPool(Transport):
@@ -363,7 +364,8 @@ class ProcessPool(Transport):
     def retire(self, worker: ProcessWorker) -> None:
         """Drop a worker that is gone or being stopped, and start its replacement."""
         worker.release()
-        sweep(worker.ident)  # reaped, unless stopping: then ``_stop_processes`` sweeps again
+        if worker.ident is not None:  # reaped, unless stopping: ``_stop_processes`` sweeps again
+            sweep(worker.ident)
         self.workers.remove(worker)
         if not self.closed:
             self.workers.append(self.spawn())
