@@ -36,7 +36,7 @@ from multiprocessing.connection import Connection, wait
 from ..errors import SerializationError, WorkerStartupError, describe_exit
 from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
 from .ordered import Died, Done, Job, PooledBackend, Transport, WorkerState
-from .shm import message_size, seal, sweep
+from .shm import PARENT_ENV, message_size, seal, sweep
 from .streams import Output, write_out
 from .wire import SLOT_SIZE, SlotStruct, forward_record, log_levels, pickle_task, unpack
 from .zygote import ForkedProcess, Zygote, ZygoteGone, available
@@ -112,6 +112,7 @@ class ProcessWorker(WorkerState):
 def worker_env(workers: int) -> dict[str, str]:
     env = dict(os.environ)
     env[WORKER_ENV] = "1"
+    env[PARENT_ENV] = str(os.getpid())  # for the names of big-payload files (``shm``)
     threads = str(max(1, default_workers() // workers))
     for name in THREAD_LIMIT_VARS:
         env.setdefault(name, threads)

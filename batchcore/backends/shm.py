@@ -54,6 +54,9 @@ MAGIC = b"\x00batchcore-shm\x00"  # a pickle starts with b"\x80": never mistaken
 _HEAD = struct.Struct("<IQ")  # length of the header pickle, bytes in the file
 ALIGN = 64  # each buffer starts on a cache line, as numpy allocates them
 PREFIX = "batchcore-"
+# The pid of the process that owns a worker's pool, in the worker's environment: a worker forked
+# by the zygote has the zygote as its OS parent, but its files must carry the pool's pid.
+PARENT_ENV = "BATCHCORE_PARENT_PID"
 _WRITE_MAX = 1 << 30  # bytes per pwrite: Linux moves at most ~2 GiB per call
 FREE_SLOTS = 2  # freed files kept per worker and direction: a job running and the one queued
 RECYCLE_MAX = 64 << 20  # bigger files are unlinked after use: warm pools hold little memory
@@ -115,7 +118,8 @@ def seal(payload: bytes | Payload, worker: int | None = None) -> bytes:
     if not isinstance(payload, Payload):
         return payload
     if worker is None:
-        parent, worker, direction = os.getppid(), os.getpid(), "r"
+        parent = int(os.environ.get(PARENT_ENV) or os.getppid())
+        worker, direction = os.getpid(), "r"
     else:
         parent, direction = os.getpid(), "i"
         _first_use()
