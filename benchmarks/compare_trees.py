@@ -24,9 +24,27 @@ HERE = Path(__file__).resolve().parent
 WORKLOADS = ["A", "B", "C", "D", "E"]
 
 
+# Makes ``batchcore.processors`` the tree's own ``processors/`` folder, as an install would (an
+# editable install elsewhere would otherwise map it to that other checkout's folder).
+SHIM = """import importlib.abc, importlib.util, os, sys
+ROOT = os.environ["COMPARE_TREE"]
+class _Processors(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name != "batchcore.processors":
+            return None
+        folder = os.path.join(ROOT, "processors")
+        return importlib.util.spec_from_file_location(
+            name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
+sys.meta_path.insert(0, _Processors())
+"""
+
+
 def run_tree(tree: Path, script: str, args: list[str], out: Path) -> list[str]:
     """Run ``tree``'s own benchmark ``script`` with that tree's code; its results file's lines."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    shim = out.parent / "shim"
+    shim.mkdir(exist_ok=True)
+    (shim / "sitecustomize.py").write_text(SHIM)
+    env = dict(os.environ, PYTHONPATH=f"{tree}{os.pathsep}{shim}", COMPARE_TREE=str(tree))
     command = [sys.executable, str(tree / "benchmarks" / script), *args, "--output", str(out)]
     subprocess.run(command, env=env, cwd=tree, check=True, stdout=subprocess.DEVNULL)
     return out.read_text().splitlines()
