@@ -31,7 +31,6 @@ rows, is about 310 MB.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sales import Written, parse_size  # the same sizes and report as sales
+from make_sales import Written, generator_cli  # the same sizes, report and CLI
 
 HEADER = (
     "fl_date",
@@ -233,33 +232,14 @@ def write_flights(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Write a deterministic, wide flights CSV (20 columns, NA for missing ints)."
+    return generator_cli(
+        argv,
+        "Write a deterministic, wide flights CSV (20 columns, NA for missing ints).",
+        write_flights,
+        DEFAULT_OUT,
+        DEFAULT_ROWS,
+        DEFAULT_SEED,
     )
-    parser.add_argument(
-        "out", nargs="?", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}"
-    )
-    amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("--rows", type=int, help=f"number of rows (default {DEFAULT_ROWS:,})")
-    amount.add_argument("--size", help="write rows until the file reaches SIZE, e.g. 300MB, 1GB")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="default: %(default)s")
-    args = parser.parse_args(argv)
-    try:
-        size = None if args.size is None else parse_size(args.size)
-    except ValueError as exc:
-        parser.error(str(exc))
-    if args.rows is not None and args.rows < 0:
-        parser.error(f"--rows must be >= 0, got {args.rows}")
-    rows = DEFAULT_ROWS if args.rows is None and size is None else args.rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    done = write_flights(args.out, rows=rows, size=size, seed=args.seed)
-    rate = done.size / 1e6 / max(done.seconds, 1e-9)
-    print(
-        f"wrote {done.path}: {done.rows:,} rows, {done.size:,} bytes "
-        f"in {done.seconds:.2f} s ({rate:.1f} MB/s)",
-        file=sys.stderr,
-    )
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import io
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,17 +171,23 @@ def write_sales(
     return Written(out, written_rows, written_bytes, time.perf_counter() - began)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Write a deterministic sales CSV (order_id,ts,region,product,qty,amount,note)."
-    )
+def generator_cli(
+    argv: list[str] | None,
+    description: str,
+    write: Callable[..., Written],
+    default_out: Path,
+    default_rows: int,
+    default_seed: int,
+) -> int:
+    """The command line every CSV generator here shares: OUT, --rows or --size, --seed."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
-        "out", nargs="?", type=Path, default=DEFAULT_OUT, help=f"default: {DEFAULT_OUT}"
+        "out", nargs="?", type=Path, default=default_out, help=f"default: {default_out}"
     )
     amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("--rows", type=int, help=f"number of rows (default {DEFAULT_ROWS})")
-    amount.add_argument("--size", help="write rows until the file reaches SIZE, e.g. 100MB, 1GB")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="default: %(default)s")
+    amount.add_argument("--rows", type=int, help=f"number of rows (default {default_rows:,})")
+    amount.add_argument("--size", help="write rows until the file reaches SIZE, e.g. 300MB, 1GB")
+    parser.add_argument("--seed", type=int, default=default_seed, help="default: %(default)s")
     args = parser.parse_args(argv)
     try:
         size = None if args.size is None else parse_size(args.size)
@@ -189,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     if args.rows is not None and args.rows < 0:
         parser.error(f"--rows must be >= 0, got {args.rows}")
-    rows = DEFAULT_ROWS if args.rows is None and size is None else args.rows
-    done = write_sales(args.out, rows=rows, size=size, seed=args.seed)
+    rows = default_rows if args.rows is None and size is None else args.rows
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    done = write(args.out, rows=rows, size=size, seed=args.seed)
     rate = done.size / 1e6 / max(done.seconds, 1e-9)
     print(
         f"wrote {done.path}: {done.rows:,} rows, {done.size:,} bytes "
@@ -198,6 +205,17 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return generator_cli(
+        argv,
+        "Write a deterministic sales CSV (order_id,ts,region,product,qty,amount,note).",
+        write_sales,
+        DEFAULT_OUT,
+        DEFAULT_ROWS,
+        DEFAULT_SEED,
+    )
 
 
 if __name__ == "__main__":
