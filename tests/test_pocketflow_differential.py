@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -111,12 +112,21 @@ class Interrupt(BaseException):
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
     """Record (instead of doing) ``time.sleep`` and ``asyncio.sleep`` calls made for retries."""
     calls: list[tuple[str, float]] = []
+    real_sleep = time.sleep
     real_async_sleep = asyncio.sleep
+    # Only this test's thread: other threads of the process (a warm Dask client's event loop,
+    # say) keep sleeping for real, and their sleeps are not the retries being observed.
+    owner = threading.get_ident()
 
     def fake_sleep(seconds: float) -> None:
+        if threading.get_ident() != owner:
+            return real_sleep(seconds)
         calls.append(("sleep", seconds))
+        return None
 
     async def fake_async_sleep(seconds: float, result: Any = None) -> Any:
+        if threading.get_ident() != owner:
+            return await real_async_sleep(seconds, result)
         calls.append(("asleep", seconds))
         return await real_async_sleep(0, result)
 
