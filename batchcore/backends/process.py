@@ -410,15 +410,10 @@ class ProcessPool(Transport):
     def drain(self, worker: ProcessWorker, deadline: float) -> None:
         """Deliver what an idle worker still sends (lines printed, log records) until it exits."""
         try:
-            while worker.outbox.poll(0 if not worker.ready else deadline - time.monotonic()):
-                message = pickle.loads(worker.outbox.recv_bytes())
-                if message[0] == "ready":
-                    worker.ready = True
-                elif message[0] == "out":
-                    write_out(message[1], message[2])
-                elif message[0] == "log":
-                    forward_record(message[1])
-        except (EOFError, OSError, ValueError):
+            # Not ready yet: take only what has arrived (a "ready" makes it worth waiting for).
+            while worker.outbox.poll(max(0.0, deadline - time.monotonic()) if worker.ready else 0):
+                self.receive(worker)  # idle: only "ready", printed lines and log records come
+        except (EOFError, OSError, ValueError, WorkerStartupError):
             pass  # the worker is gone (or our stream is): nothing more to deliver
 
 
