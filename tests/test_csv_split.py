@@ -7,6 +7,7 @@ import io
 import itertools
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from csv_helpers import csv_text, write_bytes
@@ -266,3 +267,56 @@ def test_counted_lines_give_each_range_its_starting_line(
             quote,
         )
         assert all(r.line is None for r in plain)
+
+
+# --- who counts: the parent only while the pool boots ----------------------------------------
+
+
+def test_an_idle_pool_knows_when_its_workers_have_booted() -> None:
+    """``is_warm`` turns true once the workers are up, without a batch having run."""
+    import time
+
+    from batchcore.backends.process import ProcessBackend
+
+    with ProcessBackend(2) as backend:
+        backend.start()
+        deadline = time.monotonic() + 60
+        while not backend.is_warm() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert backend.is_warm()
+
+
+def test_workers_take_over_the_quote_count_once_booted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a cold pool the parent counts blocks only until the workers are ready; they count the
+    rest, and the ranges are the ones a count in one place gives."""
+    import time
+
+    from csv_helpers import RowsNode
+
+    import batchcore.processors.csv.node as node_module
+    from batchcore.backends.process import ProcessBackend
+
+    rows = [["id", "text", "pad"]] + [[i, f"a\nb{i}", "x" * (i % 7)] for i in range(20_000)]
+    path = write_bytes(tmp_path / "q.csv", csv_text(rows).encode())
+    chunk_bytes = 2 << 10
+    spans = blocks(len(b"id,text,pad\n"), path.stat().st_size, chunk_bytes)
+    counted_here: list[int] = []
+    scan = node_module.scan_block
+
+    def slow_scan(*args: object, **kwargs: object) -> BlockScan:
+        counted_here.append(1)
+        time.sleep(0.02)  # the parent is far slower than the workers: they must take over
+        return scan(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(node_module, "scan_block", slow_scan)
+    with ProcessBackend(2) as backend:
+        node = RowsNode(str(path), chunk_bytes=chunk_bytes, backend=backend)
+        shared: dict[str, Any] = {}
+        node.run(shared)
+        ranges = node.split(str(path))  # the pool is warm now: the workers count everything
+    assert 0 < len(counted_here) < len(spans) > 100
+    monkeypatch.undo()
+    assert ranges == split(path, len(b"id,text,pad\n"), chunk_bytes)
+    assert [r[0] for r in shared["rows"]] == list(range(20_000))

@@ -158,6 +158,10 @@ class Transport:
     def close(self, kill: bool = False) -> None:
         """Release every worker; ``kill`` when nothing may outlive this (Ctrl-C)."""
 
+    def poll_ready(self) -> None:
+        """Take in, without waiting, what idle workers have sent since they started (a process
+        worker's "ready"), so an idle pool knows when it has booted."""
+
 
 class ChunkSizer:
     """Chooses job sizes: fixed, or grown from 1 toward ``target_seconds`` of measured work."""
@@ -601,6 +605,8 @@ class PooledBackend(Backend):
     def is_warm(self) -> bool:
         """True when an idle pool's workers have all booted: a batch would start at once."""
         with self._lock:
+            for pool in self._idle:
+                pool.poll_ready()
             return any(pool.workers and all(w.ready for w in pool.workers) for pool in self._idle)
 
     def _lease(self) -> Transport:

@@ -407,6 +407,14 @@ class ProcessPool(Transport):
         if self.zygote is not None:  # last: it reports how the workers above exited
             self.zygote.close()
 
+    def poll_ready(self) -> None:
+        for worker in self.workers:
+            try:
+                while not worker.ready and worker.outbox.poll(0):
+                    self.receive(worker)  # idle: only "ready", printed lines and log records come
+            except (EOFError, OSError):
+                pass  # it died while booting: the next batch's wait() sees the hang-up
+
     def drain(self, worker: ProcessWorker, deadline: float) -> None:
         """Deliver what an idle worker still sends (lines printed, log records) until it exits."""
         try:

@@ -9,6 +9,7 @@ import math
 import sys
 from typing import Any
 
+from ..csv.read import MAX_RECORD_BYTES
 from ..tables import format_table
 from .errors import EXIT_OK, run_job
 from .options import PROG, add_batch_options, show_progress
@@ -61,6 +62,13 @@ def add_csv_options(parser: argparse.ArgumentParser) -> None:
         metavar="SIZE",
         help="bytes per range a worker parses (default: 16MiB)",
     )
+    group.add_argument(
+        "--max-record-bytes",
+        type=byte_size,
+        default=MAX_RECORD_BYTES,
+        metavar="SIZE",
+        help="a longer record is an error naming its line (default: 4MiB)",
+    )
     group.add_argument("--delimiter", default=",", metavar="C", help="field separator (default: ,)")
     group.add_argument("--encoding", default="utf-8", help="file encoding (default: utf-8)")
     group.add_argument(
@@ -95,6 +103,7 @@ def add_csv_options(parser: argparse.ArgumentParser) -> None:
 def csv_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "chunk_bytes": args.chunk_bytes,
+        "max_record_bytes": args.max_record_bytes,
         "delimiter": args.delimiter,
         "encoding": args.encoding,
         "header": args.header,

@@ -27,16 +27,19 @@ from batchcore.options import resolve_options
 
 from ..errors import CsvFormatError
 from .read import (
+    MAX_RECORD_BYTES,
     MAX_REPORTED_LINES,
     CsvOptions,
     CsvPlan,
     RangeData,
     make_plan,
     read_range,
+    too_long,
 )
 from .split import (
     BlockScan,
     CsvRange,
+    RecordTooLong,
     blocks,
     ends_inside_quotes,
     line_of,
@@ -106,13 +109,37 @@ class _ScanBlocks(BatchNode):
 
 
 def _warm(backend: Backend) -> bool:
-    """Whether counting quotes in parallel on ``backend`` beats the parent's ~6 GB/s: a booted
-    process pool, or threads. Not a cold pool (it boots meanwhile), nor Dask (each task costs
-    tens of milliseconds of scheduling, more than counting a block takes)."""
+    """Whether counting quotes on ``backend`` beats the parent's ~6 GB/s: threads, or a process
+    pool whose workers have booted. Not Dask: each task costs tens of milliseconds of scheduling,
+    more than counting a block takes."""
     if backend.name == "thread":
         return True
-    is_warm = getattr(backend, "is_warm", None)
-    return backend.parallel and is_warm is not None and bool(is_warm())
+    return backend.name != "dask" and backend.is_warm()
+
+
+def _count_blocks(
+    path: str,
+    quote: int | None,
+    lines: bool,
+    spans: list[tuple[int, int]],
+    backend: Backend,
+) -> list[BlockScan]:
+    """Scan ``spans`` in order, on ``backend``'s workers as soon as they are up.
+
+    A cold pool starts booting at once; meanwhile the parent counts blocks from the front, and
+    when the workers are ready they take the rest. So no serial pass delays the parallel work:
+    the parent only counts while there are no workers to count.
+    """
+    backend.start()  # returns at once; a warm pool or a thread pool is already there
+    scans: list[BlockScan] = []
+    for position, (start, end) in enumerate(spans):
+        if len(spans) - position > 1 and _warm(backend):
+            shared: dict[str, Any] = {}
+            _ScanBlocks(path, quote, lines, spans[position:], backend).run(shared)
+            rest: list[BlockScan] = shared["scans"]
+            return scans + rest
+        scans.append(scan_block(path, start, end, quote, lines))
+    return scans
 
 
 class _ParsesRange(Node):
@@ -144,8 +171,9 @@ class CSVBatchNode(BatchNode, _ParsesRange):
     size), ``delimiter``, ``quote_char`` (``None``: no quoting), ``header``, ``column_names``,
     ``columns`` (parse only these), ``column_types`` (``{"qty": "int64"}``; others are inferred
     once from the head), ``null_values``, ``encoding`` (ASCII-compatible), ``bad_rows`` ("error",
-    or "skip" to drop ragged rows and report them in ``csv_report``). Batch options (``backend``,
-    ``workers``, ...) are BatchNode's.
+    or "skip" to drop ragged rows and report them in ``csv_report``), ``max_record_bytes`` (a
+    longer record is an error that names its line, not a range as long as itself). Batch
+    options (``backend``, ``workers``, ...) are BatchNode's.
     """
 
     progress_unit = "B"
@@ -165,6 +193,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         encoding: str = "utf-8",
         bad_rows: str = "error",
         output: str = "arrow",
+        max_record_bytes: int = MAX_RECORD_BYTES,
         max_retries: int = 1,
         wait: float = 0,
         **batch_options: Any,
@@ -183,6 +212,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             encoding=encoding,
             bad_rows=bad_rows,
             output=output,
+            max_record_bytes=max_record_bytes,
         )
         self.csv_plan: CsvPlan | None = None
         self.csv_report = CsvReport()
@@ -199,18 +229,13 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         scans: list[BlockScan] = []
 
         def count_quotes(data_start: int, size: int) -> None:
-            # Phase 1, on this node's backend: quote counts per block; an odd total is an
-            # unterminated quote, reported before anything tries to read past it.
+            # Phase 1: quote counts per block; an odd total is an unterminated quote, reported
+            # before anything tries to read past it.
             spans = blocks(data_start, size, options.chunk_bytes)
             backend = resolve_options(self, spans).backend  # about one range per block
-            if len(spans) > 1 and (quote is not None or lines) and _warm(backend):
-                shared: dict[str, Any] = {}
-                _ScanBlocks(path, quote, lines, spans, backend).run(shared)
-                scans.extend(shared["scans"])
+            if len(spans) > 1 and (quote is not None or lines) and backend.parallel:
+                scans.extend(_count_blocks(path, quote, lines, spans, backend))
             else:
-                # A cold pool boots (imports and all) in the background meanwhile.
-                if hasattr(backend, "start") and backend.parallel:
-                    backend.start()
                 scans.extend(scan_block(path, start, end, quote, lines) for start, end in spans)
             if quote is not None and ends_inside_quotes(scans):
                 start = unterminated_record(path, data_start, quote)
@@ -222,7 +247,11 @@ class CSVBatchNode(BatchNode, _ParsesRange):
 
         plan = make_plan(path, options, count_quotes)
         self.csv_plan = plan
-        ranges = plan_ranges(plan.path, plan.data_start, plan.size, scans, quote)
+        limit = options.max_record_bytes
+        try:
+            ranges = plan_ranges(plan.path, plan.data_start, plan.size, scans, quote, limit)
+        except RecordTooLong as exc:
+            raise too_long(plan.path, line_of(plan.path, exc.position), limit) from None
         self.csv_report.reset(plan.path, plan.size, len(ranges))
         return ranges
 

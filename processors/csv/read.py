@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 from batchcore.errors import check_positive_int
 
 from ..errors import CsvFormatError, UnknownColumnError
-from .split import NEWLINE, CsvRange, first_record_start, line_of
+from .split import NEWLINE, CsvRange, RecordTooLong, first_record_start, line_of, long_record
 
 __all__ = ["CsvOptions", "CsvPlan", "RangeData", "make_plan", "read_range"]
 
@@ -34,6 +34,9 @@ BOM = b"\xef\xbb\xbf"
 BAD_ROW_CHOICES = ("error", "skip")
 OUTPUT_CHOICES = ("arrow", "pandas")
 MAX_REPORTED_LINES = 20
+# A record longer than this is an error, not a range (and a worker's memory) as long as itself.
+# DuckDB's max_line_size default is 2 MB; pyarrow parses records up to its block size.
+MAX_RECORD_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,11 @@ class CsvOptions:
     bad_rows: str = "error"
     output: str = "arrow"
     infer_bytes: int = 1 << 20
+    max_record_bytes: int = MAX_RECORD_BYTES
 
     def __post_init__(self) -> None:
         check_positive_int("chunk_bytes", self.chunk_bytes)
+        check_positive_int("max_record_bytes", self.max_record_bytes)
         for name in ("delimiter", "quote_char"):
             value = getattr(self, name)
             if value is None and name == "quote_char":
@@ -146,7 +151,7 @@ def _read_options(options: CsvOptions, names: Sequence[str]) -> pacsv.ReadOption
     return pacsv.ReadOptions(
         use_threads=False,
         column_names=list(names),
-        block_size=4 << 20,
+        block_size=max(MAX_RECORD_BYTES, options.max_record_bytes),  # a record fits in a block
         encoding=options.encoding,
     )
 
@@ -180,7 +185,10 @@ def make_plan(
     quote = options.quote_byte
     with open(path, "rb", buffering=0) as handle:
         begin = len(BOM) if handle.read(len(BOM)) == BOM else 0
-        first_end = first_record_start(handle, begin, False, quote)
+        try:
+            first_end = first_record_start(handle, begin, False, quote, options.max_record_bytes)
+        except RecordTooLong:
+            raise too_long(path, 1, options.max_record_bytes) from None
         handle.seek(begin)
         first = handle.read(first_end - begin)
     if options.header and not first.strip(b"\r\n"):
@@ -259,7 +267,11 @@ def _infer_schema(
             # quote that never closes) means reading on to the next boundary.
             end = _last_record_end(head, quote)
             if end == 0:
-                end = first_record_start(handle, data_start, False, quote) - data_start
+                limit = options.max_record_bytes
+                try:
+                    end = first_record_start(handle, data_start, False, quote, limit) - data_start
+                except RecordTooLong:
+                    raise too_long(path, line_of(path, data_start), limit) from None
                 handle.seek(data_start)
                 head = handle.read(end)
             head = head[:end]
@@ -332,7 +344,12 @@ def read_range(plan: CsvPlan, rng: CsvRange) -> RangeData:
             convert_options=_convert_options(options, include, types),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
-        raise _locate(plan, rng, bytes(view), exc) from None
+        raw = bytes(view)
+        offset = long_record(raw, options.quote_byte, options.max_record_bytes)
+        if offset is not None:
+            line = (rng.line or line_of(plan.path, rng.start)) + raw[:offset].count(b"\n")
+            raise too_long(plan.path, line, options.max_record_bytes) from None
+        raise _locate(plan, rng, raw, exc) from None
     if not plan.included:
         table = table.select([])  # no columns, but the row count stays
     data = RangeData(table, len(skipped))
@@ -346,6 +363,17 @@ _ROW = re.compile(r"Row #(\d+)")
 _COLUMN = re.compile(r"In CSV column #(\d+)")
 _COLUMNS = re.compile(r"Expected (\d+) columns, got (\d+): (.*)", re.DOTALL)
 _CONVERSION = re.compile(r"CSV conversion error to (\S+): (.*)")
+
+
+def too_long(path: str, line: int, limit: int) -> CsvFormatError:
+    """The error for a record longer than ``max_record_bytes``, which says how to allow it."""
+    return CsvFormatError(
+        path,
+        line,
+        f"the record starting here is longer than max_record_bytes={limit:,} bytes (an "
+        "unbalanced quote, or a binary file?); pass max_record_bytes= / --max-record-bytes to "
+        "allow longer records",
+    )
 
 
 def _locate(plan: CsvPlan, rng: CsvRange, data: bytes, exc: Exception) -> CsvFormatError:

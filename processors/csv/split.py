@@ -4,7 +4,8 @@ A newline inside a quoted field is not a record boundary, so a naive split at "t
 silently creates phantom rows. Whether a position is inside quotes depends on every quote before
 it (RFC 4180 escapes a quote by doubling it, which keeps the count's parity right). So:
 
-1. the quote bytes of each block of ``chunk_bytes`` are counted (in parallel, by the workers);
+1. the quote bytes of each block of ``chunk_bytes`` are counted (by the workers; by the parent
+   only while a cold pool boots, see ``CSVBatchNode.split``);
 2. a prefix sum of those counts gives the quote state at every block start, and from there the
    next newline outside quotes is usually a few bytes away: it starts the range. The ranges are
    ``[boundary_k, boundary_k+1)``; a block that starts inside a quoted field longer than itself
@@ -12,6 +13,8 @@ it (RFC 4180 escapes a quote by doubling it, which keeps the count's parity righ
 
 Counting runs with numpy over cache-sized steps (~10 GB/s), far faster than parsing, so the scan
 costs a few percent of a parse. An odd total means an unterminated quote: an error names its line.
+A record longer than ``max_record_bytes`` is an error too (``RecordTooLong``): the search for a
+block's first record start gives up there instead of stretching a range over it.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ __all__ = [
     "BlockScan",
     "CsvRange",
     "ends_inside_quotes",
+    "RecordTooLong",
     "line_of",
+    "long_record",
     "plan_ranges",
     "scan_block",
     "unterminated_record",
@@ -92,11 +97,28 @@ def count_byte(handle: io.FileIO, start: int, end: int, byte: int) -> int:
     return count_bytes(handle, start, end, (byte,))[0]
 
 
-def first_record_start(handle: io.FileIO, position: int, inside: bool, quote: int | None) -> int:
+class RecordTooLong(Exception):
+    """No record starts within ``limit`` bytes of ``position``: the record there is too long."""
+
+    def __init__(self, position: int, limit: int) -> None:
+        super().__init__(position, limit)
+        self.position = position
+        self.limit = limit
+
+
+def first_record_start(
+    handle: io.FileIO, position: int, inside: bool, quote: int | None, limit: int | None = None
+) -> int:
     """The offset just after the first newline at or after ``position`` that is outside quotes,
-    given the quote state before ``position``; the file's size when there is none."""
+    given the quote state before ``position``; the file's size when there is none.
+
+    ``limit``: ``RecordTooLong`` when none is found within that many bytes (a record that long
+    would make a range, and its worker's memory, as long as itself)."""
     handle.seek(position)
+    origin = position
     while True:
+        if limit is not None and position - origin > limit:
+            raise RecordTooLong(origin, limit)
         window = handle.read(WINDOW)
         if not window:
             return position
@@ -132,6 +154,28 @@ def scan_block(
     )
 
 
+def last_record_start(handle: io.FileIO, start: int, position: int, quote: int | None) -> int:
+    """The start of the record that ``position`` is in, walking forward from ``start`` (a record
+    start before it)."""
+    record = start
+    inside = False
+    handle.seek(start)
+    while start < position:
+        window = handle.read(min(WINDOW, position - start))
+        if not window:
+            break
+        data = np.frombuffer(window, dtype=np.uint8)
+        newlines = np.flatnonzero(data == NEWLINE)
+        if quote is not None:
+            quotes = np.flatnonzero(data == quote)
+            newlines = newlines[((np.searchsorted(quotes, newlines) + int(inside)) & 1) == 0]
+            inside ^= bool(quotes.size & 1)
+        if newlines.size:
+            record = start + int(newlines[-1]) + 1
+        start += len(window)
+    return record
+
+
 def blocks(data_start: int, size: int, chunk_bytes: int) -> list[tuple[int, int]]:
     """The nominal blocks ``[start, end)`` covering the data part of a file."""
     edges = [*list(range(data_start, size, chunk_bytes)), size]
@@ -139,19 +183,31 @@ def blocks(data_start: int, size: int, chunk_bytes: int) -> list[tuple[int, int]
 
 
 def plan_ranges(
-    path: str, data_start: int, size: int, scans: list[BlockScan], quote: int | None
+    path: str,
+    data_start: int,
+    size: int,
+    scans: list[BlockScan],
+    quote: int | None,
+    max_record_bytes: int | None = None,
 ) -> list[CsvRange]:
     """Turn ordered block scans into record-aligned ranges covering ``data_start..size``.
 
     ``data_start`` is a record start, so it is outside quotes; the quote state at each later block
-    start is the parity of the quotes counted in the blocks before it.
+    start is the parity of the quotes counted in the blocks before it. ``RecordTooLong`` when a
+    block starts inside a record longer than ``max_record_bytes``.
     """
     starts = [data_start]
     quotes = 0
     with open(path, "rb", buffering=0) as handle:
         for previous, scan in itertools.pairwise(scans):
             quotes += previous.quotes
-            starts.append(first_record_start(handle, scan.start, bool(quotes & 1), quote))
+            inside = bool(quotes & 1)
+            try:
+                start = first_record_start(handle, scan.start, inside, quote, max_record_bytes)
+            except RecordTooLong as exc:
+                record = last_record_start(handle, starts[-1], scan.start, quote)
+                raise RecordTooLong(record, exc.limit) from None
+            starts.append(start)
     starts.append(size)
     ranges: list[CsvRange] = []
     for left, right in itertools.pairwise(starts):
@@ -177,6 +233,20 @@ def _with_lines(path: str, ranges: list[CsvRange], scans: list[BlockScan]) -> li
             newlines += count_byte(handle, block_starts[block], rng.start, NEWLINE)
             placed.append(replace(rng, line=newlines + 1))
     return placed
+
+
+def long_record(data: bytes, quote: int | None, limit: int) -> int | None:
+    """The offset in ``data`` (whole records) of the first record longer than ``limit`` bytes,
+    or ``None``: newlines outside quotes are the record ends."""
+    array = np.frombuffer(data, dtype=np.uint8)
+    newlines = np.flatnonzero(array == NEWLINE)
+    if quote is not None:
+        quotes = np.flatnonzero(array == quote)
+        newlines = newlines[(np.searchsorted(quotes, newlines) & 1) == 0]
+    starts = np.concatenate(([0], newlines + 1))
+    ends = np.concatenate((newlines + 1, [len(data)]))
+    longer = np.flatnonzero(ends - starts > limit)
+    return int(starts[longer[0]]) if longer.size else None
 
 
 def ends_inside_quotes(scans: list[BlockScan]) -> bool:
