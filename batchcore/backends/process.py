@@ -328,6 +328,7 @@ class ProcessPool(Transport):
             timeout = due if timeout is None else min(timeout, due)
         by_conn = {worker.outbox: worker for worker in self.workers}
         events: list[Done | Died] = []
+        finished: list[ProcessWorker] = []
         for conn in wait(list(by_conn), timeout):
             worker = by_conn[conn]  # type: ignore[index]
             event: Done | Died | None
@@ -337,37 +338,47 @@ class ProcessPool(Transport):
                 event = self.on_exit(worker)
             if event is not None:
                 events.append(event)
-        if self.max_memory is not None and time.monotonic() >= self.memory_checked + MEMORY_POLL:
-            self.memory_checked = time.monotonic()
-            events.extend(self.check_memory(self.max_memory))
+            if isinstance(event, Done):
+                finished.append(worker)
+        if self.max_memory is not None:
+            events.extend(self.check_memory(self.max_memory, finished))
         return events
 
-    def check_memory(self, limit: int) -> list[Died]:
-        """Stop every worker holding more than ``limit`` bytes. A busy one fails the item its slot
-        names (``Died.memory``); an idle one that ran jobs is replaced quietly, so what its items
-        left behind is not charged to the next item. A fresh worker is never stopped idle: with a
-        cap below its baseline it would be replaced forever."""
+    def check_memory(self, limit: int, finished: list[ProcessWorker]) -> list[Died]:
+        """Stop the workers holding more than ``limit`` bytes; the events for what they had.
+
+        A worker that just finished a job and holds too much (what its items kept) is replaced
+        before it can charge that to an item of its next job: that job runs again elsewhere. Every
+        ``MEMORY_POLL`` seconds, a busy worker over the cap fails the item its slot names.
+        """
         events: list[Died] = []
-        for worker in list(self.workers):
-            if not worker.ready or (not worker.jobs and worker.batch == 0):
-                continue
-            used = worker.resident()
-            if used is None or used <= limit:
-                continue
-            if not worker.jobs:
+        for worker in finished:
+            used = worker.resident() if worker in self.workers else None
+            if used is not None and used > limit:
                 log.info(
-                    "batchcore: idle worker pid %s holds %s, over max_memory=%s: replacing it",
+                    "batchcore: worker pid %s holds %s after its job, over max_memory=%s: "
+                    "replacing it",
                     worker.ident,
                     format_bytes(used),
                     format_bytes(limit),
                 )
+                queued = list(worker.jobs)  # its next job, if it started, is not to blame
+                worker.jobs.clear()
+                worker.output = []  # printed by that job, which prints again where it reruns
                 self.stop(worker)
-                continue
+                events.append(Died(worker, None, None, None, 0, queued=queued))
+        if time.monotonic() < self.memory_checked + MEMORY_POLL:
+            return events
+        self.memory_checked = time.monotonic()
+        for worker in [worker for worker in self.workers if worker.jobs]:
             job = worker.jobs[0]
             if not job.start <= worker.slot.index < job.start + len(job.items):
-                continue  # between two jobs: charged to the item it starts, at the next read
+                continue  # not started yet
+            used = worker.resident()
+            if used is None or used <= limit:
+                continue
             worker.proc.kill()
-            event = self.on_exit(worker)
+            event = self.on_exit(worker)  # reaps it, starts its replacement, keeps its output
             event.memory = (used, limit)
             events.append(event)
         return events
