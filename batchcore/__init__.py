@@ -15,6 +15,7 @@ from .backends.base import Backend
 from .batch import BatchStats, ItemFailure
 from .errors import (
     BatchcoreError,
+    ItemMemoryError,
     ItemTimeoutError,
     RemoteItemError,
     SerializationError,
@@ -63,6 +64,7 @@ __all__ = [
     "BatchcoreError",
     "Flow",
     "ItemFailure",
+    "ItemMemoryError",
     "ItemTimeoutError",
     "Node",
     "RemoteItemError",

@@ -87,12 +87,15 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], plan: BatchPlan) -> 
     bar = progress_bar(plan.progress, total, type(owner).__name__, unit)
     results: list[Any] = []
     began = time.perf_counter()
+    # Only a backend that caps memory takes max_memory= (``resolve_options`` refused the others).
+    memory = {} if plan.max_memory is None else {"max_memory": plan.max_memory}
     chunks = backend.map(
         task,
         items,
         chunksize=plan.chunksize,
         timeout=plan.timeout,
         fail_fast=plan.fail_fast,
+        **memory,
     )
     try:
         for chunk in chunks:

@@ -5,6 +5,7 @@
     BatchcoreError(Exception)
     ├── WorkerCrashedError(RuntimeError)   a worker process died while running an item
     ├── ItemTimeoutError(TimeoutError)     an item ran longer than ``timeout=`` seconds
+    ├── ItemMemoryError(MemoryError)       a worker grew past ``max_memory=`` while running an item
     ├── RemoteItemError                    an item raised an exception that could not be sent back
     ├── SerializationError(PicklingError)  a node, item, result or shared value could not be pickled
     └── WorkerStartupError(RuntimeError)   a worker process could not start
@@ -21,6 +22,7 @@ from typing import Any
 
 __all__ = [
     "BatchcoreError",
+    "ItemMemoryError",
     "ItemTimeoutError",
     "RemoteItemError",
     "RemoteTraceback",
@@ -28,6 +30,7 @@ __all__ = [
     "WorkerCrashedError",
     "WorkerStartupError",
     "check_positive_int",
+    "format_bytes",
     "short_repr",
 ]
 
@@ -56,6 +59,18 @@ def check_positive_int(name: str, value: object) -> None:
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+
+def format_bytes(size: int) -> str:
+    """``size`` bytes for a message, in the largest binary unit that keeps it >= 1: ``1.5 GiB``."""
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    if unit == "bytes":
+        return f"{size} bytes"
+    return f"{value:.1f} {unit}".replace(".0 ", " ")
 
 
 class BatchcoreError(Exception):
@@ -124,6 +139,31 @@ class ItemTimeoutError(BatchcoreError, TimeoutError):
 
     def __reduce__(self) -> Any:
         return (type(self), (self.index, self.item_repr, self.timeout, self.attempts))
+
+
+class ItemMemoryError(BatchcoreError, MemoryError):
+    """While item ``index`` ran, its worker's memory (``used`` bytes resident) went past
+    ``limit`` (``max_memory=``); the worker was stopped and replaced."""
+
+    def __init__(
+        self, index: int, item_repr: str, limit: int, used: int, pid: int | None, attempts: int
+    ) -> None:
+        self.index = index
+        self.item_repr = item_repr
+        self.limit = limit
+        self.used = used
+        self.pid = pid
+        self.attempts = attempts
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        who = f"worker pid {pid}" if pid is not None else "the worker"
+        super().__init__(
+            f"{who} running item {index} ({item_repr}) used {format_bytes(used)} of memory, "
+            f"over max_memory={format_bytes(limit)}, and was stopped; gave up after {tries}"
+        )
+
+    def __reduce__(self) -> Any:
+        args = (self.index, self.item_repr, self.limit, self.used, self.pid, self.attempts)
+        return (type(self), args)
 
 
 class RemoteItemError(BatchcoreError):

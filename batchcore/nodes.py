@@ -132,7 +132,8 @@ class BatchNode(Node):
     ``post`` gets the list of results in input order. The ``BatchOptions``, by keyword, by class
     attribute on a subclass, or by ``use_backend``: ``backend`` ("sequential", "thread",
     "process", "dask", "auto", or a ``Backend``), ``workers``, ``chunksize``, ``timeout``
-    (seconds per item attempt), ``on_error`` ("raise" or "collect") and ``progress``.
+    (seconds per item attempt), ``max_memory`` (per process worker: bytes or "2GiB"),
+    ``on_error`` ("raise" or "collect") and ``progress``.
     ``batch_stats`` describes the last run.
     """
 

@@ -9,7 +9,8 @@ Each option (``BatchOptions``) is resolved on its own, most specific first::
 
 ``backend="auto"`` lets batchcore choose per batch (``choose_backend``): sequential for a batch
 of one item, threads when the node says its work releases the GIL (``releases_gil``), processes
-for per-item Python work.
+for per-item Python work, and always processes under ``max_memory=`` (only a process can be
+stopped when it grows too big).
 
 ``resolve_options`` turns them into a ``BatchPlan``: the backend object and what ``run_batch``
 passes to its ``map``. Inside a worker, every batch runs sequentially so nested parallel nodes
@@ -19,6 +20,7 @@ never oversubscribe the machine.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -28,7 +30,7 @@ from typing import Any, TypedDict, TypeVar
 
 from .backends import check_backend_name, get_backend
 from .backends.base import Backend, in_worker
-from .errors import check_positive_int
+from .errors import check_positive_int, format_bytes
 
 __all__ = [
     "OPTION_NAMES",
@@ -37,6 +39,7 @@ __all__ = [
     "BatchPlan",
     "check_options",
     "choose_backend",
+    "parse_size",
     "resolve_options",
     "shows_option_keywords",
     "use_backend",
@@ -54,11 +57,23 @@ class BatchOptions(TypedDict, total=False):
     workers: int | None  # workers of the backend named by ``backend``
     chunksize: int | None  # items per job (default: sized from the measured time per item)
     timeout: float | None  # seconds per item attempt (thread, process and Dask backends)
+    max_memory: int | str | None  # per process worker: bytes, or a size such as "2GiB" or "512M"
     on_error: str | None  # "raise" (the default) or "collect"
     progress: bool | None  # a progress bar on stderr
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(BatchOptions.__annotations__)
+
+# Sizes: a bare K/M/G/T is binary, as in ``ulimit``, ``ps`` and Docker's ``--memory``; KB/MB/GB/TB
+# are decimal and KiB/MiB/GiB/TiB (or Kubernetes' Ki/Mi/Gi/Ti) binary, as their standards say.
+SIZE_UNITS: dict[str, int] = {"": 1, "b": 1}
+for _power, _letter in enumerate("kmgt", start=1):
+    SIZE_UNITS |= {_letter: 1024**_power, _letter + "b": 1000**_power}
+    SIZE_UNITS |= {_letter + "i": 1024**_power, _letter + "ib": 1024**_power}
+SIZE_PATTERN = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+# A worker's interpreter alone is resident in about this much: a smaller cap is a unit mistake
+# (``max_memory=512`` meant as MiB), which would fail every item.
+MIN_MEMORY = 16 << 20
 
 Init = TypeVar("Init", bound=Callable[..., None])
 
@@ -101,6 +116,8 @@ def check_options(options: dict[str, Any], where: str) -> BatchOptions:
             raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if "max_memory" in checked:
+        checked["max_memory"] = parse_size(checked["max_memory"])
     on_error = checked.get("on_error")
     if on_error is not None and on_error not in ON_ERROR_CHOICES:
         raise ValueError(f"on_error must be one of {list(ON_ERROR_CHOICES)}, got {on_error!r}")
@@ -108,6 +125,33 @@ def check_options(options: dict[str, Any], where: str) -> BatchOptions:
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")
     return checked  # type: ignore[return-value]
+
+
+def parse_size(value: object, name: str = "max_memory") -> int:
+    """Bytes from an int or a size such as ``"2GiB"``, ``"512M"`` or ``"1.5 GB"`` (see
+    ``SIZE_UNITS``); ``ValueError`` names ``name``, the value and the units it accepts."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"{name} must be a number of bytes or a size such as '2GiB', got {value!r}")
+    if isinstance(value, str):
+        match = SIZE_PATTERN.fullmatch(value)
+        unit = match.group(2).lower() if match else ""
+        if match is None or unit not in SIZE_UNITS:
+            units = ", ".join(sorted({u.upper().replace("I", "i") for u in SIZE_UNITS if u}))
+            raise ValueError(
+                f"{name} must be a number of bytes or a size such as '512MiB' or '2G' "
+                f"(units: {units}), got {value!r}"
+            )
+        size = int(float(match.group(1)) * SIZE_UNITS[unit])
+    else:
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{name} must be a finite number of bytes, got {value!r}")
+        size = int(value)
+    if size < MIN_MEMORY:
+        raise ValueError(
+            f"{name} must be at least {format_bytes(MIN_MEMORY)} (a worker's interpreter alone "
+            f"uses about that; was a unit left out?), got {value!r}"
+        )
+    return size
 
 
 @dataclass(frozen=True)
@@ -120,6 +164,7 @@ class BatchPlan:
     fail_fast: bool
     progress: bool
     reason: str = ""  # why this backend, when batchcore chose it (backend="auto")
+    max_memory: int | None = None  # bytes a process worker may hold (checked: ``parse_size``)
 
 
 _SCOPE: ContextVar[BatchOptions] = ContextVar("batchcore_options")  # unset: read with .get({})
@@ -174,17 +219,21 @@ def resolve_options(node: object, items: Iterable[Any] | None = None) -> BatchPl
     keywords: BatchOptions = getattr(node, "_batch_options", unset)  # checked by the constructor
     options: BatchOptions = {**_SCOPE.get({}), **class_options(node), **keywords}
     chosen = options.get("backend")
+    max_memory = options.get("max_memory")  # bytes, once checked (``parse_size``)
     backend: Backend
     reason = ""
     if in_worker():
         backend = get_backend("sequential")
+        max_memory = None  # the worker this nested batch runs in is itself under the cap
     elif isinstance(chosen, Backend):
         backend = chosen
     elif chosen == AUTO:
-        name, reason = choose_backend(node, items)
+        name, reason = choose_backend(node, items, max_memory is not None)
         backend = get_backend(name, options.get("workers"))
     else:
         backend = get_backend(chosen or "sequential", options.get("workers"))
+    if max_memory is not None and not backend.caps_memory:
+        raise ValueError(refuse_max_memory(backend.name, int(max_memory)))
     return BatchPlan(
         backend=backend,
         chunksize=options.get("chunksize"),
@@ -192,16 +241,40 @@ def resolve_options(node: object, items: Iterable[Any] | None = None) -> BatchPl
         fail_fast=options.get("on_error", "raise") == "raise",
         progress=bool(options.get("progress")),
         reason=reason,
+        max_memory=None if max_memory is None else int(max_memory),
     )
 
 
-def choose_backend(node: object, items: Iterable[Any] | None) -> tuple[str, str]:
+def refuse_max_memory(name: str, max_memory: int) -> str:
+    """Why backend ``name`` cannot take ``max_memory=``, and what to do instead."""
+    cap = f"max_memory={format_bytes(max_memory)}"
+    why = {
+        "sequential": "runs items in the caller's own process, which batchcore cannot stop",
+        "thread": "runs items in threads of the caller's process: a thread cannot be stopped",
+        "dask": (
+            "has its own per-worker cap, which governs there: the cluster's memory_limit "
+            "(batchcore's own local cluster keeps Dask's default, RAM / CPUs per worker thread)"
+        ),
+    }.get(name, "cannot stop a worker that grows too big")
+    return (
+        f"{cap} needs a backend that runs items in worker processes it can stop ('process' or "
+        f"'auto'); backend {name!r} {why}"
+    )
+
+
+def choose_backend(
+    node: object, items: Iterable[Any] | None, max_memory: bool = False
+) -> tuple[str, str]:
     """What ``backend="auto"`` runs ``node``'s batch on, and why (for summaries and logs).
 
-    One item has nothing to share out. Work that releases the GIL (pyarrow, numpy, Pillow: the
-    node's class says so with ``releases_gil = True``) runs on threads, which start at once and
-    copy nothing; any other work is per-item Python, which only processes run in parallel.
+    Under ``max_memory`` only a process worker can be stopped when it grows too big, however few
+    the items or whatever releases the GIL. One item has nothing to share out. Work that releases
+    the GIL (pyarrow, numpy, Pillow: the node's class says so with ``releases_gil = True``) runs
+    on threads, which start at once and copy nothing; any other work is per-item Python, which
+    only processes run in parallel.
     """
+    if max_memory:
+        return "process", "auto: max_memory= caps only process workers"
     try:
         count: int | None = len(items)  # type: ignore[arg-type]
     except TypeError:  # a generator (or no items yet): its length is not known

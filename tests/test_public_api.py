@@ -38,6 +38,7 @@ EXPECTED_ALL = [
     "BatchcoreError",
     "Flow",
     "ItemFailure",
+    "ItemMemoryError",
     "ItemTimeoutError",
     "Node",
     "RemoteItemError",

@@ -235,6 +235,7 @@ class Backend:
 
     name: ClassVar[str] = ""
     parallel: ClassVar[bool] = True  # False only for sequential: BatchFlow then shares `shared`
+    caps_memory: ClassVar[bool] = False  # True: ``map`` takes ``max_memory=`` bytes per worker
 
     def __init__(self, workers: int | None = None) -> None:
         if workers is not None:

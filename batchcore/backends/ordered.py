@@ -35,7 +35,13 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from ..errors import ItemTimeoutError, SerializationError, WorkerCrashedError, short_repr
+from ..errors import (
+    ItemMemoryError,
+    ItemTimeoutError,
+    SerializationError,
+    WorkerCrashedError,
+    short_repr,
+)
 from ..pickling import dumps
 from . import shm
 from .base import CUR_RETRY, Backend, Chunk, Failure, Task
@@ -86,6 +92,7 @@ class Died:
     timed_out: bool = False  # stopped by the parent for running past ``timeout``
     queued: list[Job] = field(default_factory=list)  # jobs waiting behind it: all innocent
     note: str = ""  # what the transport knows beyond that (Dask's own verdict)
+    memory: tuple[int, int] | None = None  # stopped over ``max_memory``: (bytes used, the cap)
 
 
 @dataclass(eq=False)
@@ -535,6 +542,11 @@ class OrderedRun:
             if event.timed_out:
                 error = ItemTimeoutError(
                     index, short_repr(culprit), self.timeout or 0.0, attempt + 1
+                )
+            elif event.memory is not None:
+                used, limit = event.memory
+                error = ItemMemoryError(
+                    index, short_repr(culprit), limit, used, event.worker.ident, attempt + 1
                 )
             else:
                 error = WorkerCrashedError(

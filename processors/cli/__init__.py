@@ -71,7 +71,8 @@ def run(argv: list[str] | None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler: Handler = args.handler
     try:
-        return handler(args)
+        with batchcore.use_backend(max_memory=getattr(args, "max_memory", None)):
+            return handler(args)
     except CommandFailed as exc:  # its one line is already on stderr
         return exc.code
     except KeyboardInterrupt:

@@ -6,8 +6,9 @@ import argparse
 import sys
 
 import batchcore
+from batchcore.options import parse_size
 
-__all__ = ["PROG", "add_batch_options", "positive_int", "show_progress"]
+__all__ = ["PROG", "add_batch_options", "memory_size", "positive_int", "show_progress"]
 
 PROG = "batchcore"
 
@@ -23,8 +24,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def memory_size(text: str) -> int:
+    """An argparse ``type`` for sizes: ``2GiB``, ``512M``, ``1.5GB`` or bytes (``parse_size``)."""
+    try:
+        return parse_size(text, "--max-memory")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--max-memory ")) from None
+
+
 def add_batch_options(parser: argparse.ArgumentParser) -> None:
-    """``--backend``, ``--workers`` and ``--progress``: shared by every job that runs a batch."""
+    """``--backend``, ``--workers``, ``--max-memory`` and ``--progress``: shared by every job that
+    runs a batch (``--max-memory`` reaches it as a scoped default: ``use_backend``)."""
     group = parser.add_argument_group("batch options")
     group.add_argument(
         "--backend",
@@ -35,6 +45,14 @@ def add_batch_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--workers", type=positive_int, metavar="N", help="workers (default: one per CPU)"
+    )
+    group.add_argument(
+        "--max-memory",
+        type=memory_size,
+        metavar="SIZE",
+        help="stop a worker process that holds more than SIZE of RAM (e.g. 2GiB, 512M): its "
+        "item fails, naming the cap, and the rest go on; runs items in processes (default: "
+        "no cap)",
     )
     group.add_argument(
         "--progress",
