@@ -161,10 +161,9 @@ class DiesWhileSaving(ImageJobsNode):
             original = Image.Image.save
 
             def half_then_die(image: Image.Image, fp: Any, *args: Any, **params: Any) -> None:
-                original(image, fp, *args, **params)
-                size = os.path.getsize(fp)
-                with open(fp, "r+b") as handle:
-                    handle.truncate(size // 2)
+                original(image, fp, *args, **params)  # fp: the open temporary file
+                fp.truncate(fp.tell() // 2)
+                fp.flush()
                 os._exit(9)
 
             Image.Image.save = half_then_die  # type: ignore[method-assign]  # this worker only
