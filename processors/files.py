@@ -158,12 +158,14 @@ def _replace_in(folder: int, final: Path, write: Callable[[BinaryIO], object]) -
     while True:
         temporary = temp_path(final).name
         try:
-            fd = os.open(temporary, _CREATE | _NOFOLLOW, 0o666, dir_fd=folder)
+            # read-write: some encoders (multi-page TIFF) read back what they wrote
+            flags = (_CREATE & ~os.O_WRONLY) | os.O_RDWR | _NOFOLLOW
+            fd = os.open(temporary, flags, 0o666, dir_fd=folder)
         except FileExistsError:
             continue
         break
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "w+b") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

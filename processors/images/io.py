@@ -449,8 +449,9 @@ def _what_fits(frames: Frames, fmt: str) -> tuple[Frames, str]:
     """The part of ``frames`` that ``fmt`` can hold, and a note of the rest ("" if nothing)."""
     count = len(frames)
     if count > 1 and fmt not in MULTI_FRAME_FORMATS:
-        kind = "pages" if frames.durations is None else "frames"
-        note = f"{kind} 2-{count} ({count - 1} of {count}; {fmt} holds one image)"
+        kind = "page" if frames.durations is None else "frame"
+        which = f"{kind} 2" if count == 2 else f"{kind}s 2-{count}"
+        note = f"{which} ({count - 1} of {count}; {fmt} holds one image)"
         return replace(frames, images=frames.images[:1]), note
     if count > 1 and fmt not in TIMED_FORMATS and frames.durations is not None:
         return frames, f"frame durations and loop count ({fmt} pages have no timing)"
