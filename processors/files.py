@@ -113,7 +113,9 @@ def write_atomically_in(
         where = root
         for part in relative.parts[:-1]:
             where = where / part
-            folder = _enter(folder, part, where)
+            inner = _enter(folder, part, where)
+            os.close(folder)
+            folder = inner
         _replace_in(folder, final, write)
     finally:
         os.close(folder)
@@ -132,21 +134,17 @@ def _check_inside(root: Path, final: Path) -> None:
 
 
 def _enter(parent: int, name: str, where: Path) -> int:
-    """The folder ``name`` in ``parent`` (made if missing), opened without following a symlink;
-    ``parent`` is closed."""
+    """The folder ``name`` in ``parent`` (made if missing), opened without following a symlink."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(name, dir_fd=parent)
     try:
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(name, dir_fd=parent)
-        try:
-            return os.open(name, _FOLDER | _NOFOLLOW, dir_fd=parent)
-        except OSError:
-            if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
-                raise OSError(
-                    errno.ELOOP, "is a symlink; refusing to write through it", str(where)
-                ) from None
-            raise
-    finally:
-        os.close(parent)
+        return os.open(name, _FOLDER | _NOFOLLOW, dir_fd=parent)
+    except OSError:
+        if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
+            raise OSError(
+                errno.ELOOP, "is a symlink; refusing to write through it", str(where)
+            ) from None
+        raise
 
 
 def _replace_in(folder: int, final: Path, write: Callable[[BinaryIO], object]) -> None:
