@@ -8,7 +8,8 @@ Two shapes run the same jobs, with pixel-identical outputs on every backend:
   ``thumbnail`` gets its own reduced-size JPEG decode, which is cheaper still);
 - ``ImageBatchFlow``, a ``BatchFlow``: ``LoadImage -> ApplyFilter -> SaveImage`` once per
   ``{input, filter}`` params dict, passing the image through ``shared["image"]`` and
-  ``shared["filtered_image"]``, which stay in the worker (``shared_outputs = ()``).
+  ``shared["filtered_image"]``, which stay in the worker; only ``shared["image_dropped"]``
+  (what an output format could not hold) comes back (``shared_outputs``).
 
 Both report one ``JobResult`` per job and fail only the jobs a bad file, filter or write touches.
 Every frame of an animation (every page of a TIFF) goes through the chain; when the output
