@@ -158,10 +158,6 @@ class Frames:
     def __len__(self) -> int:
         return len(self.images)
 
-    def map(self, change: Callable[[Image.Image], Image.Image]) -> Frames:
-        """The same timing with ``change`` applied to every frame, in order."""
-        return replace(self, images=tuple(change(image) for image in self.images))
-
 
 def load_image(
     path: str | os.PathLike[str],
