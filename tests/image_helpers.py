@@ -161,11 +161,56 @@ class DiesWhileSaving(ImageJobsNode):
             original = Image.Image.save
 
             def half_then_die(image: Image.Image, fp: Any, *args: Any, **params: Any) -> None:
-                original(image, fp, *args, **params)
-                size = os.path.getsize(fp)
-                with open(fp, "r+b") as handle:
-                    handle.truncate(size // 2)
+                original(image, fp, *args, **params)  # fp: the open temporary file
+                fp.truncate(fp.tell() // 2)
+                fp.flush()
                 os._exit(9)
 
             Image.Image.save = half_then_die  # type: ignore[method-assign]  # this worker only
         return super().exec(group)
+
+
+# --- animations and multi-page files ------------------------------------------------------------
+
+DURATIONS = [100, 200, 300, 400]  # ms: distinct, so a frame put in the wrong place shows
+
+
+def animation_frames(count: int = 4, size: tuple[int, int] = (24, 16)) -> list[Image.Image]:
+    """``count`` RGB frames, each a different flat colour with a white bar at a different row
+    (few colours: GIF's palette holds them exactly; distinct: no encoder merges two)."""
+    frames = []
+    for index in range(count):
+        pixels = np.zeros((size[1], size[0], 3), dtype=np.uint8)
+        pixels[:, :] = (40 * index, 255 - 40 * index, 100)
+        pixels[3 * index : 3 * index + 4, :] = 255
+        frames.append(Image.fromarray(pixels))
+    return frames
+
+
+def write_animation(path: Path, frames: list[Image.Image], *, loop: int = 0) -> Path:
+    """``frames`` in one file of the format ``path``'s extension names: an animation (GIF,
+    WebP losslessly, PNG as APNG) with ``DURATIONS`` and ``loop``, or a multi-page TIFF."""
+    options: dict[str, Any] = {"save_all": True, "append_images": frames[1:]}
+    if path.suffix != ".tif":
+        options.update(duration=DURATIONS[: len(frames)], loop=loop)
+    if path.suffix == ".webp":
+        options["lossless"] = True
+    return write(path, frames[0], **options)
+
+
+def read_frames(path: str | os.PathLike[str]) -> tuple[list[np.ndarray[Any, Any]], list[Any], Any]:
+    """The frames of an output file as RGB arrays, with their durations and the loop count."""
+    arrays, durations = [], []
+    with Image.open(path) as image:
+        for index in range(getattr(image, "n_frames", 1)):
+            image.seek(index)
+            image.load()  # WebP sets a frame's duration when it loads
+            arrays.append(np.asarray(image.convert("RGB"), dtype=np.int16))
+            durations.append(image.info.get("duration"))
+        return arrays, durations, image.info.get("loop")
+
+
+@register_filter("test_grow")
+def grow(image: Image.Image, factor: int = 2) -> Image.Image:
+    """A user filter that enlarges without declaring its output size (checked on its result)."""
+    return image.resize((image.width * factor, image.height * factor))

@@ -65,6 +65,7 @@ def test_json_is_one_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert set(report) == {
         "ok",
         "failed",
+        "dropped",
         "skipped",
         "jobs",
         "seconds",

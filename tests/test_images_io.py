@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path, PurePath
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -367,10 +368,9 @@ def test_a_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monkey
     target = tmp_path / "out" / "a_blur.jpg"
     original = Image.Image.save
 
-    def half_then_fail(image: Image.Image, fp: str, *args: object, **params: object) -> None:
+    def half_then_fail(image: Image.Image, fp: BinaryIO, *args: object, **params: object) -> None:
         original(image, fp, *args, **params)  # type: ignore[arg-type]
-        with open(fp, "r+b") as handle:
-            handle.truncate(os.path.getsize(fp) // 2)
+        fp.truncate(fp.tell() // 2)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", half_then_fail)

@@ -1,9 +1,11 @@
 """``batchcore images SRC -o OUT -f FILTER ...``: batch image filtering on any backend.
 
 Writes ``OUT/<relative folder>/<stem>_<filter>.<ext>`` for every image under SRC and every
-``-f``. Prints one line per failed job on stderr, then a summary (or one JSON object with
-``--json``). Exit codes (``errors``): 0 every job succeeded, 1 some failed (all the others were
-written), 2 usage (bad filter, no images, an output path that leaves OUT...), 130 interrupted.
+``-f``, with every frame of an animation or multi-page TIFF. Prints one line per failed job on
+stderr, one per output whose format could not hold every frame (or their timing), then a
+summary (or one JSON object with ``--json``, whose ``dropped`` lists the latter). Exit codes
+(``errors``): 0 every job succeeded, 1 some failed (all the others were written), 2 usage
+(bad filter, no images, an output path that leaves OUT...), 130 interrupted.
 Pillow is imported by the handler, not here, so ``batchcore --help`` stays fast.
 """
 
@@ -89,7 +91,8 @@ def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         type=positive_int,
         default=DEFAULT_MAX_PIXELS,
         metavar="N",
-        help="refuse images with more pixels, as decompression bombs (default: %(default)s)",
+        help="refuse images (all frames together) and filter outputs with more pixels, as "
+        "decompression bombs (default: %(default)s)",
     )
     parser.add_argument(
         "--per-job",
@@ -142,8 +145,16 @@ def run_images_command(args: argparse.Namespace) -> int:
         report["out"] = args.out
         print(json.dumps(report))
     else:
+        for result in summary.dropped:  # written, but the format could not hold everything
+            print(
+                f"{PROG}: dropped [{result.filter}]: {result.output} (from {result.source}) "
+                f"lacks {result.dropped}",
+                file=sys.stderr,
+            )
+        dropped = f", {len(summary.dropped)} with frames dropped" if summary.dropped else ""
         print(
-            f"{args.out}: {summary.ok} ok, {len(summary.failed)} failed, {summary.skipped} skipped "
+            f"{args.out}: {summary.ok} ok{dropped}, {len(summary.failed)} failed, "
+            f"{summary.skipped} skipped "
             f"in {summary.seconds:.2f} s ({summary.jobs_per_second:.1f} jobs/s, "
             f"{summary.backend} backend, {summary.workers} worker{plural}"
             + (f", {summary.backend_reason})" if summary.backend_reason else ")")

@@ -16,6 +16,10 @@ their type from the function's annotations (or defaults): int, float, bool, str,
 working modes L, LA, RGB and RGBA (what ``io.load_image`` returns, and what ``apply``
 converts any other mode to before each step); pixel filters change the colour bands and keep
 alpha as it is, geometric filters move alpha with the pixels. All filters are deterministic.
+
+``apply(image, source, max_pixels=N)`` caps every step's output at N pixels. A filter that
+changes the size registers ``size=`` (its output size from the input's and its parameters), so
+the cap holds before it allocates anything; any other is checked on its result.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "FilterParam",
     "FilterStep",
     "Size",
+    "check_output_size",
     "get_filter",
     "list_filters",
     "parse_chain",
@@ -49,6 +54,7 @@ __all__ = [
 
 Size = tuple[int, int]
 FilterFunction = Callable[..., Image.Image]
+SizeFunction = Callable[..., Size]  # (input size, **the filter's parameters) -> output size
 F = TypeVar("F", bound=FilterFunction)
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -128,6 +134,7 @@ class FilterInfo:
     function: FilterFunction
     params: tuple[FilterParam, ...]
     doc: str
+    size: SizeFunction | None = None  # the output size, when it is not the input's
 
     def param(self, name: str) -> FilterParam | None:
         return next((p for p in self.params if p.name == name), None)
@@ -141,10 +148,13 @@ def register_filter(
     *,
     replace: bool = False,
     ranges: Mapping[str, tuple[float | None, float | None]] | None = None,
+    size: SizeFunction | None = None,
 ) -> Callable[[F], F]:
     """Register ``function(image, **params) -> image`` under ``name``; returns it unchanged.
 
     Parameters after the image need defaults; ``ranges`` bounds numbers (``{"bits": (1, 8)}``).
+    A filter whose output size differs from its input's gives ``size(input_size, **params)``,
+    so that ``max_pixels`` is checked before it runs.
     The function must return a new image and leave its input alone (one decode is shared by
     all the chains of an image). A taken name is a ``ValueError`` unless ``replace=True``.
     """
@@ -162,7 +172,7 @@ def register_filter(
             )
         params = _params_of(name, function, ranges or {})
         doc = inspect.getdoc(function) or ""
-        _REGISTRY[name] = FilterInfo(name, function, params, doc.strip().split("\n")[0])
+        _REGISTRY[name] = FilterInfo(name, function, params, doc.strip().split("\n")[0], size)
         return function
 
     return decorator
@@ -256,6 +266,7 @@ class FilterStep:
     function: FilterFunction
     kwargs: tuple[tuple[str, Any], ...]
     texts: tuple[tuple[str, str], ...]  # the values as typed, for the spec and the file name
+    size: SizeFunction | None = None  # FilterInfo.size
 
     @property
     def spec(self) -> str:
@@ -272,6 +283,10 @@ class FilterStep:
 
     def apply(self, image: Image.Image) -> Image.Image:
         return self.function(image, **dict(self.kwargs))
+
+    def output_size(self, size: Size) -> Size:
+        """The size this step makes of an input of ``size`` (the same unless it says)."""
+        return size if self.size is None else self.size(size, **dict(self.kwargs))
 
 
 @dataclass(frozen=True)
@@ -305,21 +320,45 @@ class FilterChain:
         width, height = dict(first.kwargs).get("size", THUMBNAIL_SIZE)
         return (width * 2, height * 2)  # Pillow's reducing_gap=2.0
 
-    def apply(self, image: Image.Image, source: str = "<image>") -> Image.Image:
-        """Run every step; a step that raises becomes ``FilterError`` naming ``source``."""
+    def apply(
+        self, image: Image.Image, source: str = "<image>", max_pixels: int | None = None
+    ) -> Image.Image:
+        """Run every step; a step that raises, or whose output would have more than
+        ``max_pixels`` pixels (``None``: no cap), becomes ``FilterError`` naming ``source``."""
         for step in self.steps:
             try:
+                check_output_size(source, step, step.output_size(image.size), max_pixels)
                 result: Any = step.apply(to_working_mode(image))
+            except FilterError:
+                raise
             except Exception as exc:
                 raise FilterError(source, step.spec, f"{type(exc).__name__}: {exc}") from exc
             if not isinstance(result, Image.Image):
                 kind = type(result).__name__
                 raise FilterError(source, step.spec, f"returned {kind}, not an image")
+            check_output_size(source, step, result.size, max_pixels)
             image = result
         return image
 
     def __str__(self) -> str:
         return self.spec
+
+
+def check_output_size(
+    source: str, step: FilterStep, size: Size, max_pixels: int | None, frames: int = 1
+) -> None:
+    """``FilterError`` if ``frames`` outputs of ``size`` from ``step`` exceed ``max_pixels``."""
+    width, height = size
+    pixels = width * height * frames
+    if max_pixels is None or pixels <= max_pixels:
+        return
+    what = f"{width}x{height}" if frames == 1 else f"{frames} frames of {width}x{height}"
+    raise FilterError(
+        source,
+        step.spec,
+        f"its output would be {what} ({pixels:,} pixels), over the limit of {max_pixels:,} "
+        "(max_pixels / --max-pixels)",
+    )
 
 
 def parse_chain(spec: str) -> FilterChain:
@@ -359,7 +398,7 @@ def _parse_step(text: str, spec: str) -> FilterStep:
         if param.name in given:
             kwargs.append((param.name, param.parse(given[param.name], where)))
             texts.append((param.name, given[param.name]))
-    return FilterStep(name, info.function, tuple(kwargs), tuple(texts))
+    return FilterStep(name, info.function, tuple(kwargs), tuple(texts), info.size)
 
 
 def parse_chains(specs: Iterable[str]) -> list[FilterChain]:
@@ -508,7 +547,19 @@ _QUARTER_TURNS = {
 }
 
 
-@register_filter("rotate", ranges={"angle": (-360, 360)})
+def rotated_size(size: Size, angle: float = 90.0, expand: bool = True) -> Size:
+    """The size ``rotate`` gives (an upper bound by a pixel for angles off the quarter turns)."""
+    width, height = size
+    turns = angle % 360
+    if not expand or turns in (0, 180):
+        return size
+    if turns in (90, 270):
+        return (height, width)
+    cos, sin = abs(math.cos(math.radians(angle))), abs(math.sin(math.radians(angle)))
+    return (math.ceil(width * cos + height * sin) + 1, math.ceil(width * sin + height * cos) + 1)
+
+
+@register_filter("rotate", ranges={"angle": (-360, 360)}, size=rotated_size)
 def rotate(image: Image.Image, angle: float = 90.0, expand: bool = True) -> Image.Image:
     """Rotate counter-clockwise by ``angle`` degrees (quarter turns exactly, others bicubic)."""
     turns = angle % 360
@@ -531,19 +582,23 @@ def mirror(image: Image.Image) -> Image.Image:
     return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
 
-@register_filter("resize", ranges={"size": (0, _MAX_SIDE), "scale": (0.001, 16)})
-def resize(image: Image.Image, size: Size = (0, 0), scale: float = 0.5) -> Image.Image:
-    """Resize to ``size`` (a side of 0 keeps the aspect ratio), else by ``scale`` (Lanczos)."""
-    width, height = image.size
+def resized_size(image_size: Size, size: Size = (0, 0), scale: float = 0.5) -> Size:
+    """The size ``resize`` gives an image of ``image_size``."""
+    width, height = image_size
     target_width, target_height = size
     if target_width and target_height:
-        target = (target_width, target_height)
-    elif target_width:
-        target = (target_width, max(1, round(height * target_width / width)))
-    elif target_height:
-        target = (max(1, round(width * target_height / height)), target_height)
-    else:
-        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return (target_width, target_height)
+    if target_width:
+        return (target_width, max(1, round(height * target_width / width)))
+    if target_height:
+        return (max(1, round(width * target_height / height)), target_height)
+    return (max(1, round(width * scale)), max(1, round(height * scale)))
+
+
+@register_filter("resize", ranges={"size": (0, _MAX_SIDE), "scale": (0.001, 16)}, size=resized_size)
+def resize(image: Image.Image, size: Size = (0, 0), scale: float = 0.5) -> Image.Image:
+    """Resize to ``size`` (a side of 0 keeps the aspect ratio), else by ``scale`` (Lanczos)."""
+    target = resized_size(image.size, size, scale)
     return image.resize(target, Image.Resampling.LANCZOS)
 
 

@@ -1,16 +1,26 @@
 """Reading and writing images for the batch jobs: discovery, checked decoding, mode rules, and
 atomic saves.
 
-    load_image:  stat (empty?) -> open under the pixel limit -> [JPEG draft] -> load() (forced
-                 here: Pillow opens lazily) -> EXIF orientation -> working mode (L/LA/RGB/RGBA)
+    load_frames: stat (empty?) -> open under the pixel limit -> [JPEG draft] -> for each frame
+                 or page: load() (forced here: Pillow opens lazily) -> EXIF orientation ->
+                 working mode (L/LA/RGB/RGBA); with durations, loop count and disposal
     save_image:  working mode -> mode the format can hold (alpha on white for JPEG/BMP) -> ICC
-                 profile if it fits -> hidden temporary file in the target folder -> os.replace
+                 profile if it fits -> every frame if the format holds them, else the first
+                 and a note of what was dropped -> hidden temporary file in the target folder,
+                 opened without following symlinks -> os.replace
 
 Mode rules: 1 -> L; P/PA -> RGBA when transparent, else RGB; L or RGB with a transparent colour
 -> LA/RGBA; CMYK -> RGB through its ICC profile (naive formula without one); 16- and 32-bit
 integer (I;16, I) -> L, scaled by 1/257; float (F) -> L, clipped; anything else -> RGB. Only the
 ICC profile is copied to outputs (not EXIF), and only where the format and mode can use it.
-Animated images give their first frame.
+Animated GIF, WebP and APNG files and multi-page TIFFs decode to every frame (``Frames``);
+``load_image`` gives the first.
+
+The pixel limit (``max_pixels``) is applied per call without touching Pillow's process-wide
+``Image.MAX_IMAGE_PIXELS``, which other threads of a host program may read or set: Pillow looks
+its check function up by name at every use (``Image.open``, TIFF tiles, GIF frames, crops), so
+it is replaced once by one that reads a ``ContextVar`` set for the duration of our decode only
+and defers to Pillow's own check everywhere else. The limit covers the sum over all frames.
 """
 
 from __future__ import annotations
@@ -20,8 +30,9 @@ import io
 import os
 import re
 import threading
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
 from functools import cache, lru_cache
 from pathlib import Path, PurePath
 from typing import Any
@@ -30,15 +41,18 @@ import numpy as np
 from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 from ..errors import ImageDecodeError, ImageWriteError
-from ..files import write_atomically
+from ..files import write_atomically_in
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_QUALITY",
     "FORMATS",
     "IMAGE_EXTENSIONS",
+    "Frames",
+    "decode_frames",
     "decode_image",
     "discover_images",
+    "load_frames",
     "load_image",
     "output_format",
     "save_image",
@@ -64,11 +78,16 @@ WORKING_MODES = ("L", "LA", "RGB", "RGBA")
 ICC_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "TIFF"})
 NO_ALPHA_FORMATS = frozenset({"JPEG", "BMP"})
 ORIENTATION = 0x0112
+MULTI_FRAME_FORMATS = frozenset({"GIF", "PNG", "WEBP", "TIFF"})  # PNG as APNG
+TIMED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})  # TIFF pages have no durations or loop count
+# Disposal by format: GIF's 0-3 (unspecified, keep, background, previous), APNG's 0-2 (keep,
+# background, previous); WebP's encoder takes none. Converted when the format changes.
+_GIF_TO_APNG = {0: 0, 1: 0, 2: 1, 3: 2}
+_APNG_TO_GIF = {0: 1, 1: 2, 2: 3}
 
-# Pillow reads its pixel limit from a module global at open time. We set it for the duration of
-# an open (a header read), under a lock so concurrent opens on the thread backend never mix limits,
-# and restore it after: the caller's process keeps its own setting.
-_OPEN_LOCK = threading.Lock()
+# The limit of the decode running in this context; None: not ours, Pillow's own check applies.
+_LIMIT: ContextVar[tuple[int | None] | None] = ContextVar("max_pixels", default=None)
+_INSTALL_LOCK = threading.Lock()
 
 
 # --- discovery ---------------------------------------------------------------------------------
@@ -117,19 +136,53 @@ def output_format(ext: str) -> str:
 # --- decoding ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Frames:
+    """A decoded image: its frames (one for a still; every frame of an animation, every page of
+    a multi-page TIFF) with the timing the source gave them.
+
+    ``durations`` are milliseconds per frame and ``loop`` the loop count (0: forever), ``None``
+    when the source has none; ``disposal`` is per frame in ``source_format``'s numbering.
+    """
+
+    images: tuple[Image.Image, ...]
+    durations: tuple[float, ...] | None = None
+    loop: int | None = None
+    disposal: tuple[int, ...] | None = None
+    source_format: str = ""
+
+    @property
+    def first(self) -> Image.Image:
+        return self.images[0]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
 def load_image(
     path: str | os.PathLike[str],
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """Decode ``path`` fully, upright (EXIF orientation applied), in a working mode.
+    """Decode the first frame of ``path`` fully, upright (EXIF orientation applied), in a
+    working mode.
 
     ``max_pixels`` (``None``: no limit) rejects larger images before decoding them. With
     ``draft_size``, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale, no smaller than it.
     ``ImageDecodeError`` names the file for every way a file can be bad.
     """
-    return decode_image(path, max_pixels=max_pixels, draft_size=draft_size)[0]
+    return _decode(os.fspath(path), max_pixels, draft_size, all_frames=False)[0].first
+
+
+def load_frames(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Frames:
+    """``load_image`` for every frame or page; ``max_pixels`` bounds their sum."""
+    return _decode(os.fspath(path), max_pixels, draft_size, all_frames=True)[0]
 
 
 def decode_image(
@@ -140,20 +193,35 @@ def decode_image(
 ) -> tuple[Image.Image, bool]:
     """``load_image``, also saying whether the file is a JPEG (whose decode ``draft_size`` can
     change; any other file decodes the same whatever ``draft_size`` is)."""
-    name = os.fspath(path)
+    frames, jpeg = _decode(os.fspath(path), max_pixels, draft_size, all_frames=False)
+    return frames.first, jpeg
+
+
+def decode_frames(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> tuple[Frames, bool]:
+    """``load_frames``, also saying whether the file is a JPEG (as ``decode_image``)."""
+    return _decode(os.fspath(path), max_pixels, draft_size, all_frames=True)
+
+
+def _decode(
+    name: str, max_pixels: int | None, draft_size: tuple[int, int] | None, *, all_frames: bool
+) -> tuple[Frames, bool]:
     try:
         if os.stat(name).st_size == 0:
             raise ImageDecodeError(name, "empty file (0 bytes)")
-        with _open_limited(name, max_pixels) as file:
+        with _pixel_limit(max_pixels), Image.open(name) as file:
             jpeg = isinstance(file, JpegImagePlugin.JpegImageFile)
             if draft_size is not None and jpeg:
                 width, height = draft_size
                 if file.getexif().get(ORIENTATION, 1) in (5, 6, 7, 8):  # stored on its side
                     width, height = height, width
                 file.draft(None, (width, height))
-            file.load()
-            image = ImageOps.exif_transpose(file)  # a copy: the file can close now
-        return to_working_mode(image), jpeg
+            frames = _read_frames(name, file, max_pixels, all_frames)
+        return frames, jpeg
     except ImageDecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -166,23 +234,81 @@ def decode_image(
         raise ImageDecodeError(name, f"{type(exc).__name__}: {exc}") from None
 
 
+def _read_frames(
+    name: str, file: ImageFile.ImageFile, max_pixels: int | None, all_frames: bool
+) -> Frames:
+    """Every frame of an open ``file`` (or its first), loaded, upright, in a working mode."""
+    count = getattr(file, "n_frames", 1) if all_frames else 1
+    fmt = file.format or ""
+    timed = fmt in TIMED_FORMATS and count > 1
+    images: list[Image.Image] = []
+    durations: list[float] = []
+    disposal: list[int] = []
+    total = 0
+    for index in range(count):
+        file.seek(index)
+        total += file.width * file.height
+        if max_pixels is not None and total > max_pixels:  # checked before this frame decodes
+            raise ImageDecodeError(
+                name,
+                f"its first {index + 1} of {count} frames have {total:,} pixels, over the "
+                f"limit of {max_pixels:,} (raise max_pixels / --max-pixels if it is genuine)",
+            )
+        file.load()
+        images.append(to_working_mode(ImageOps.exif_transpose(file)))  # a copy, kept after close
+        durations.append(float(file.info.get("duration", 0) or 0))
+        frame_disposal = file.info.get("disposal", getattr(file, "disposal_method", None))
+        if isinstance(frame_disposal, int):
+            disposal.append(frame_disposal)
+    loop = file.info.get("loop")
+    return Frames(
+        images=tuple(images),
+        durations=tuple(durations) if timed else None,
+        loop=loop if timed and isinstance(loop, int) else None,
+        disposal=tuple(disposal) if timed and len(disposal) == count else None,
+        source_format=fmt,
+    )
+
+
+def _limited_check(*args: Any, **kwargs: Any) -> None:
+    """Pillow's ``_decompression_bomb_check`` with the limit of the decode running in this
+    context, if any: strict (Pillow only warns up to twice its limit), and process-global
+    state untouched."""
+    limit = _LIMIT.get()
+    if limit is None:
+        _pillow_check(*args, **kwargs)
+        return
+    max_pixels = limit[0]
+    width, height = args[0]
+    pixels = max(1, width) * max(1, height)
+    if max_pixels is not None and pixels > max_pixels:
+        raise Image.DecompressionBombError(
+            f"Image size ({pixels} pixels) exceeds limit of {max_pixels} pixels"
+        )
+
+
+_pillow_check: Callable[..., None] = Image._decompression_bomb_check
+
+
+def _install_check() -> None:
+    """Put ``_limited_check`` in Pillow's place, once per process."""
+    global _pillow_check
+    with _INSTALL_LOCK:
+        current = Image._decompression_bomb_check
+        if current is not _limited_check:
+            _pillow_check = current
+            Image._decompression_bomb_check = _limited_check
+
+
 @contextlib.contextmanager
-def _open_limited(name: str, max_pixels: int | None) -> Iterator[ImageFile.ImageFile]:
-    """``Image.open`` (a header read) under our pixel limit, closed on exit (see ``_OPEN_LOCK``)."""
-    with _OPEN_LOCK, warnings.catch_warnings():
-        # Between the limit and twice the limit Pillow only warns; here that is an error too, the
-        # same on every backend whatever the process's warning filters say.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        saved = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = max_pixels
-        try:
-            file = Image.open(name)
-        except Image.DecompressionBombWarning as exc:
-            raise Image.DecompressionBombError(str(exc)) from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    with file:
-        yield file
+def _pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's size checks use ``max_pixels`` inside this block, in this context only."""
+    _install_check()
+    token = _LIMIT.set((max_pixels,))
+    try:
+        yield
+    finally:
+        _LIMIT.reset(token)
 
 
 def _bomb_reason(message: str, max_pixels: int | None) -> str:
@@ -275,29 +401,73 @@ def _colour_space(profile: bytes) -> str:
 
 
 def save_image(
-    image: Image.Image,
+    image: Image.Image | Frames,
     path: str | os.PathLike[str],
     *,
     fmt: str | None = None,
     quality: int = DEFAULT_QUALITY,
     icc_profile: bytes | None = None,
-) -> None:
-    """Write ``image`` to ``path`` atomically: a hidden temporary file in the same folder,
-    renamed over ``path`` when complete, removed on any failure (``ImageWriteError``).
+    root: str | os.PathLike[str] | None = None,
+) -> str:
+    """Write ``image`` (one image, or ``Frames``) to ``path`` atomically: a hidden temporary file
+    in the same folder, renamed over ``path`` when complete, removed on any failure
+    (``ImageWriteError``). Returns what the format could not hold ("" when nothing was lost).
 
     ``fmt`` defaults to the one ``path``'s extension names; ``quality`` applies to JPEG and
-    WebP; ``icc_profile`` is embedded where the format and the saved mode can use it.
+    WebP; ``icc_profile`` is embedded where the format and the saved mode can use it. Folders
+    from ``root`` (default: ``path``'s folder) down are opened without following symlinks, and
+    a symlink at ``path`` is refused: nothing is ever written outside ``root``.
     """
     final = Path(path)
     fmt = fmt or output_format(final.suffix)
-    image = for_format(image, fmt)
+    frames = image if isinstance(image, Frames) else Frames((image,))
+    kept, dropped = _what_fits(frames, fmt)
+    images = [for_format(frame, fmt) for frame in kept.images]
     options: dict[str, Any] = {"icc_profile": None}  # never Pillow's fallback to image.info
     if fmt in ("JPEG", "WEBP"):
         options["quality"] = quality
-    if icc_profile and fmt in ICC_FORMATS and profile_fits(icc_profile, image.mode):
+    if icc_profile and fmt in ICC_FORMATS and profile_fits(icc_profile, images[0].mode):
         options["icc_profile"] = icc_profile
+    if len(images) > 1:
+        options.update(_animation_options(kept, fmt), save_all=True, append_images=images[1:])
+
+    def write(handle: Any) -> None:
+        images[0].save(handle, format=fmt, **options)
+
     try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(final, lambda temporary: image.save(temporary, format=fmt, **options))
+        write_atomically_in(final.parent if root is None else root, final, write)
     except Exception as exc:
         raise ImageWriteError(str(final), f"{type(exc).__name__}: {exc}") from exc
+    return dropped
+
+
+def _what_fits(frames: Frames, fmt: str) -> tuple[Frames, str]:
+    """The part of ``frames`` that ``fmt`` can hold, and a note of the rest ("" if nothing)."""
+    count = len(frames)
+    if count > 1 and fmt not in MULTI_FRAME_FORMATS:
+        kind = "page" if frames.durations is None else "frame"
+        which = f"{kind} 2" if count == 2 else f"{kind}s 2-{count}"
+        note = f"{which} ({count - 1} of {count}; {fmt} holds one image)"
+        return replace(frames, images=frames.images[:1]), note
+    if count > 1 and fmt not in TIMED_FORMATS and frames.durations is not None:
+        return frames, f"frame durations and loop count ({fmt} pages have no timing)"
+    return frames, ""
+
+
+def _animation_options(frames: Frames, fmt: str) -> dict[str, Any]:
+    """``save_all`` options keeping ``frames``' durations, loop count and disposal in ``fmt``."""
+    options: dict[str, Any] = {}
+    if fmt not in TIMED_FORMATS:
+        return options
+    if frames.durations is not None:
+        options["duration"] = [round(duration) for duration in frames.durations]
+    if frames.loop is not None:
+        options["loop"] = frames.loop
+    disposal = frames.disposal
+    if disposal is not None and fmt in ("GIF", "PNG"):
+        if frames.source_format == "GIF" and fmt == "PNG":
+            disposal = tuple(_GIF_TO_APNG.get(value, 0) for value in disposal)
+        elif frames.source_format == "PNG" and fmt == "GIF":
+            disposal = tuple(_APNG_TO_GIF.get(value, 1) for value in disposal)
+        options["disposal"] = list(disposal)
+    return options

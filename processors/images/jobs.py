@@ -8,9 +8,14 @@ Two shapes run the same jobs, with pixel-identical outputs on every backend:
   ``thumbnail`` gets its own reduced-size JPEG decode, which is cheaper still);
 - ``ImageBatchFlow``, a ``BatchFlow``: ``LoadImage -> ApplyFilter -> SaveImage`` once per
   ``{input, filter}`` params dict, passing the image through ``shared["image"]`` and
-  ``shared["filtered_image"]``, which stay in the worker (``shared_outputs = ()``).
+  ``shared["filtered_image"]``, which stay in the worker; only ``shared["image_dropped"]``
+  (what an output format could not hold) comes back (``shared_outputs``).
 
 Both report one ``JobResult`` per job and fail only the jobs a bad file, filter or write touches.
+Every frame of an animation (every page of a TIFF) goes through the chain; when the output
+format cannot hold them all, the result says what was dropped (``JobResult.dropped``). Filter
+outputs are capped by ``max_pixels`` like inputs, and outputs are written under OUT without
+following symlinks (``io.save_image`` with ``root``).
 ``plan_images`` checks everything before any work: filter specs, the output format, output
 paths that would leave OUT, two jobs writing one file, an output that would overwrite an input.
 """
@@ -20,11 +25,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from batchcore import (
     BaseNode,
@@ -38,14 +41,15 @@ from batchcore import (
 
 from ..errors import FilterError, ImageDecodeError, ImagesUsageError, ImageWriteError
 from ..files import remove_stale_temps
-from .filters import FilterChain, Size, parse_chain, parse_chains
+from .filters import FilterChain, Size, check_output_size, parse_chain, parse_chains
 from .io import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_QUALITY,
     FORMATS,
-    decode_image,
+    Frames,
+    decode_frames,
     discover_images,
-    load_image,
+    load_frames,
     output_format,
     save_image,
 )
@@ -61,6 +65,7 @@ __all__ = [
     "JobResult",
     "LoadImage",
     "SaveImage",
+    "apply_chain",
     "create_base_flow",
     "plan_images",
     "prepare_outputs",
@@ -73,12 +78,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ImageJob:
-    """One output: ``source`` through ``chain`` into ``output`` (a Pillow ``format``)."""
+    """One output: ``source`` through ``chain`` into ``output`` (a Pillow ``format``), never
+    written outside the folder ``root`` ("": ``output``'s own folder)."""
 
     source: str
     chain: FilterChain
     output: str
     format: str
+    root: str = ""
 
     @property
     def filter(self) -> str:
@@ -95,17 +102,19 @@ class ImageGroup:
 
 @dataclass(frozen=True)
 class JobResult:
-    """What became of one job: ``ok``, or the ``reason`` it failed (naming the file)."""
+    """What became of one job: ``ok``, or the ``reason`` it failed (naming the file);
+    ``dropped`` says what of the source the output format could not hold (frames, timing)."""
 
     source: str
     filter: str
     output: str
     ok: bool
     reason: str = ""
+    dropped: str = ""
 
     @classmethod
-    def done(cls, job: ImageJob) -> JobResult:
-        return cls(job.source, job.filter, job.output, True)
+    def done(cls, job: ImageJob, dropped: str = "") -> JobResult:
+        return cls(job.source, job.filter, job.output, True, dropped=dropped)
 
     @classmethod
     def failed(cls, job: ImageJob, reason: str) -> JobResult:
@@ -117,6 +126,15 @@ class JobResult:
             "filter": self.filter,
             "output": self.output,
             "reason": self.reason,
+        }
+
+    def dropped_json(self) -> dict[str, str]:
+        """An entry of the CLI's ``--json`` ``dropped`` list."""
+        return {
+            "source": self.source,
+            "filter": self.filter,
+            "output": self.output,
+            "dropped": self.dropped,
         }
 
 
@@ -150,13 +168,13 @@ class _Decoder:
         self.source = source
         self.max_pixels = max_pixels
         self.jpeg: bool | None = None  # unknown until the first decode
-        self.images: dict[Size | None, Image.Image | ImageDecodeError] = {}
+        self.images: dict[Size | None, Frames | ImageDecodeError] = {}
 
-    def image(self, draft_size: Size | None) -> Image.Image:
+    def image(self, draft_size: Size | None) -> Frames:
         key = None if self.jpeg is False else draft_size  # only JPEG decodes at reduced size
         if key not in self.images:
             try:
-                image, self.jpeg = decode_image(
+                image, self.jpeg = decode_frames(
                     self.source, max_pixels=self.max_pixels, draft_size=key
                 )
                 self.images[key] = image
@@ -168,18 +186,39 @@ class _Decoder:
         return found
 
 
+def apply_chain(
+    chain: FilterChain, frames: Frames, source: str, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Frames:
+    """``chain`` on every frame; ``max_pixels`` caps each step's output and, from the first
+    frame's output size, all the frames' together (before the others are filtered)."""
+    first = chain.apply(frames.first, source, max_pixels)
+    if len(frames) > 1:
+        check_output_size(source, chain.steps[-1], first.size, max_pixels, frames=len(frames))
+    rest = [chain.apply(image, source, max_pixels) for image in frames.images[1:]]
+    return replace(frames, images=(first, *rest))
+
+
 def run_job(
-    job: ImageJob, image_for: Callable[[Size | None], Image.Image], quality: int
+    job: ImageJob,
+    image_for: Callable[[Size | None], Frames],
+    quality: int,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> JobResult:
     """Decode (through ``image_for``), filter and save one job; failures become its result."""
     try:
-        image = image_for(job.chain.draft_size)
-        result = job.chain.apply(image, job.source)
-        profile = image.info.get("icc_profile")
-        save_image(result, job.output, fmt=job.format, quality=quality, icc_profile=profile)
+        frames = image_for(job.chain.draft_size)
+        result = apply_chain(job.chain, frames, job.source, max_pixels)
+        dropped = save_image(
+            result,
+            job.output,
+            fmt=job.format,
+            quality=quality,
+            icc_profile=frames.first.info.get("icc_profile"),
+            root=job.root or None,
+        )
     except Exception as exc:  # one bad file, filter or write fails only this job
         return JobResult.failed(job, failure_reason(job.source, exc))
-    return JobResult.done(job)
+    return JobResult.done(job, dropped)
 
 
 class ImageJobsNode(BatchNode):
@@ -216,7 +255,7 @@ class ImageJobsNode(BatchNode):
 
     def exec(self, group: ImageGroup) -> list[JobResult]:
         decoder = _Decoder(group.source, self.max_pixels)
-        return [run_job(job, decoder.image, self.quality) for job in group.jobs]
+        return [run_job(job, decoder.image, self.quality, self.max_pixels) for job in group.jobs]
 
     def post(
         self, shared: dict[str, Any], prep_res: list[ImageGroup], exec_res: list[list[JobResult]]
@@ -245,7 +284,8 @@ def as_chain(spec: FilterChain | str) -> FilterChain:
 
 
 class LoadImage(Node):
-    """Decodes ``self.params["input"]`` (checked, upright, working mode) to ``shared["image"]``."""
+    """Decodes ``self.params["input"]`` (checked, upright, working mode, every frame) to
+    ``shared["image"]``, a ``Frames``."""
 
     def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         super().__init__()
@@ -254,47 +294,62 @@ class LoadImage(Node):
     def prep(self, shared: dict[str, Any]) -> tuple[str, Size | None]:
         return self.params["input"], as_chain(self.params["filter"]).draft_size
 
-    def exec(self, inputs: tuple[str, Size | None]) -> Image.Image:
+    def exec(self, inputs: tuple[str, Size | None]) -> Frames:
         path, draft_size = inputs
-        return load_image(path, max_pixels=self.max_pixels, draft_size=draft_size)
+        return load_frames(path, max_pixels=self.max_pixels, draft_size=draft_size)
 
-    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Image.Image) -> str:
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Frames) -> str:
         shared["image"] = exec_res
         return "apply_filter"
 
 
 class ApplyFilter(Node):
-    """Runs ``self.params["filter"]`` (a chain or a spec) on ``shared["image"]``."""
+    """Runs ``self.params["filter"]`` (a chain or a spec) on every frame of ``shared["image"]``,
+    each output capped at ``max_pixels``."""
 
-    def prep(self, shared: dict[str, Any]) -> tuple[Image.Image, FilterChain | str]:
+    def __init__(self, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__()
+        self.max_pixels = max_pixels
+
+    def prep(self, shared: dict[str, Any]) -> tuple[Frames, FilterChain | str]:
         return shared["image"], self.params["filter"]
 
-    def exec(self, inputs: tuple[Image.Image, FilterChain | str]) -> Image.Image:
-        image, spec = inputs
-        return as_chain(spec).apply(image, self.params["input"])
+    def exec(self, inputs: tuple[Frames, FilterChain | str]) -> Frames:
+        frames, spec = inputs
+        return apply_chain(as_chain(spec), frames, self.params["input"], self.max_pixels)
 
-    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Image.Image) -> str:
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Frames) -> str:
         shared["filtered_image"] = exec_res
         return "save"
 
 
 class SaveImage(Node):
-    """Writes ``shared["filtered_image"]`` to ``self.params["output"]``, atomically."""
+    """Writes ``shared["filtered_image"]`` to ``self.params["output"]``, atomically, inside
+    ``self.params["root"]`` when given; what the format dropped goes to
+    ``shared["image_dropped"][output]``."""
 
     def __init__(self, quality: int = DEFAULT_QUALITY) -> None:
         super().__init__()
         self.quality = quality
 
-    def prep(self, shared: dict[str, Any]) -> tuple[Image.Image, bytes | None, str, str | None]:
-        profile = shared["image"].info.get("icc_profile")
-        return shared["filtered_image"], profile, self.params["output"], self.params.get("format")
+    def prep(self, shared: dict[str, Any]) -> tuple[Frames, bytes | None, dict[str, Any]]:
+        profile = shared["image"].first.info.get("icc_profile")
+        return shared["filtered_image"], profile, self.params
 
-    def exec(self, inputs: tuple[Image.Image, bytes | None, str, str | None]) -> str:
-        image, profile, output, fmt = inputs
-        save_image(image, output, fmt=fmt, quality=self.quality, icc_profile=profile)
-        return output
+    def exec(self, inputs: tuple[Frames, bytes | None, dict[str, Any]]) -> str:
+        frames, profile, params = inputs
+        return save_image(
+            frames,
+            params["output"],
+            fmt=params.get("format"),
+            quality=self.quality,
+            icc_profile=profile,
+            root=params.get("root") or None,
+        )
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: str) -> str:
+        if exec_res:
+            shared.setdefault("image_dropped", {})[self.params["output"]] = exec_res
         return "default"
 
 
@@ -303,7 +358,7 @@ def create_base_flow(
 ) -> Flow:
     """The sub-flow for one image and one filter: load, apply the filter, save."""
     load = LoadImage(max_pixels)
-    filter_node = ApplyFilter()
+    filter_node = ApplyFilter(max_pixels)
     save = SaveImage(quality)
     load - "apply_filter" >> filter_node
     filter_node - "save" >> save
@@ -319,7 +374,7 @@ class ImageBatchFlow(BatchFlow):
 
     releases_gil = True  # as ImageJobsNode: the sub-flows' work is Pillow's
 
-    shared_outputs = ()  # the decoded images are scratch keys: they never leave the worker
+    shared_outputs = ("image_dropped",)  # the decoded images are scratch: they stay in the worker
     on_error = "collect"
     progress_unit = "job"
 
@@ -337,18 +392,25 @@ class ImageBatchFlow(BatchFlow):
 
     def prep(self, shared: dict[str, Any]) -> list[dict[str, Any]]:
         return [
-            {"input": job.source, "filter": job.chain, "output": job.output, "format": job.format}
+            {
+                "input": job.source,
+                "filter": job.chain,
+                "output": job.output,
+                "format": job.format,
+                "root": job.root,
+            }
             for job in self.jobs
         ]
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> str:
         shared.pop("image", None)  # on the sequential backend the runs shared the caller's dict
         shared.pop("filtered_image", None)
+        dropped: dict[str, str] = shared.pop("image_dropped", None) or {}
         failed = {failure.index: failure.exception for failure in self.batch_stats.failures}
         shared["image_results"] = [
             JobResult.failed(job, failure_reason(job.source, failed[index]))
             if index in failed
-            else JobResult.done(job)
+            else JobResult.done(job, dropped.get(job.output, ""))
             for index, job in enumerate(self.jobs)
         ]
         return "default"
@@ -431,7 +493,7 @@ def plan_images(
                     raise ImagesUsageError(
                         f"{output} is a symlink to {real}, outside the output folder {out_path}"
                     )
-            job = ImageJob(str(source), chain, str(output), output_format(suffix))
+            job = ImageJob(str(source), chain, str(output), output_format(suffix), str(out_path))
             key = str(real).casefold()  # names differing only in case collide on macOS/Windows
             if key in claimed:
                 raise ImagesUsageError(
@@ -481,6 +543,11 @@ class ImagesSummary:
         return [result for result in self.results if not result.ok]
 
     @property
+    def dropped(self) -> list[JobResult]:
+        """The jobs whose output format could not hold all of the source (frames, timing)."""
+        return [result for result in self.results if result.ok and result.dropped]
+
+    @property
     def jobs_per_second(self) -> float:
         return len(self.results) / self.seconds if self.seconds > 0 else 0.0
 
@@ -489,6 +556,7 @@ class ImagesSummary:
         return {
             "ok": self.ok,
             "failed": [result.as_json() for result in self.failed],
+            "dropped": [result.dropped_json() for result in self.dropped],
             "skipped": self.skipped,
             "jobs": len(self.results) + self.skipped,
             "seconds": round(self.seconds, 6),
