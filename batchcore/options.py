@@ -127,9 +127,10 @@ def check_options(options: dict[str, Any], where: str) -> BatchOptions:
     return checked  # type: ignore[return-value]
 
 
-def parse_size(value: object, name: str = "max_memory") -> int:
+def parse_size(value: object, name: str = "max_memory", minimum: int = MIN_MEMORY) -> int:
     """Bytes from an int or a size such as ``"2GiB"``, ``"512M"`` or ``"1.5 GB"`` (see
-    ``SIZE_UNITS``); ``ValueError`` names ``name``, the value and the units it accepts."""
+    ``SIZE_UNITS``), at least ``minimum``; ``ValueError`` names ``name``, the value and the units
+    it accepts."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise TypeError(f"{name} must be a number of bytes or a size such as '2GiB', got {value!r}")
     if isinstance(value, str):
@@ -146,7 +147,9 @@ def parse_size(value: object, name: str = "max_memory") -> int:
         if value != value or value in (float("inf"), float("-inf")):
             raise ValueError(f"{name} must be a finite number of bytes, got {value!r}")
         size = int(value)
-    if size < MIN_MEMORY:
+    if size < minimum and minimum != MIN_MEMORY:
+        raise ValueError(f"{name} must be at least {format_bytes(minimum)}, got {value!r}")
+    if size < minimum:
         raise ValueError(
             f"{name} must be at least {format_bytes(MIN_MEMORY)} (a worker's interpreter alone "
             f"uses about that; was a unit left out?), got {value!r}"

@@ -9,6 +9,8 @@ import math
 import sys
 from typing import Any
 
+from batchcore.options import parse_size
+
 from ..csv.read import MAX_RECORD_BYTES
 from ..tables import format_table
 from .errors import EXIT_OK, run_job
@@ -16,32 +18,14 @@ from .options import PROG, add_batch_options, show_progress
 
 __all__ = ["add_csv_commands", "byte_size", "column_type", "format_csv_stats"]
 
-SIZE_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-}
-
 
 def byte_size(text: str) -> int:
-    """An argparse ``type`` for sizes: ``33554432``, ``32MiB``, ``50MB``."""
-    number = text.strip().upper().rstrip()
-    unit = number.lstrip("0123456789.")
-    digits = number[: len(number) - len(unit)]
+    """An argparse ``type`` for sizes: ``33554432``, ``32MiB``, ``50MB``, ``512M`` (the units of
+    ``max_memory``: ``batchcore.options.parse_size``)."""
     try:
-        value = float(digits) * SIZE_UNITS[unit.strip()]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(
-            f"expected a size such as 32MiB or 50MB, got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
-    return int(value)
+        return parse_size(text, "size", minimum=1)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def column_type(text: str) -> tuple[str, str]:
