@@ -11,7 +11,6 @@ from typing import Any
 
 from batchcore.options import parse_size
 
-from ..csv.read import MAX_RECORD_BYTES
 from ..tables import format_table
 from .errors import EXIT_OK, run_job
 from .options import PROG, add_batch_options, show_progress
@@ -49,7 +48,7 @@ def add_csv_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-record-bytes",
         type=byte_size,
-        default=MAX_RECORD_BYTES,
+        default=None,  # CSVBatchNode's (read.MAX_RECORD_BYTES): --help does not import pyarrow
         metavar="SIZE",
         help="a longer record is an error naming its line (default: 4MiB)",
     )
@@ -87,7 +86,6 @@ def add_csv_options(parser: argparse.ArgumentParser) -> None:
 def csv_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "chunk_bytes": args.chunk_bytes,
-        "max_record_bytes": args.max_record_bytes,
         "delimiter": args.delimiter,
         "encoding": args.encoding,
         "header": args.header,
@@ -97,7 +95,7 @@ def csv_options(args: argparse.Namespace) -> dict[str, Any]:
         "backend": args.backend,
         "workers": args.workers,
         "progress": show_progress(args),
-    }
+    } | ({"max_record_bytes": args.max_record_bytes} if args.max_record_bytes else {})
 
 
 def add_csv_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
