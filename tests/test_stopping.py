@@ -280,11 +280,15 @@ def alive(pids: list[int]) -> list[int]:
 
 
 @pytest.mark.crash
+@pytest.mark.parametrize("to_group", [False, True], ids=["to-pid", "to-group"])
 @pytest.mark.parametrize("job", ["csv", "images"])
 @pytest.mark.parametrize("backend", ["process", "thread"])
-def test_sigterm_stops_the_cli_like_ctrl_c(tmp_path: Path, backend: str, job: str) -> None:
-    """A supervisor's SIGTERM (to the CLI's pid only): one line on stderr, exit 143, no process
-    left behind, no temporary file left in the output folder."""
+def test_sigterm_stops_the_cli_like_ctrl_c(
+    tmp_path: Path, backend: str, job: str, to_group: bool
+) -> None:
+    """A supervisor's SIGTERM, to the CLI's pid (``kill PID``, Docker) or to its whole group
+    (systemd): one line on stderr, exit 143, no process left behind, no temporary file left in
+    the output folder."""
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(textwrap.dedent(SLOW_WRITES))
@@ -315,7 +319,10 @@ def test_sigterm_stops_the_cli_like_ctrl_c(tmp_path: Path, backend: str, job: st
         assert proc.poll() is None, "the job ended before it could be stopped"
         seen.update(descendants(proc.pid))
         sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        if to_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=PROMPT)
         elapsed = time.monotonic() - sent
     finally:
@@ -336,3 +343,17 @@ def test_sigterm_stops_the_cli_like_ctrl_c(tmp_path: Path, backend: str, job: st
     assert survivors == [], "processes outlived the CLI"
     temporary = [p.name for p in out.rglob(".*") if p.name.endswith(".tmp")]
     assert temporary == []
+
+
+def test_the_cli_restores_the_sigterm_handler_it_replaced(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from batchcore.processors.cli import main
+    from batchcore.processors.cli.errors import EXIT_TERMINATED, Terminated, exit_code
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert main(["--version"]) == 0
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert exit_code(Terminated()) == EXIT_TERMINATED == 143
+    assert isinstance(Terminated(), KeyboardInterrupt)  # every Ctrl-C cleanup path applies
+    capsys.readouterr()
