@@ -138,7 +138,7 @@ class AsyncBatchNode(AsyncNode, BatchNode):
 
     async def _exec(self, items: Any) -> list[Any]:  # type: ignore[override]
         per_item = super()._exec
-        return [await _indexed(index, per_item(item)) for index, item in enumerate(items or [])]
+        return [await _indexed(index, per_item(item)) for index, item in enumerate(items)]
 
 
 async def _indexed(index: int, step: Awaitable[T]) -> T:
@@ -210,7 +210,7 @@ class AsyncParallelBatchNode(AsyncNode, BatchNode):
         limit = _limited(self._max_concurrency)
         per_item = super()._exec
         return await _all_or_cancel(
-            _indexed(index, limit(per_item(item))) for index, item in enumerate(items or [])
+            _indexed(index, limit(per_item(item))) for index, item in enumerate(items)
         )
 
 
