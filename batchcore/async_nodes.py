@@ -45,7 +45,7 @@ def _check_timeout(timeout: object) -> float | None:
         raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    return float(timeout)
+    return timeout  # as given, so messages show the user's own value
 
 
 class AsyncNode(Node):
