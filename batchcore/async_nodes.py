@@ -1,8 +1,10 @@
 """The asyncio family, with PocketFlow's semantics: ``*_async`` hooks awaited on one event loop.
 
-Additions: ``AsyncParallelBatchNode`` and ``AsyncParallelBatchFlow`` take ``max_concurrency``,
-and inside an ``AsyncFlow`` a sync ``BatchNode``/``BatchFlow`` on a parallel backend runs in a
-thread, so its pool works while the event loop stays free.
+Additions: ``AsyncNode`` and the async batch nodes take ``timeout`` (seconds per attempt of
+``exec_async``, retried like a failure); ``AsyncParallelBatchNode`` and ``AsyncParallelBatchFlow``
+take ``max_concurrency`` and, when one item fails, cancel the items still running before the
+error reaches the caller; inside an ``AsyncFlow`` a sync ``BatchNode``/``BatchFlow`` on a
+parallel backend runs in a thread, so its pool works while the event loop stays free.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import copy
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from .backends.base import CUR_RETRY
+from .errors import ItemTimeoutError, short_repr
 from .flows import BatchFlow, Flow
 from .nodes import BaseNode, BatchNode, Node
 from .options import resolve_options
@@ -29,9 +33,33 @@ __all__ = [
 
 T = TypeVar("T")
 
+# The index of the batch item whose ``exec_async`` runs in this asyncio task (None: not a batch).
+_ITEM_INDEX: ContextVar[int | None] = ContextVar("batchcore_async_item_index", default=None)
+
+
+def _check_timeout(timeout: object) -> float | None:
+    """``timeout`` as seconds per attempt: ``None`` (no limit) or a number > 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    return timeout  # as given, so messages show the user's own value
+
 
 class AsyncNode(Node):
-    """A node whose hooks are coroutines: ``prep_async``, ``exec_async``, ``post_async``."""
+    """A node whose hooks are coroutines: ``prep_async``, ``exec_async``, ``post_async``.
+
+    ``timeout`` (seconds) bounds each attempt of ``exec_async``: an attempt past it is cancelled
+    and counts as a failure (retried, then ``exec_fallback_async`` gets a ``TimeoutError``).
+    """
+
+    def __init__(
+        self, max_retries: int = 1, wait: float = 0, *, timeout: float | None = None
+    ) -> None:
+        super().__init__(max_retries, wait)
+        self._exec_timeout = _check_timeout(timeout)
 
     async def prep_async(self, shared: Any) -> Any:
         """Async twin of ``prep``."""
@@ -50,7 +78,7 @@ class AsyncNode(Node):
         for attempt in range(self.max_retries):
             token = CUR_RETRY.set(attempt)  # per asyncio task, so parallel items never share it
             try:
-                return await self.exec_async(prep_res)
+                return await self._attempt(prep_res, attempt)
             except Exception as exc:
                 if attempt == self.max_retries - 1:
                     return await self.exec_fallback_async(prep_res, exc)
@@ -59,6 +87,31 @@ class AsyncNode(Node):
             finally:
                 CUR_RETRY.reset(token)
         return None
+
+    async def _attempt(self, prep_res: Any, attempt: int) -> Any:
+        """One attempt of ``exec_async``, cancelled after ``timeout`` seconds."""
+        timeout = getattr(self, "_exec_timeout", None)  # None on nodes that skip __init__
+        if timeout is None:
+            return await self.exec_async(prep_res)
+        scope = asyncio.timeout(timeout)
+        try:
+            async with scope:
+                return await self.exec_async(prep_res)
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise  # exec_async's own TimeoutError, not this attempt's deadline
+            raise self._timeout_error(prep_res, timeout, attempt) from exc
+
+    def _timeout_error(self, prep_res: Any, timeout: float, attempt: int) -> TimeoutError:
+        """The error an attempt past ``timeout`` fails with, naming the item in a batch."""
+        index = _ITEM_INDEX.get()
+        if index is not None:
+            return ItemTimeoutError(index, short_repr(prep_res), timeout, attempt + 1)
+        tries = "1 attempt" if attempt == 0 else f"{attempt + 1} attempts"
+        return TimeoutError(
+            f"{type(self).__name__}.exec_async ran longer than timeout={timeout!r} seconds; "
+            f"gave up after {tries}"
+        )
 
     async def run_async(self, shared: Any) -> Any:
         """Run this node alone (use an ``AsyncFlow`` to follow successors)."""
@@ -76,13 +129,44 @@ class AsyncNode(Node):
 
 
 class AsyncBatchNode(AsyncNode, BatchNode):
-    """Awaits ``exec_async`` for each item, one after another."""
+    """Awaits ``exec_async`` for each item, one after another (``timeout`` per attempt)."""
 
-    def __init__(self, max_retries: int = 1, wait: float = 0) -> None:
-        super().__init__(max_retries, wait)
+    def __init__(
+        self, max_retries: int = 1, wait: float = 0, *, timeout: float | None = None
+    ) -> None:
+        super().__init__(max_retries, wait, timeout=timeout)
 
     async def _exec(self, items: Any) -> list[Any]:  # type: ignore[override]
-        return [await super(AsyncBatchNode, self)._exec(item) for item in items]
+        per_item = super()._exec
+        return [await _indexed(index, per_item(item)) for index, item in enumerate(items)]
+
+
+async def _indexed(index: int, step: Awaitable[T]) -> T:
+    """Await one item's step with its batch index known (for a timeout's message)."""
+    token = _ITEM_INDEX.set(index)
+    try:
+        return await step
+    finally:
+        _ITEM_INDEX.reset(token)
+
+
+async def _awaited(step: Awaitable[T]) -> T:
+    """``step`` as a coroutine, which a task needs (a limited step may be any awaitable)."""
+    return await step
+
+
+async def _all_or_cancel(steps: Iterable[Awaitable[T]]) -> list[T]:
+    """Await ``steps`` concurrently, results in order; the first to fail cancels the others and
+    its own exception (not an ``ExceptionGroup``) reaches the caller, as ``gather`` would raise."""
+    failure: BaseException | None = None
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(step)) for step in steps]
+    except BaseExceptionGroup as errors:
+        failure = errors.exceptions[0]  # in the order they happened: the one that stopped it
+    if failure is not None:
+        raise failure
+    return [task.result() for task in tasks]
 
 
 def _limited(limit: int | None) -> Callable[[Awaitable[T]], Awaitable[T]]:
@@ -103,22 +187,31 @@ def _limited(limit: int | None) -> Callable[[Awaitable[T]], Awaitable[T]]:
 
 
 class AsyncParallelBatchNode(AsyncNode, BatchNode):
-    """Runs every item's ``exec_async`` concurrently (``asyncio.gather``), results in input order.
+    """Runs every item's ``exec_async`` concurrently, results in input order.
 
-    ``max_concurrency`` caps how many items are awaited at once (default: no cap).
+    ``max_concurrency`` caps how many items are awaited at once (default: no cap); ``timeout``
+    bounds each attempt. An item that fails (after its retries and fallback) cancels the items
+    still running, then its exception reaches the caller.
     """
 
     def __init__(
-        self, max_retries: int = 1, wait: float = 0, *, max_concurrency: int | None = None
+        self,
+        max_retries: int = 1,
+        wait: float = 0,
+        *,
+        max_concurrency: int | None = None,
+        timeout: float | None = None,
     ) -> None:
-        super().__init__(max_retries, wait)
+        super().__init__(max_retries, wait, timeout=timeout)
         _limited(max_concurrency)  # validate now, not at run time
         self._max_concurrency = max_concurrency
 
     async def _exec(self, items: Any) -> list[Any]:  # type: ignore[override]
         limit = _limited(self._max_concurrency)
         per_item = super()._exec
-        return await asyncio.gather(*(limit(per_item(item)) for item in items))
+        return await _all_or_cancel(
+            _indexed(index, limit(per_item(item))) for index, item in enumerate(items)
+        )
 
 
 def _offloads(node: BaseNode) -> bool:
@@ -166,7 +259,8 @@ class AsyncBatchFlow(AsyncFlow, BatchFlow):
 class AsyncParallelBatchFlow(AsyncFlow, BatchFlow):
     """Runs the sub-flow for every params dict concurrently on the event loop (shared ``shared``).
 
-    ``max_concurrency`` caps how many sub-flows run at once (default: no cap).
+    ``max_concurrency`` caps how many sub-flows run at once (default: no cap); a sub-flow that
+    fails cancels the others still running.
     """
 
     def __init__(
@@ -179,7 +273,7 @@ class AsyncParallelBatchFlow(AsyncFlow, BatchFlow):
     async def _run_async(self, shared: Any) -> Any:
         batch_params = await self.prep_async(shared) or []
         limit = _limited(self._max_concurrency)
-        await asyncio.gather(
-            *(limit(self._orch_async(shared, {**self.params, **params})) for params in batch_params)
+        await _all_or_cancel(
+            limit(self._orch_async(shared, {**self.params, **params})) for params in batch_params
         )
         return await self.post_async(shared, batch_params, None)

@@ -211,4 +211,16 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but was not reaped yet (a worker whose parent died first, under
+    an init that is slow to reap, or never does in a container): it writes nothing more."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:  # "pid (comm) STATE ..."
+            stat = handle.read()
+    except OSError:
+        return False  # no /proc (macOS): taken as running, as before
+    end = stat.rfind(b")")
+    return stat[end + 2 : end + 3] == b"Z"

@@ -160,3 +160,132 @@ def test_use_backend_reaches_batches_inside_async_flows() -> None:
     shared = asyncio.run(main())
     assert shared["out"] == [x * 10 for x in range(5)]
     assert batch.batch_stats.backend == "process"
+
+
+# --- timeouts and cancellation (each test bounded by pytest-timeout: nothing here may hang) ---
+
+
+@pytest.mark.timeout(60)
+def test_async_node_timeout_is_retried_then_falls_back() -> None:
+    attempts: list[int] = []
+
+    class Slow(AsyncNode):
+        async def exec_async(self, prep_res: Any) -> str:
+            attempts.append(self.cur_retry)
+            await asyncio.sleep(600 if self.cur_retry < 2 else 0)
+            return f"done on attempt {self.cur_retry}"
+
+    began = time.monotonic()
+    node = Slow(max_retries=3, timeout=0.2)
+    assert asyncio.run(node._exec(None)) == "done on attempt 2"
+    assert attempts == [0, 1, 2]
+    assert time.monotonic() - began < 20
+
+    class Fallback(Slow):
+        async def exec_fallback_async(self, prep_res: Any, exc: Exception) -> str:
+            return f"{type(exc).__name__}: {exc}"
+
+    attempts.clear()
+    result = asyncio.run(Fallback(max_retries=2, timeout=0.2)._exec(None))
+    assert result == (
+        "TimeoutError: Fallback.exec_async ran longer than timeout=0.2 seconds; "
+        "gave up after 2 attempts"
+    )
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("parallel", [False, True], ids=["sequential", "parallel"])
+def test_async_batch_timeout_names_the_item(parallel: bool) -> None:
+    from batchcore import AsyncBatchNode, ItemTimeoutError
+
+    base: Any = AsyncParallelBatchNode if parallel else AsyncBatchNode
+
+    class Hangs(base):  # type: ignore[misc,valid-type]
+        async def prep_async(self, shared: Any) -> Any:
+            return ["a", "b", "hang"]
+
+        async def exec_async(self, item: str) -> str:
+            await asyncio.sleep(600 if item == "hang" else 0)
+            return item
+
+    began = time.monotonic()
+    with pytest.raises(ItemTimeoutError, match=r"item 2 \('hang'\) ran longer than timeout=0.2"):
+        asyncio.run(Hangs(timeout=0.2).run_async({}))
+    assert time.monotonic() - began < 20
+
+
+@pytest.mark.timeout(60)
+def test_exec_asyncs_own_timeout_error_is_not_the_deadline() -> None:
+    class OwnTimeout(AsyncNode):
+        async def exec_async(self, prep_res: Any) -> None:
+            raise TimeoutError("the server did not answer")
+
+    with pytest.raises(TimeoutError, match="the server did not answer"):
+        asyncio.run(OwnTimeout(timeout=30)._exec(None))
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, "1", True])
+def test_bad_async_timeout_is_rejected(timeout: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="timeout"):
+        AsyncNode(timeout=timeout)
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_parallel_batch_cancels_its_siblings() -> None:
+    """The error reaches the caller only after the siblings still running were cancelled."""
+    events: list[str] = []
+
+    class OneFails(AsyncParallelBatchNode):
+        async def prep_async(self, shared: Any) -> Any:
+            return [0, 1, 2]
+
+        async def exec_async(self, item: int) -> int:
+            if item == 1:
+                await asyncio.sleep(0.1)
+                raise ValueError("item 1 is bad")
+            try:
+                await asyncio.sleep(600)
+            except asyncio.CancelledError:
+                events.append(f"cancelled {item}")
+                raise
+            return item
+
+    async def main() -> None:
+        try:
+            await OneFails().run_async({})
+        except ValueError as exc:
+            events.append(f"caller got {exc}")
+
+    began = time.monotonic()
+    asyncio.run(main())
+    assert time.monotonic() - began < 20
+    assert events == ["cancelled 0", "cancelled 2", "caller got item 1 is bad"]
+
+
+@pytest.mark.timeout(60)
+def test_a_failing_parallel_batch_flow_cancels_its_siblings() -> None:
+    events: list[str] = []
+
+    class Step(AsyncNode):
+        async def exec_async(self, prep_res: Any) -> None:
+            if self.params["i"] == 0:
+                raise KeyError("run 0")
+            try:
+                await asyncio.sleep(600)
+            except asyncio.CancelledError:
+                events.append(f"cancelled {self.params['i']}")
+                raise
+
+    class Many(AsyncParallelBatchFlow):
+        async def prep_async(self, shared: Any) -> Any:
+            return [{"i": i} for i in range(3)]
+
+    async def main() -> None:
+        try:
+            await Many(start=Step()).run_async({})
+        except KeyError:
+            events.append("caller got KeyError")
+
+    asyncio.run(main())
+    assert sorted(events[:2]) == ["cancelled 1", "cancelled 2"]
+    assert events[2:] == ["caller got KeyError"]

@@ -17,7 +17,11 @@ sent to every worker once. A worker that dies is Dask's business: its tasks are 
 on the others (``distributed.scheduler.allowed-failures``). When Dask gives up on a task, no slot
 says which item killed its workers: the loop's quarantine runs each of its items alone, so only an
 item that kills workers while alone fails, as a ``WorkerCrashedError``. A timeout is enforced in
-the Dask worker itself (the parent cannot see which item a Dask worker runs). Items and results
+the Dask worker itself (the parent cannot see which item a Dask worker runs); an item whose last
+attempt timed out comes back unresolved, and its ``fallback`` runs in the parent, as on the
+other backends. A fail-fast stop cancels the run's tasks; one still running after a short grace
+is abandoned to its worker thread (Dask cannot interrupt it), and a worker of batchcore's own
+``LocalCluster`` holding one is restarted, so the next batch gets all its workers. Items and results
 cross by path and value: files must be readable by every worker (a shared filesystem, or the same
 path on each machine).
 """
@@ -70,6 +74,11 @@ def _task(key: str, blob: bytes) -> Task:
         return task
 
 
+# Items whose last attempt timed out on the worker, as ``(offset, attempt)``: their fallback is
+# the parent's to run.
+TimedOut = list[tuple[int, int]]
+
+
 def run_remote(
     key: str,
     blob: bytes,
@@ -78,19 +87,23 @@ def run_remote(
     first_attempt: int,
     fail_fast: bool,
     timeout: float | None,
-) -> tuple[int, float, int, bytes, bytes, Output]:
+) -> tuple[int, float, int, bytes, bytes, Output, TimedOut]:
     """On a Dask worker: run one chunk; return ``(retries, elapsed, ran, failures, values,
-    output)``, ``output`` being what the chunk printed, as ``(stream, whole lines)``."""
+    output, timed_out)``, ``output`` being what the chunk printed, as ``(stream, whole lines)``."""
     task = _task(key, blob)
     items = loads(items_blob)
     output: Output = []
+    timed_out: TimedOut = []
     with mark_worker(), captured(output):
         if timeout is None:
             chunk = run_chunk(task, items, start, first_attempt, Slot(), fail_fast)
         else:
-            chunk = _run_with_timeout(task, items, start, first_attempt, fail_fast, timeout, output)
+            chunk = _run_with_timeout(
+                task, items, start, first_attempt, fail_fast, timeout, output, timed_out
+            )
     values_blob, failures_blob = pack(chunk.values, chunk.failures, start)
-    return chunk.retries, chunk.elapsed, len(chunk.values), failures_blob, values_blob, output
+    ran = len(chunk.values)
+    return chunk.retries, chunk.elapsed, ran, failures_blob, values_blob, output, timed_out
 
 
 def _run_with_timeout(
@@ -101,11 +114,13 @@ def _run_with_timeout(
     fail_fast: bool,
     timeout: float,
     output: Output,
+    timed_out: TimedOut,
 ) -> Chunk:
     """Run items one by one on a helper thread, giving up on an attempt after ``timeout``.
 
     A Dask worker thread cannot be killed: a stuck attempt is abandoned (it finishes in the
-    background) and the item is retried or failed with ``ItemTimeoutError``, as on threads.
+    background) and the item is retried; after its last attempt it goes in ``timed_out`` with
+    no value, for the parent to call its fallback (which may rescue it: the chunk goes on).
     """
     values: list[Any] = []
     failures: list[tuple[int, Failure]] = []
@@ -123,8 +138,8 @@ def _run_with_timeout(
                 retries += 1
                 first = outcome + 1
                 continue
-            error = ItemTimeoutError(index, short_repr(item), timeout, outcome + 1)
-            chunk = fallback_chunk(task, index, item, error, outcome)
+            timed_out.append((offset, outcome))
+            chunk = Chunk(index, [item], [None])
             break
         retries += chunk.retries
         values.append(chunk.values[0] if chunk.values else None)
@@ -247,7 +262,8 @@ class DaskBackend(Backend):
         fail_fast: bool = True,
     ) -> Iterator[Chunk]:
         client = self.client()
-        transport = DaskTransport(client, self.worker_count(client))
+        owned = self._cluster is not None and client is self._client
+        transport = DaskTransport(client, self.worker_count(client), restart_stuck=owned)
         try:
             yield from OrderedRun(transport, task, items, chunksize, timeout, fail_fast)
         finally:
@@ -266,14 +282,19 @@ class DaskTransport(Transport):
     target_seconds = TARGET_SECONDS
     window_jobs_per_worker = WINDOW_PER_WORKER
 
-    def __init__(self, client: Any, workers: int) -> None:
+    def __init__(self, client: Any, workers: int, restart_stuck: bool = False) -> None:
         self.client = client
+        self.restart_stuck = restart_stuck  # on a cluster batchcore started: it may restart
+        self.stuck_workers: set[str] = set()  # running tasks of a stopped run
         self.size = workers
         self.workers = [
             WorkerState(ident=None, slot=None, ready=True)
             for _ in range(IN_FLIGHT_PER_WORKER * workers)
         ]
         self.key = f"batchcore-{uuid.uuid4().hex}"
+        self.task: Task | None = None
+        self.timeout: float | None = None
+        self.fail_fast = True
         self.task_bytes = b""
         self.task_future: Any = None
         self.futures: dict[Any, WorkerState] = {}  # tasks in flight, and the lane of each
@@ -281,6 +302,7 @@ class DaskTransport(Transport):
         self.workers_before = _worker_addresses(client)
 
     def begin(self, task: Task) -> None:
+        self.task = task
         self.task_bytes = pickle_task(task, NODE_HINT)
         self.task_future = self.scatter_task()
 
@@ -290,6 +312,7 @@ class DaskTransport(Transport):
         return self.client.scatter(self.task_bytes, broadcast=True, hash=False)
 
     def submit(self, lane: WorkerState, job: Job, fail_fast: bool, timeout: float | None) -> None:
+        self.timeout, self.fail_fast = timeout, fail_fast
         future = self.client.submit(
             run_remote,
             self.key,
@@ -331,9 +354,10 @@ class DaskTransport(Transport):
                 outcome = None
         if outcome is not None:
             job = lane.jobs.popleft()
-            retries, elapsed, ran, failures_blob, values_blob, output = outcome
+            retries, elapsed, ran, failures_blob, values_blob, output, timed_out = outcome
             chunk = unpack(job.start, job.items, ran, failures_blob, values_blob, retries, elapsed)
             chunk.output = output
+            self.fall_back(chunk, timed_out)
             return Done(lane, job, chunk, len(values_blob))
         error = future.exception() if future.status == "error" else None
         if error is not None and not isinstance(error, KilledWorker):
@@ -347,6 +371,25 @@ class DaskTransport(Transport):
             None, note=f"the item killed Dask workers even when it ran alone ({verdict})"
         )
 
+    def fall_back(self, chunk: Chunk, timed_out: TimedOut) -> None:
+        """Resolve the items whose last attempt timed out on the worker with the task's
+        ``fallback``, here in the parent; a fail-fast chunk then ends at its first failure."""
+        if not timed_out:
+            return
+        assert self.task is not None
+        for offset, attempt in timed_out:
+            index = chunk.start + offset
+            item = chunk.items[offset]
+            error = ItemTimeoutError(index, short_repr(item), self.timeout or 0.0, attempt + 1)
+            rescued = fallback_chunk(self.task, index, item, error, attempt)
+            chunk.values[offset] = rescued.values[0]
+            chunk.failures.extend((offset, failure) for _, failure in rescued.failures)
+        chunk.failures.sort(key=lambda pair: pair[0])
+        if self.fail_fast and chunk.failures:
+            first = chunk.failures[0][0]
+            del chunk.values[first + 1 :]
+            del chunk.failures[1:]
+
     def end(self, clean: bool) -> None:
         if clean:
             lost = self.workers_before - _worker_addresses(self.client)
@@ -357,15 +400,33 @@ class DaskTransport(Transport):
                     sorted(lost),
                 )
             return
-        # Tasks running on workers cannot be stopped: cancel the others; the loop waits for those.
+        # Cancel the tasks not yet running; the loop gives the running ones a grace, then stops
+        # their lanes (``stop``).
         running = {key for keys in self.client.processing().values() for key in keys}
         waiting = [future for future in self.futures if future.key not in running]
         self.client.cancel(waiting)
         for future in waiting:
             self.futures.pop(future).jobs.clear()
 
+    def stop(self, lane: WorkerState) -> None:
+        """Cancel the lane's task, still running after a fail-fast stop, and note its worker:
+        Dask cannot interrupt a running task, so on batchcore's own cluster that worker is
+        restarted when the run closes (else the task would hold its thread until it returns)."""
+        mine = [future for future, owner in self.futures.items() if owner is lane]
+        keys = {future.key for future in mine}
+        for worker, processing in self.client.processing().items():
+            if keys.intersection(processing):
+                self.stuck_workers.add(worker)
+        self.client.cancel(mine)
+        for future in mine:
+            del self.futures[future]
+        lane.jobs.clear()
+
     def close(self, kill: bool = False) -> None:
         self.closed = True
+        if self.stuck_workers and self.restart_stuck:
+            self.client.restart_workers(sorted(self.stuck_workers), raise_for_error=False)
+            self.stuck_workers.clear()
         if self.futures:
             self.client.cancel(list(self.futures))
             for lane in self.futures.values():

@@ -55,6 +55,9 @@ MAX_ITEMS = 10_000  # items per job at most: a window of jobs stays a few MiB fo
 WINDOW_JOBS_PER_WORKER = 256
 WINDOW_ITEMS_PER_WORKER = 4 * MAX_ITEMS
 WINDOW_BYTES = 64 << 20
+# After a fail-fast stop, how long items still running on threads may finish (most do, and then
+# nothing of the batch runs on after the caller sees the error) before their threads are abandoned.
+STOP_GRACE = 1.0
 
 
 @dataclass(eq=False)
@@ -159,8 +162,8 @@ class Transport:
         raise NotImplementedError(f"{type(self).__name__}.stop")
 
     def end(self, clean: bool) -> None:
-        """After a map. When not clean, stop what can be stopped at once: the loop then waits
-        for the jobs still running (threads and Dask tasks cannot be killed)."""
+        """After a map. When not clean, stop what can be stopped at once: the loop gives what
+        still runs ``STOP_GRACE`` seconds, then ``stop``s its workers (threads are abandoned)."""
 
     def close(self, kill: bool = False) -> None:
         """Release every worker; ``kill`` when nothing may outlive this (Ctrl-C)."""
@@ -260,7 +263,7 @@ def fallback_chunk(
     task: Task, index: int, item: Any, error: Exception, attempt: int, retries: int = 0
 ) -> Chunk:
     """The last ``attempt`` at ``item`` crashed or timed out: ``task.fallback`` decides, here in
-    the caller (on Dask, in the worker that enforced the timeout)."""
+    the caller (on every backend, Dask included)."""
     token = CUR_RETRY.set(attempt)
     try:
         value = task.fallback(item, error)
@@ -352,19 +355,24 @@ class OrderedRun:
         return [worker for worker in self.transport.workers if worker.jobs]
 
     def stop_early(self) -> None:
-        """The run ends before its items do: stop what is still running for it.
+        """The run ends before its items do: stop what is still running for it, promptly.
 
-        Processes are killed. Threads and Dask tasks cannot be: their queued jobs are cancelled
-        and their running items (still subject to ``timeout``) are waited for, so nothing of this
-        batch runs, or writes, after the caller sees the error.
+        Queued jobs are cancelled and the transport stops what it can at once (processes are
+        killed, Dask futures cancelled). Threads cannot be killed: their running items get
+        ``STOP_GRACE`` seconds to finish, then each such thread is abandoned (its result is
+        dropped, it runs no further item) and replaced, so a hung item never blocks the caller.
         """
         for worker in self.busy_workers():
             for job in list(worker.jobs)[1:]:
                 job.cancelled = True
         self.transport.end(clean=False)
-        while self.busy_workers():
+        deadline = time.monotonic() + STOP_GRACE
+        while self.busy_workers() and time.monotonic() < deadline:
             self.transport.wait(0.05)
             self.check_timeouts()
+        for worker in self.busy_workers():
+            worker.jobs.clear()
+            self.transport.stop(worker)
 
     def wait_time(self) -> float | None:
         deadlines: list[float] = []

@@ -1,19 +1,22 @@
 """The thread backend: items run on daemon threads of this process, sharing the node object.
 
 Useful when ``exec`` waits on I/O or calls code that releases the GIL (Pillow, numpy, pyarrow).
-Nothing is pickled. A thread cannot be killed: an item past its ``timeout`` is reported as an
-``ItemTimeoutError`` and its thread is abandoned (it finishes in the background, its result is
-dropped) while a fresh thread takes its place.
+Nothing is pickled. A thread cannot be killed: an item past its ``timeout``, or still running
+when a fail-fast batch stops, has its thread abandoned (the item finishes in the background, its
+result and output are dropped, the thread runs no further item) while a fresh thread takes its
+place. The cost: an item that never returns keeps its thread (a daemon) until the program exits.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from itertools import count
+from typing import Any
 
 from .base import Chunk, Slot, Task, mark_worker, run_chunk
-from .ordered import Died, Done, Job, PooledBackend, Transport, WorkerState
+from .ordered import STOP_GRACE, Died, Done, Job, PooledBackend, Transport, WorkerState
 from .streams import Output, captured, write_out
 
 _names = count(1)
@@ -44,7 +47,7 @@ class ThreadWorker(WorkerState):
                 try:
                     with captured(output):  # whole lines, printed in order with the results
                         chunk = run_chunk(
-                            task,
+                            Abandonable(task, self),
                             job.items,
                             job.start,
                             job.first_attempt,
@@ -64,6 +67,26 @@ class ThreadWorker(WorkerState):
         """Let the thread go: it exits after its current item, and its events are ignored."""
         self.abandoned = True
         self.inbox.put(None)
+
+
+class Abandoned(Exception):
+    """Raised instead of running an item on a thread the run loop has abandoned."""
+
+
+class Abandonable(Task):
+    """``task`` as a worker thread runs it: once the thread is abandoned, the rest of its job is
+    skipped, so a batch that stopped runs nothing new (only the item already under way)."""
+
+    def __init__(self, task: Task, worker: ThreadWorker) -> None:
+        self.task = task
+        self.worker = worker
+        self.label = task.label
+        self.node = task.node
+
+    def call(self, item: Any) -> Any:
+        if self.worker.abandoned:
+            raise Abandoned(f"{self.worker.ident} was abandoned; its remaining items do not run")
+        return self.task.call(item)
 
 
 class ThreadPool(Transport):
@@ -117,9 +140,16 @@ class ThreadPool(Transport):
         self.replace(worker)
 
     def close(self, kill: bool = False) -> None:
+        """Let every thread go. ``kill`` (Ctrl-C, SIGTERM): the items under way get up to
+        ``STOP_GRACE`` seconds to finish, so their own cleanup (a temporary file removed) runs
+        before the program exits and takes daemon threads down wherever they are."""
         self.closed = True
         for worker in self.workers:
             worker.abandon()
+        if kill:
+            deadline = time.monotonic() + STOP_GRACE
+            for worker in self.workers:
+                worker.thread.join(max(0.0, deadline - time.monotonic()))
         self.workers = []
 
 

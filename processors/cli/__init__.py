@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
 
 import batchcore
 
@@ -20,8 +25,10 @@ from .errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     CommandFailed,
+    Terminated,
     describe,
     exit_code,
     fail,
@@ -52,12 +59,46 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``batchcore`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
     try:
-        return run(argv)
+        with sigterm_stops():
+            return run(argv)
     except BrokenPipeError:
         # stdout went away (``batchcore ... | head``): no traceback, and Python's own flush at
         # exit must not fail again, so point stdout at /dev/null (as the Python docs advise).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``) in the main
+    thread, so a supervisor's stop is as clean as Ctrl-C; a second SIGTERM is ignored rather than
+    cutting that cleanup short. Outside the main thread, signals cannot be handled: no change."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def remove_stopped_writes(args: argparse.Namespace) -> None:
+    """After Ctrl-C or SIGTERM, remove the temporary files the command's stopped workers left in
+    its output folder: a worker stopped mid-write may die before its own cleanup runs. Files of a
+    writer still alive (this process's abandoned threads, another run) are kept."""
+    from ..files import remove_stale_temps
+
+    for name in ("out", "out_dir"):  # the images and ``csv to-parquet`` output folders
+        folder = getattr(args, name, None)
+        if isinstance(folder, str) and os.path.isdir(folder):
+            for path, _, _ in os.walk(folder):
+                remove_stale_temps(Path(path))
 
 
 def run(argv: list[str] | None) -> int:
@@ -75,7 +116,11 @@ def run(argv: list[str] | None) -> int:
             return handler(args)
     except CommandFailed as exc:  # its one line is already on stderr
         return exc.code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        remove_stopped_writes(args)
+        if isinstance(stop, Terminated):
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except batchcore.BatchcoreError as exc:  # never a traceback, wherever it was raised

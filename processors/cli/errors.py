@@ -11,6 +11,7 @@ exit code   when
             ``ValueError``/``TypeError``
 130         interrupted (Ctrl-C)
 141         stdout closed early (``batchcore ... | head``)
+143         terminated (SIGTERM, as a supervisor stops a job): stopped as for Ctrl-C
 ==========  ===========================================================================
 
 Anything else is a bug, and its traceback is the useful report.
@@ -32,8 +33,10 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
     "CommandFailed",
+    "Terminated",
     "describe",
     "exit_code",
     "fail",
@@ -45,6 +48,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a reader that stopped early
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a job stopped by SIGTERM
 
 # OSErrors that say the path given cannot be used as given: a usage error, not a failure.
 PATH_ERRORS = (
@@ -68,8 +72,15 @@ class CommandFailed(Exception):
         self.code = code
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: raised in the main thread so the job stops exactly as for Ctrl-C (workers
+    stopped, temporary files removed), then exits with ``EXIT_TERMINATED``."""
+
+
 def exit_code(exc: BaseException) -> int | None:
     """The exit code for ``exc`` (table above), or ``None`` when it is a bug to show in full."""
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     if isinstance(exc, UsageError):
