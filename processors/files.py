@@ -238,7 +238,9 @@ class StagedFolder:
     def begin(cls, final: str | os.PathLike[str], check: Callable[[Path], None]) -> StagedFolder:
         """Lock ``final`` and make its staging folder. ``check(final)`` raises to refuse; it runs
         before anything is touched and again under the lock (the folder may change meanwhile)."""
-        final = Path(final)
+        # the folder itself, not a symlink to it (the swap replaces the folder where it lives);
+        # absolute, so that "." has a name to put the lock and staging folder beside
+        final = Path(os.path.realpath(final))
         check(final)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd = _take_lock(final)

@@ -240,6 +240,21 @@ def test_a_crash_between_the_two_renames_of_a_swap_is_repaired(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
+def test_an_output_reached_by_a_symlink_or_as_dot_is_replaced_where_it_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = tmp_path / "real"
+    csv_to_parquet(SALES, real, chunk_bytes=OLD_CHUNK)
+    (tmp_path / "link").symlink_to(real)
+    csv_to_parquet(SALES, tmp_path / "link", chunk_bytes=NEW_CHUNK, overwrite=True)
+    assert (tmp_path / "link").is_symlink()
+    assert_whole_sales(real, 3)
+    monkeypatch.chdir(real)
+    csv_to_parquet(SALES, ".", chunk_bytes=OLD_CHUNK, overwrite=True)
+    assert_whole_sales(real, 11)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+
+
 def test_the_two_rename_swap_when_exchange_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -521,8 +536,9 @@ def check_after_kill(
 ) -> None:
     """The old dataset whole (or the new one, if the kill came after the swap); without an old
     one, no dataset or the whole new one. Then a rerun succeeds and leaves only the dataset."""
-    if worker:  # the run saw its worker die, and failed
+    if worker:  # the run saw its worker die, failed, and cleaned up after itself
         assert done.returncode == 1 and "WorkerCrashedError" in done.stderr, done.stderr
+        assert [p.name for p in tmp_path.iterdir()] == ["ds"] * overwrite
     else:
         assert done.returncode == -signal.SIGKILL, done.stderr
     out = tmp_path / "ds"
