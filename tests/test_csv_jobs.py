@@ -1,5 +1,5 @@
 """batchcore.processors.csv.jobs: csv_stats equals pandas; csv_to_parquet writes complete, atomic
-datasets."""
+datasets (what failed, killed and overlapping runs leave: test_durable_outputs.py)."""
 
 from __future__ import annotations
 
@@ -340,6 +340,7 @@ def test_non_empty_dir_without_overwrite_is_refused_and_untouched(tmp_path: Path
     assert "overwrite" in str(info.value)
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.iterdir()}
     assert after == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 
 def test_overwrite_replaces_the_old_parts(backend: str, tmp_path: Path) -> None:
@@ -367,7 +368,7 @@ def test_a_bad_input_writes_nothing(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     with pytest.raises(CsvFormatError):
         csv_to_parquet(path, out)
-    assert not out.exists() or list(out.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.csv"]  # no folder, lock or staging
 
 
 def test_an_empty_output_dir_is_fine_and_a_file_is_not(tmp_path: Path) -> None:
