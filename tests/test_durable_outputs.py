@@ -593,17 +593,23 @@ NAMED_STEPS = {
 }
 
 
-@pytest.mark.parametrize("overwrite", [True, False], ids=["overwrite", "fresh"])
-@pytest.mark.parametrize("point", list(NAMED_STEPS))
+NAMED_CASES = [
+    pytest.param(point, overwrite, id=f"{point}-{'overwrite' if overwrite else 'fresh'}")
+    for point in NAMED_STEPS
+    for overwrite in [True, False]
+    if overwrite or point != "before the old dataset is removed"  # a fresh output has none
+]
+
+
+@pytest.mark.parametrize(("point", "overwrite"), NAMED_CASES)
 @pytest.mark.parametrize("backend", KILL_BACKENDS)
 def test_killed_at_each_named_step(
     backend: str, point: str, overwrite: bool, tmp_path: Path
 ) -> None:
+    """SIGKILL of the run's main process at the steps where a crash does most harm."""
     steps = child_steps(tmp_path, backend, overwrite)
     if point == "while parts are written" and backend == "process":
-        mode = "parent-after:1"  # the parts are written by the workers
-    elif point == "before the old dataset is removed" and not overwrite:
-        pytest.skip("a fresh output has no old dataset to remove")
+        mode = "parent-after:1"  # the parts are written by the workers: one of them kills it
     else:
         mode = f"kill:{NAMED_STEPS[point](steps)}"
     prepare(tmp_path, overwrite)
