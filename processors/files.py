@@ -1,5 +1,5 @@
-"""Atomic file writes for every job's outputs (Parquet parts, images), and cleanup of the
-temporary files an interrupted run leaves behind.
+"""Atomic file writes for every job's outputs (Parquet parts, images), folders swapped in whole
+under a lock (Parquet datasets), and cleanup of what an interrupted run leaves behind.
 
 ``write_atomically(final, write)``: a hidden temporary ``.NAME.PID-RANDOM.tmp`` is created
 exclusively (``O_EXCL``, an unpredictable name) in ``final``'s folder, ``write(temporary)`` fills
@@ -13,22 +13,41 @@ without following symlinks: each folder from ``root`` down is opened with ``O_NO
 temporary file is created, renamed and synced through that folder's descriptor, so a folder
 swapped for a symlink after a path was checked cannot redirect the write; a symlink at ``final``
 is refused. ``write(handle)`` gets the open temporary file.
+
+``StagedFolder.begin(final, check)``: a run that will replace the folder ``final`` first takes
+an exclusive ``flock`` on ``.NAME.lock`` beside it (refusing with ``UsageError`` when another run
+holds it; the kernel drops the lock when its holder dies, so a lock is never stale), then builds
+the new contents in a hidden ``.NAME.staging-PID-RANDOM`` folder beside ``final``. ``commit``
+fsyncs that folder and swaps it in: one ``rename`` when ``final`` is missing or empty, else one
+``renameat2(RENAME_EXCHANGE)`` (Linux), else two renames with the old folder set aside as
+``.NAME.old-PID-RANDOM`` (restored by the next run if a crash falls between them); then the
+parent folder is fsynced and the old contents removed. ``close`` removes an uncommitted staging
+folder and releases the lock. Staging and set-aside folders of ``final`` are removed only under
+its lock, that is, only once the run that made them is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import fcntl
+import functools
 import os
 import re
 import secrets
+import shutil
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+from .errors import UsageError
 
 __all__ = [
+    "StagedFolder",
     "is_temp_name",
+    "lock_path",
     "remove_stale_temps",
     "temp_path",
     "write_atomically",
@@ -180,10 +199,9 @@ def _replace_in(folder: int, final: Path, write: Callable[[BinaryIO], object]) -
             raise
 
 
-def remove_stale_temps(folder: Path, *, prefix: str = "", live_writers_too: bool = False) -> int:
+def remove_stale_temps(folder: Path, *, prefix: str = "") -> int:
     """Remove the temporary files (whose names start with ``prefix``) that interrupted runs left in
-    ``folder``; those of a live process are kept unless ``live_writers_too``. Returns how many
-    were removed."""
+    ``folder``; those of a live process are kept. Returns how many were removed."""
     if not folder.is_dir():
         return 0
     removed = 0
@@ -192,7 +210,7 @@ def remove_stale_temps(folder: Path, *, prefix: str = "", live_writers_too: bool
             found = _TEMP.match(entry.name)
             if found is None or not entry.name.startswith(prefix):
                 continue
-            if not live_writers_too and _alive(int(found.group("pid") or found.group("old_pid"))):
+            if _alive(int(found.group("pid") or found.group("old_pid"))):
                 continue
             try:
                 os.unlink(entry.path)
@@ -219,8 +237,169 @@ def _zombie(pid: int) -> bool:
     an init that is slow to reap, or never does in a container): it writes nothing more."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:  # "pid (comm) STATE ..."
-            stat = handle.read()
+            fields = handle.read()
     except OSError:
         return False  # no /proc (macOS): taken as running, as before
-    end = stat.rfind(b")")
-    return stat[end + 2 : end + 3] == b"Z"
+    end = fields.rfind(b")")
+    return fields[end + 2 : end + 3] == b"Z"
+
+
+# --- folders swapped in whole ------------------------------------------------------------------
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def lock_path(final: Path) -> Path:
+    """``.NAME.lock`` beside ``final``: the file whose ``flock`` marks a run replacing ``final``."""
+    return final.with_name(f".{final.name}.lock")
+
+
+def _side_folder(final: Path, kind: str) -> Path:
+    """A new hidden folder ``.NAME.KIND-PID-RANDOM`` beside ``final``, created by us alone."""
+    while True:
+        folder = final.with_name(f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(8)}")
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue
+        return folder
+
+
+def _side_folders(final: Path, kind: str) -> list[Path]:
+    """The ``.NAME.KIND-*`` folders beside ``final`` that earlier runs left."""
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.{kind}-\d+-[0-9a-f]{{8,}}$")
+    with os.scandir(final.parent) as entries:
+        return sorted(Path(e.path) for e in entries if pattern.match(e.name) and e.is_dir())
+
+
+def _take_lock(final: Path) -> int:
+    """An fd holding the exclusive ``flock`` of ``final``'s lock file; ``UsageError`` when another
+    run holds it (its files are then left alone)."""
+    path = lock_path(final)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise UsageError(
+                f"{final}: another run is writing it (pid {holder} holds {path.name}); "
+                "wait for it to finish, or write elsewhere"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:  # else its last holder removed it between our open and our lock: take a new one
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)
+
+
+def _release_lock(final: Path, fd: int) -> None:
+    """Remove the lock file while still holding it (so no one locks a file about to vanish), then
+    release it."""
+    with contextlib.suppress(FileNotFoundError):
+        lock_path(final).unlink()
+    os.close(fd)
+
+
+@functools.cache
+def _renameat2() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):  # not glibc/Linux
+        return None
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where the
+    system or filesystem cannot. POSIX has no such call: plain ``rename`` will not replace a
+    folder that is not empty."""
+    call = _renameat2()
+    if call is None:
+        return False
+    done = call(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE)
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
+class StagedFolder:
+    """The next contents of the folder ``final``, built in ``staging`` (a hidden folder beside it)
+    while this run holds ``final``'s lock, and swapped in whole by ``commit``."""
+
+    def __init__(self, final: Path, staging: Path, lock_fd: int | None) -> None:
+        self.final = final
+        self.staging = staging
+        self.lock_fd = lock_fd
+        self.committed = False
+
+    @classmethod
+    def begin(cls, final: str | os.PathLike[str], check: Callable[[Path], None]) -> StagedFolder:
+        """Lock ``final`` and make its staging folder. ``check(final)`` raises to refuse; it runs
+        before anything is touched and again under the lock (the folder may change meanwhile)."""
+        # the folder itself, not a symlink to it (the swap replaces the folder where it lives);
+        # absolute, so that "." has a name to put the lock and staging folder beside
+        final = Path(os.path.realpath(final))
+        check(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd = _take_lock(final)
+        try:
+            aside = _side_folders(final, "old")
+            if aside and not final.exists():  # a crash between the two renames of a swap
+                os.rename(aside[-1], final)
+                _fsync(final.parent, folder=True)
+            check(final)
+            for stale in [*_side_folders(final, "staging"), *_side_folders(final, "old")]:
+                shutil.rmtree(stale, ignore_errors=True)  # their run is gone: we hold its lock
+            staging = _side_folder(final, "staging")
+        except BaseException:
+            _release_lock(final, fd)
+            raise
+        return cls(final, staging, fd)
+
+    def commit(self) -> None:
+        """Swap the staging folder in for ``final`` (see the module docstring for each step)."""
+        _fsync(self.staging, folder=True)
+        old: Path | None = None
+        try:
+            os.rename(self.staging, self.final)  # final missing or empty: one atomic step
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            if _exchange(self.staging, self.final):
+                old = self.staging  # now holds the previous contents
+            else:
+                old = _side_folder(self.final, "old")
+                os.rename(self.final, old)  # replaces the empty folder just made
+                try:
+                    os.rename(self.staging, self.final)
+                except BaseException:
+                    os.rename(old, self.final)
+                    raise
+        self.committed = True
+        _fsync(self.final.parent, folder=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)  # the next run removes what this leaves
+
+    def close(self) -> None:
+        """Remove the staging folder unless committed, and release the lock."""
+        if not self.committed:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        if self.lock_fd is not None:
+            _release_lock(self.final, self.lock_fd)
+            self.lock_fd = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy sent to a worker writes into the staging folder; only this run holds the lock
+        return {**self.__dict__, "lock_fd": None}

@@ -130,7 +130,7 @@ class CrashingParquetNode(ParquetNode):
         rng = self.current_range
         assert rng is not None
         if rng.index == self.crash_index:
-            final = Path(self.out_dir) / PART.format(index=rng.index)
+            final = self.part_dir / PART.format(index=rng.index)
             temporary = final.with_name(f".{final.name}.tmp-{os.getpid()}")
             sink = pa.BufferOutputStream()
             pq.write_table(table, sink)

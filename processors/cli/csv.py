@@ -147,8 +147,9 @@ def add_csv_to_parquet(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="convert a CSV file to a Parquet dataset, one part per range",
         description=(
             "Write PATH as a Parquet dataset in OUT_DIR: one part file per range, the same schema "
-            "in every part, each written under a temporary name and renamed when complete; "
-            "_SUCCESS is written last."
+            "in every part, _SUCCESS last. The dataset is built in a hidden folder beside OUT_DIR "
+            "and swapped in whole when complete, so a failed or killed run leaves OUT_DIR as it "
+            "was. A second run writing OUT_DIR at the same time is refused (exit 2)."
         ),
     )
     parser.add_argument("path", metavar="PATH", help="CSV file")
@@ -160,7 +161,9 @@ def add_csv_to_parquet(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="write only these columns (default: all)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace a dataset already in OUT_DIR"
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset already in OUT_DIR (kept until the new one is complete)",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_csv_options(parser)

@@ -2,6 +2,18 @@
 
 Both are ``CSVBatchNode`` subclasses, so they run on any backend and parse only the columns they
 need; ``csv_stats`` and ``csv_to_parquet`` are the functions behind the CLI.
+
+How ``csv_to_parquet`` lays out its writes, for an output folder ``out/ds``::
+
+    out/.ds.lock                      flock held for the whole run (a second run is refused)
+    out/.ds.staging-PID-RANDOM/       the new dataset: part-NNNNN.parquet (each written under a
+                                      hidden temporary name, fsynced, renamed), then _SUCCESS
+    out/ds/                           the previous dataset, untouched until the swap
+
+When every part and ``_SUCCESS`` are in staging, the staging folder is fsynced and swapped in for
+``out/ds`` (one rename, or one ``RENAME_EXCHANGE``; details in ``processors.files``), the parent
+folder is fsynced and the previous dataset removed. A run that fails removes its staging folder;
+one killed leaves it, hidden, for the next run (which holds the lock, so the writer is gone).
 """
 
 from __future__ import annotations
@@ -18,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import CsvFormatError
-from ..files import remove_stale_temps, write_atomically
+from ..files import StagedFolder, is_temp_name, write_atomically
 from .node import CSVBatchNode
 from .split import CsvRange
 
@@ -285,7 +297,8 @@ SUCCESS = "_SUCCESS"
 
 
 class ParquetNode(CSVBatchNode):
-    """Writes each range as one Parquet part, atomically (hidden temporary name, then rename)."""
+    """Writes each range as one Parquet part into a hidden staging folder beside ``out_dir``;
+    ``post`` adds ``_SUCCESS`` and swaps the folder in whole (``processors.files.StagedFolder``)."""
 
     releases_gil = True  # parsing and Parquet encoding run in pyarrow's C++, without the GIL
 
@@ -295,25 +308,45 @@ class ParquetNode(CSVBatchNode):
         super().__init__(path, **options)
         self.out_dir = out_dir
         self.overwrite = overwrite
+        self.staged: StagedFolder | None = None
+
+    def _run(self, shared: Any) -> Any:
+        try:
+            return super()._run(shared)
+        finally:  # a failed run leaves no staging folder and no lock
+            if self.staged is not None:
+                self.staged.close()
+                self.staged = None
 
     def prep(self, shared: dict[str, Any]) -> list[CsvRange]:
         ranges = super().prep(shared)  # a bad input fails here, before anything is written
-        prepare_out_dir(Path(self.out_dir), self.overwrite)
+        self.staged = StagedFolder.begin(
+            self.out_dir, lambda out_dir: check_out_dir(out_dir, self.overwrite)
+        )
         return ranges
+
+    @property
+    def part_dir(self) -> Path:
+        """Where ``exec`` writes the parts: the staging folder of this run."""
+        assert self.staged is not None, "parts are written between prep and post"
+        return self.staged.staging
 
     def exec(self, table: pa.Table) -> tuple[str, int]:
         import pyarrow.parquet as pq  # here, not at the top: the stats job's workers never need it
 
         rng = self.current_range
         assert rng is not None
-        final = Path(self.out_dir) / PART.format(index=rng.index)
+        final = self.part_dir / PART.format(index=rng.index)
         write_atomically(final, lambda temporary: pq.write_table(table, str(temporary)))
         return final.name, table.num_rows
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> str:
         rows = sum(count for _, count in exec_res)
         summary = {"source": self.csv_report.path, "rows": rows, "parts": len(exec_res)}
-        (Path(self.out_dir) / SUCCESS).write_text(json.dumps(summary) + "\n")
+        text = json.dumps(summary) + "\n"
+        write_atomically(self.part_dir / SUCCESS, lambda temporary: temporary.write_text(text))
+        assert self.staged is not None
+        self.staged.commit()
         shared["parquet"] = {
             **summary,
             "out_dir": self.out_dir,
@@ -323,26 +356,32 @@ class ParquetNode(CSVBatchNode):
         return "done"
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create ``out_dir``; refuse to mix with an earlier dataset unless ``overwrite``."""
-    if out_dir.exists() and not out_dir.is_dir():
+def _written_by_us(name: str) -> bool:
+    """A part, ``_SUCCESS``, or a part's temporary file (earlier versions wrote them here)."""
+    part = name.startswith("part-") and name.endswith(".parquet")
+    return part or name == SUCCESS or (name.startswith(".part-") and is_temp_name(name))
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that is a file, holds a dataset (unless ``overwrite``), or holds
+    anything this job did not write (replacing the folder would delete it)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
         raise NotADirectoryError(20, "exists and is not a directory", str(out_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out_dir, prefix=".part-", live_writers_too=True)  # of interrupted runs
-    existing = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+    names = sorted(os.listdir(out_dir))
+    existing = [name for name in names if not name.startswith(".")]
     if existing and not overwrite:
         raise FileExistsError(
             17,
             f"is not empty ({', '.join(existing[:3])}); pass overwrite=True / --overwrite",
             str(out_dir),
         )
-    for name in existing:
-        if name != SUCCESS and not (name.startswith("part-") and name.endswith(".parquet")):
+    for name in names:
+        if not _written_by_us(name):
             raise FileExistsError(
                 17, f"holds {name!r}, which is not part of a dataset this job wrote", str(out_dir)
             )
-    for name in existing:
-        (out_dir / name).unlink()
 
 
 def csv_to_parquet(
@@ -354,8 +393,11 @@ def csv_to_parquet(
 ) -> dict[str, Any]:
     """Convert a CSV file to a Parquet dataset: one part per range, the same schema in every part.
 
-    Parts appear atomically; ``_SUCCESS`` is written last, so a dataset without it is incomplete.
-    Returns ``{"source", "rows", "parts", "out_dir", "skipped_rows", "schema"}``.
+    The dataset appears whole or not at all: parts and ``_SUCCESS`` are written into a hidden
+    staging folder beside ``out_dir`` and swapped in when all are written (with ``overwrite``,
+    the old dataset stays in place until then). A second run writing ``out_dir`` at the same time
+    is refused (``UsageError``). Returns ``{"source", "rows", "parts", "out_dir",
+    "skipped_rows", "schema"}``.
     """
     node = ParquetNode(os.fspath(path), os.fspath(out_dir), overwrite, **options)
     shared: dict[str, Any] = {}
