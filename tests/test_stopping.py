@@ -238,9 +238,16 @@ if delay:
             time.sleep(delay)
             write(temporary)
         return _write(final, slow)
+    _write_in = files.write_atomically_in
+    def write_atomically_in(root, final, write):
+        def slow(handle):
+            time.sleep(delay)
+            write(handle)
+        return _write_in(root, final, slow)
     from batchcore.processors.csv import jobs as csv_jobs
     from batchcore.processors.images import io as images_io
-    csv_jobs.write_atomically = images_io.write_atomically = write_atomically
+    csv_jobs.write_atomically = write_atomically
+    images_io.write_atomically_in = write_atomically_in
 """
 
 
@@ -312,7 +319,9 @@ def test_sigterm_stops_the_cli_like_ctrl_c(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             seen.update(descendants(proc.pid))
-            written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+            # parts go to a staging folder beside ``out`` (``.out.staging-*``), images to ``out``
+            written = [p for p in tmp_path.glob("*out*/**/*") if p.is_file()]
+            written += [p for p in tmp_path.glob(".out.staging-*/**/*") if p.is_file()]
             if written:
                 break  # the job is well under way: outputs are appearing
             time.sleep(0.05)
