@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import os
 import subprocess
 import sys
@@ -76,29 +75,67 @@ def test_none_from_prep_is_an_empty_batch(backend: str) -> None:
     assert shared["out"] == []
 
 
-def test_generator_is_consumed_lazily_with_a_bounded_window(parallel_backend: str) -> None:
-    consumed = itertools.count()
-    pulled = [0]
+class HeadWaitsForMarker(Square):
+    """Item 0 blocks until ``marker`` exists (60 s at most): results behind it cannot be
+    yielded, so reading runs ahead until the window stops it."""
+
+    def __init__(self, marker: str, **options: Any) -> None:
+        super().__init__(**options)
+        self.marker = marker
+
+    def exec(self, item: Any) -> Any:
+        if item == 0:
+            deadline = time.monotonic() + 60
+            while not os.path.exists(self.marker) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return item * item
+
+
+def read_ahead_window(name: str, workers: int, chunksize: int) -> int:
+    """Items the run loop may hold read and not yet yielded, for fixed-size jobs."""
+    from batchcore.backends import ordered
+
+    jobs_per_worker = ordered.WINDOW_JOBS_PER_WORKER
+    if name == "dask":
+        from batchcore.backends.dask import WINDOW_PER_WORKER
+
+        jobs_per_worker = WINDOW_PER_WORKER
+    return min(jobs_per_worker * chunksize, ordered.WINDOW_ITEMS_PER_WORKER) * workers
+
+
+@pytest.mark.parametrize("chunksize", [100, 1000])  # the window counts jobs, then items
+def test_generator_is_consumed_lazily_with_a_bounded_window(
+    parallel_backend: str, chunksize: int, tmp_path: Path
+) -> None:
+    """A slow head item holds every later result back: the generator records how far ahead of
+    the consumer each item was pulled, so the bound is checked at every read, and the window is
+    reached (the marker that releases the head is written only once reading got that far)."""
+    window = read_ahead_window(parallel_backend, 2, chunksize)
+    marker = tmp_path / "window-reached"
+    received = [0]  # items the consumer has been given so far
+    ahead: list[int] = []  # at each read: items read and not yet given to the consumer
 
     def source() -> Any:
-        for i in range(10**7):
-            pulled[0] = next(consumed) + 1
+        for i in range(2 * window):
+            ahead.append(i + 1 - received[0])
+            if ahead[-1] >= window:
+                marker.touch()
             yield i
 
-    from batchcore.backends.ordered import WINDOW_ITEMS_PER_WORKER
-
-    node = Square(workers=2)
-    task = NodeTask(node)
     backend = get_backend(parallel_backend, 2)
-    chunks = backend.map(task, source(), chunksize=1000)
-    first = next(chunks)
-    assert first.start == 0
-    time.sleep(0.2)  # however long the consumer dawdles, reading stops at the window
-    second = next(chunks)
-    assert second.start == 1000
-    window = WINDOW_ITEMS_PER_WORKER * 2
-    assert pulled[0] <= window + 1000  # far from the 10,000,000 available
-    chunks.close()  # type: ignore[attr-defined]
+    node = HeadWaitsForMarker(str(marker))
+    chunks = backend.map(NodeTask(node), source(), chunksize=chunksize)
+    try:
+        for chunk in chunks:
+            assert chunk.start == received[0]
+            assert chunk.values == [x * x for x in chunk.items]
+            received[0] += len(chunk.items)
+    finally:
+        chunks.close()  # type: ignore[attr-defined]
+    assert received[0] == 2 * window
+    assert window <= max(ahead) < window + chunksize, (
+        f"read up to {max(ahead)} items ahead of the consumer; the window is {window}"
+    )
 
 
 def test_a_slow_head_item_does_not_idle_the_other_workers(parallel_backend: str) -> None:
@@ -112,10 +149,23 @@ def test_a_slow_head_item_does_not_idle_the_other_workers(parallel_backend: str)
 
 
 def test_close_stops_the_run_early(parallel_backend: str) -> None:
+    """Closing the stream after its first chunk cancels the queued jobs: it costs at most the
+    jobs already running, a small part of what finishing the batch takes undisturbed."""
+    node = FaultyNode()
+    node.set_params({"kind": "raise", "bad": (), "delay": 0.05})  # 80 items: ~2 s on 2 workers
     backend = get_backend(parallel_backend, 2)
-    chunks = backend.map(NodeTask(Square()), iter(range(10**9)), chunksize=100)
+    assert len(list(backend.map(NodeTask(node), range(4), chunksize=2))) == 2  # workers up
+    began = time.monotonic()
+    assert len(list(backend.map(NodeTask(node), range(80), chunksize=2))) == 40
+    undisturbed = time.monotonic() - began
+    chunks = backend.map(NodeTask(node), range(80), chunksize=2)
     next(chunks)
-    chunks.close()  # type: ignore[attr-defined]  # must return promptly, not drain 10**9 items
+    began = time.monotonic()
+    chunks.close()  # type: ignore[attr-defined]
+    closing = time.monotonic() - began
+    assert closing < undisturbed / 3, (
+        f"close took {closing:.2f} s; the whole batch takes {undisturbed:.2f} s undisturbed"
+    )
     shared: dict[str, Any] = {"items": range(10)}
     Square(backend=parallel_backend, workers=2).run(shared)
     assert shared["out"] == [x * x for x in range(10)]

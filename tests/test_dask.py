@@ -99,26 +99,6 @@ def test_the_node_travels_once_per_worker(tmp_path: Path) -> None:
     assert 1 <= len(log.read_text().split()) <= 2
 
 
-def test_lazy_input_is_bounded() -> None:
-    pulled = [0]
-
-    def source() -> Iterator[int]:
-        for i in range(10**7):
-            pulled[0] = i + 1
-            yield i
-
-    from batchcore.nodes import NodeTask
-
-    backend = batchcore.get_backend("dask", 2)
-    chunks = backend.map(NodeTask(Square()), source(), chunksize=100)
-    next(chunks)
-    from batchcore.backends.dask import WINDOW_PER_WORKER
-
-    window = WINDOW_PER_WORKER * 2 * 100
-    assert pulled[0] <= window + 100  # a window of chunks, not a million futures
-    chunks.close()  # type: ignore[attr-defined]
-
-
 def test_a_worker_killed_mid_batch_does_not_fail_the_run(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
