@@ -3,12 +3,15 @@ pixel limit in every worker, crashes, resumption, atomic outputs and safe output
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
+from conftest import pool_worker_pids
 from image_helpers import (
     SAMPLE_NAMES,
     SAMPLES,
@@ -573,5 +576,18 @@ def test_chains_in_jobs_are_parsed_objects(tmp_path: Path) -> None:
     assert os.path.basename(job.source) == "gray.png"
 
 
-def test_no_pool_is_left_running_after_shutdown() -> None:
-    batchcore.shutdown()  # the tests above leave warm pools; the leak check allows them
+def test_no_pool_is_left_running_after_shutdown(tmp_path: Path) -> None:
+    """``batchcore.shutdown()`` ends the warm pools image jobs leave: their workers and zygote
+    exit, and the leak check no longer has anything to allow."""
+    plan = plan_images(SAMPLES / "gray.png", tmp_path, ["grayscale"])
+    ImageJobsNode(plan.jobs, backend="process", workers=2).run({})
+    warm = pool_worker_pids()
+    assert warm, "the image job left no warm pool: nothing to check"
+    batchcore.shutdown()
+    assert pool_worker_pids() == set()
+    procs = []
+    for pid in warm:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            procs.append(psutil.Process(pid))
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    assert alive == [], f"pool processes still running after shutdown: {alive}"
