@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -384,51 +386,111 @@ def test_an_empty_output_dir_is_fine_and_a_file_is_not(tmp_path: Path) -> None:
 # --- atomic parts ----------------------------------------------------------------------------
 
 
+_REAL_WRITE_TABLE = pq.write_table
+_PAUSE = threading.local()  # ``ack_dir`` while a SlowWriteParquetNode writes in this thread
+
+
+def _write_table_in_two_halves(table: pa.Table, where: Any, **kwargs: Any) -> None:
+    """While a SlowWriteParquetNode writes: the first half of the file, then a pause until the
+    watcher acknowledges it saw the file (5 s at most), then the rest. Otherwise pyarrow's own."""
+    ack_dir = getattr(_PAUSE, "ack_dir", None)
+    if ack_dir is None or not isinstance(where, str):
+        _REAL_WRITE_TABLE(table, where, **kwargs)
+        return
+    sink = pa.BufferOutputStream()
+    _REAL_WRITE_TABLE(table, sink, **kwargs)
+    data = sink.getvalue().to_pybytes()
+    ack = Path(ack_dir) / Path(where).name
+    with open(where, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        deadline = time.monotonic() + 5
+        while not ack.exists() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        handle.write(data[len(data) // 2 :])
+
+
+class SlowWriteParquetNode(csv_jobs.ParquetNode):
+    """A ParquetNode whose every part write stays half done until the watcher has seen it."""
+
+    def exec(self, table: pa.Table) -> tuple[str, int]:
+        if pq.write_table is not _write_table_in_two_halves:
+            # A worker process: installed for good, inert outside this node's exec.
+            pq.write_table = _write_table_in_two_halves
+        _PAUSE.ack_dir = str(Path(self.out_dir).parent / "acks")
+        try:
+            return super().exec(table)
+        finally:
+            _PAUSE.ack_dir = None
+
+
+@dataclass
+class Watched:
+    """What the watcher saw: complete parts (rows), writes in progress, unreadable parts."""
+
+    out: Path
+    rows: list[int] = field(default_factory=list)
+    in_progress: set[str] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+
+
 @pytest.fixture
-def watcher(tmp_path: Path) -> Iterator[tuple[Path, list[str], list[int]]]:
-    """Reads every visible part while a job runs: a visible part must always be complete."""
-    out = tmp_path / "watched"
-    problems: list[str] = []
-    seen: list[int] = []
+def watcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Watched]:
+    """Lists the output folder while a job runs, reads every visible part (each must be
+    complete) and acknowledges every file it saw, which lets a paused write finish."""
+    monkeypatch.setattr(csv_jobs, "ParquetNode", SlowWriteParquetNode)
+    monkeypatch.setattr(pq, "write_table", _write_table_in_two_halves)  # threads in this process
+    watched = Watched(tmp_path / "watched")
+    acks = tmp_path / "acks"
+    acks.mkdir()
     stop = threading.Event()
+    read: set[tuple[str, int]] = set()  # (name, inode) of parts already read whole
 
     def watch() -> None:
         while not stop.is_set():
             try:
-                names = [p for p in out.glob("part-*.parquet")]
+                names = sorted(os.listdir(watched.out))
             except OSError:
-                continue
-            for part in names:
-                try:
-                    table = pq.read_table(part)
-                    seen.append(table.num_rows)
-                except FileNotFoundError:
-                    continue  # replaced by an overwrite meanwhile
-                except Exception as exc:  # a partial part: record it, never raise in a thread
-                    problems.append(f"{part.name}: {type(exc).__name__}: {exc}")
+                names = []
+            for name in names:
+                if name.startswith("."):
+                    watched.in_progress.add(name)
+                elif name.startswith("part-"):
+                    try:
+                        seen = (name, os.stat(watched.out / name).st_ino)
+                        if seen not in read:  # a rename gives a new inode: read it again
+                            watched.rows.append(pq.read_table(watched.out / name).num_rows)
+                            read.add(seen)
+                    except FileNotFoundError:
+                        continue  # replaced by an overwrite meanwhile
+                    except Exception as exc:  # a partial part: record it, never raise in a thread
+                        watched.problems.append(f"{name}: {type(exc).__name__}: {exc}")
+                (acks / name).touch()
             time.sleep(0.001)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     try:
-        yield out, problems, seen
+        yield watched
     finally:
         stop.set()
         thread.join(5)
 
 
-def test_parts_are_never_visible_half_written(
-    backend: str, watcher: tuple[Path, list[str], list[int]]
-) -> None:
-    out, problems, seen = watcher
+def test_parts_are_never_visible_half_written(backend: str, watcher: Watched) -> None:
+    """Every part write is held half done until the watcher has listed the folder: the watcher
+    must have seen writes in progress, and never a visible part it could not read whole."""
     for _ in range(3):
-        csv_to_parquet(SALES, out, chunk_bytes=8 << 10, overwrite=True, backend=backend, workers=2)
-    deadline = time.monotonic() + 5
-    while not seen and time.monotonic() < deadline:  # a loaded machine may starve the watcher
-        time.sleep(0.01)
-    assert seen  # the watcher did look at parts
-    assert problems == []
-    assert_dataset_equals_csv(out, SALES, len(list(out.glob("part-*.parquet"))))
+        csv_to_parquet(
+            SALES, watcher.out, chunk_bytes=8 << 10, overwrite=True, backend=backend, workers=2
+        )
+    parts = len(list(watcher.out.glob("part-*.parquet")))
+    assert watcher.problems == []
+    assert len(watcher.in_progress) >= parts, (
+        f"saw {len(watcher.in_progress)} writes in progress over 3 runs of {parts} parts"
+    )
+    assert watcher.rows  # and it read complete parts
+    assert_dataset_equals_csv(watcher.out, SALES, parts)
 
 
 def test_a_failed_write_leaves_no_partial_part(
