@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+import tqdm
 from hypothesis import HealthCheck, settings
 
 import batchcore
-from batchcore.backends import base
+from batchcore.backends import base, shm
 
 settings.register_profile(
     "default",
@@ -98,8 +105,244 @@ def _stray_children(before: set[int]) -> list[psutil.Process]:
     return strays
 
 
+# --- the leak check: processes, escaped grandchildren, threads, fds, temp files -----------------
+#
+# Every process this session starts inherits MARK in its environment, so a CLI's workers that
+# outlive the CLI (reparented to init, out of reach of ``children()``) are still found as ours.
+# Threads and fds that warm components keep on purpose are allowed, and only those:
+# - threads: the idle thread-pool workers of live thread backends; Dask's own threads while a
+#   Dask backend holds a client (its event loop, offload and comm executors); tqdm's monitor;
+# - fds: while no warm component was started, replaced or closed, the fd table must come back
+#   to what it was; when one was, new pipes, sockets, event fds and memfds are its own (regular
+#   files never are); a live Dask client's sockets (its connection pool) and scratch folder;
+# Temporary files: the session's temp folder (TMPDIR, for subprocesses too; Dask's shared
+# ``dask-scratch-space`` excepted) and this process's shared-memory files (``batchcore-PID-*``
+# in /dev/shm, other than a live worker's kept file).
+
+MARK = f"{os.getpid()}-{os.urandom(4).hex()}"
+MARK_ENV = "BATCHCORE_TEST_SESSION"
+GRACE_SECONDS = 5.0
+# The modules whose threads belong to a live Dask client or LocalCluster (their event loops,
+# executors and comms): allowed only while a Dask backend holds a client.
+DASK_THREAD_MODULES = (
+    "distributed",
+    "tornado",
+    "dask",
+    "concurrent.futures",
+    "asyncio",
+    "multiprocessing",  # the queue feeders of a LocalCluster's nannies
+)
+DASK_SCRATCH = "dask-scratch-space"  # Dask's work folder in the temp folder, shared and reused
+
+
+def _marked_processes() -> list[psutil.Process]:
+    """Processes of this session other than this one (every process started by a test)."""
+    needle = f"{MARK_ENV}={MARK}".encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as handle:
+                if needle not in handle.read().split(b"\0"):
+                    continue
+            proc = psutil.Process(int(name))
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return found
+
+
+def _escaped_grandchildren(before: set[int]) -> list[psutil.Process]:
+    """Marked processes that are no descendant of this one: orphans of a subprocess it ran."""
+    descendants = {child.pid for child in psutil.Process().children(recursive=True)}
+    return [p for p in _marked_processes() if p.pid not in descendants and p.pid not in before]
+
+
+def _dask_holds_a_client() -> bool:
+    return any(getattr(b, "_client", None) is not None for b in list(base._LIVE))
+
+
+def _thread_module(thread: threading.Thread) -> str:
+    target = getattr(thread, "_target", None)
+    return str(getattr(target, "__module__", None) or type(thread).__module__)
+
+
+def _warm_threads() -> set[int]:
+    """Idents of the threads live components keep on purpose (see the note above)."""
+    idents: set[int] = set()
+    for backend in list(base._LIVE):
+        if backend.name == "thread":
+            for pool in backend._idle:  # type: ignore[attr-defined]
+                idents.update(w.thread.ident for w in pool.workers if w.thread.ident)
+    dask_warm = HAS_DASK and _dask_holds_a_client()
+    monitors = _tqdm_monitors()
+    for thread in threading.enumerate():
+        if thread in monitors:
+            idents.add(thread.ident or 0)
+        elif dask_warm and _thread_module(thread).startswith(DASK_THREAD_MODULES):
+            idents.add(thread.ident or 0)
+    return idents
+
+
+def _tqdm_monitors() -> list[Any]:
+    """The monitor thread each tqdm class keeps (``tqdm.auto`` bars are a subclass's)."""
+    classes = [tqdm.tqdm]
+    monitors = []
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if "monitor" in vars(cls) and cls.monitor is not None:
+            monitors.append(cls.monitor)
+    return monitors
+
+
+def _stray_threads(before: set[int]) -> list[threading.Thread]:
+    warm = _warm_threads()
+    return [
+        t
+        for t in threading.enumerate()
+        if t.is_alive() and t.ident not in before and t.ident not in warm
+    ]
+
+
+def _warm_state() -> frozenset[Any]:
+    """What warm components exist: any change excuses new pipes and sockets (they are theirs)."""
+    state: set[Any] = set(pool_worker_pids())
+    for backend in list(base._LIVE):
+        state.update(id(pool) for pool in getattr(backend, "_idle", ()))
+        if getattr(backend, "_client", None) is not None:
+            state.add(id(backend._client))  # type: ignore[attr-defined]
+    return frozenset(state)
+
+
+def _open_fds() -> dict[int, str]:
+    fds = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the listing's own fd, closed already
+    return fds
+
+
+def _leaked_fds(before: dict[int, str], warm_changed: bool) -> list[str]:
+    dask_warm = HAS_DASK and _dask_holds_a_client()
+    leaked = []
+    for fd, target in _open_fds().items():
+        if before.get(fd) == target:
+            continue
+        if warm_changed and (not target.startswith("/") or target.startswith("/memfd:")):
+            continue  # a pipe, socket, event fd or memfd of a pool started or replaced meanwhile
+        if dask_warm and (target.startswith("socket:") or DASK_SCRATCH in target):
+            continue  # a live Dask client's connection pool and its cluster's work folder
+        leaked.append(f"{fd} -> {target}")
+    return leaked
+
+
+def _shm_files() -> set[str]:
+    folder = shm.SHARED_DIR
+    mine = f"{shm.PREFIX}{os.getpid()}-"
+    return {os.path.join(folder, n) for n in os.listdir(folder) if n.startswith(mine)}
+
+
+def _kept_for_a_live_worker(path: str) -> bool:
+    """A file a live worker's messages freed, kept for the next message until the pool closes."""
+    name = os.path.basename(path)
+    worker = int(name.split("-")[2])
+    return "-free" in name and worker in pool_worker_pids()
+
+
+def _temp_files(folder: Path) -> set[str]:
+    return {str(folder / name) for name in os.listdir(folder) if name != DASK_SCRATCH}
+
+
+@dataclass
+class Resources:
+    """What a test may leak, as it was before the test."""
+
+    children: set[int]
+    marked: set[int]
+    threads: set[int]
+    fds: dict[int, str]
+    warm: frozenset[Any]
+    shm: set[str]
+    temps: set[str]
+
+    @classmethod
+    def now(cls, temp_dir: Path) -> Resources:
+        return cls(
+            children={child.pid for child in psutil.Process().children(recursive=True)},
+            marked={p.pid for p in _marked_processes()},
+            threads={t.ident or 0 for t in threading.enumerate()},
+            fds=_open_fds(),
+            warm=_warm_state(),
+            shm=_shm_files(),
+            temps=_temp_files(temp_dir),
+        )
+
+    def leaks(self, temp_dir: Path) -> dict[str, list[Any]]:
+        """Everything left behind since ``self``, by kind (empty lists when clean)."""
+        return {
+            "child processes": _stray_children(self.children),
+            "escaped grandchildren": _escaped_grandchildren(self.marked),
+            "threads": _stray_threads(self.threads),
+            "file descriptors": _leaked_fds(self.fds, _warm_state() != self.warm),
+            "shared-memory files": sorted(
+                p for p in _shm_files() - self.shm if not _kept_for_a_live_worker(p)
+            ),
+            "temporary files": sorted(_temp_files(temp_dir) - self.temps),
+        }
+
+
+def _describe(kind: str, things: list[Any]) -> str:
+    if kind in ("child processes", "escaped grandchildren"):
+        described = []
+        for proc in things:
+            try:
+                described.append(f"{proc.pid} {' '.join(proc.cmdline())[:120]}")
+            except psutil.Error:
+                described.append(str(proc.pid))
+        return f"{kind}: {described}"
+    if kind == "threads":
+        return f"{kind}: {[f'{t.name} ({_thread_module(t)})' for t in things]}"
+    return f"{kind}: {things}"
+
+
+def _clean_up(leaks: dict[str, list[Any]]) -> None:
+    """Kill and remove what a failed test left, so one failure does not cascade."""
+    for proc in [*leaks["child processes"], *leaks["escaped grandchildren"]]:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    for path in [*leaks["shared-memory files"], *leaks["temporary files"]]:
+        with contextlib.suppress(OSError):
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+
+
 @pytest.fixture(autouse=True, scope="session")
-def close_backends_at_the_end() -> Iterator[None]:
+def session_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A temp folder of this session's own (for its subprocesses too, through TMPDIR), so the
+    leak check can tell our temporary files from other programs'; and the process MARK."""
+    folder = tmp_path_factory.mktemp("tempdir", numbered=False)
+    saved = tempfile.tempdir, os.environ.get("TMPDIR"), os.environ.get(MARK_ENV)
+    tempfile.tempdir = str(folder)
+    os.environ["TMPDIR"] = str(folder)
+    os.environ[MARK_ENV] = MARK
+    yield folder
+    tempfile.tempdir = saved[0]
+    for name, value in (("TMPDIR", saved[1]), (MARK_ENV, saved[2])):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(autouse=True, scope="session")
+def close_backends_at_the_end(session_temp_dir: Path) -> Iterator[None]:
     """Close warm pools and clusters while pytest's output streams are still open (at interpreter
     exit, a closing Dask scheduler would log into streams pytest has already closed)."""
     yield
@@ -107,17 +350,18 @@ def close_backends_at_the_end() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_processes() -> Iterator[None]:
-    """Fail a test that leaves a child process behind (other than warm pool workers)."""
-    before = {child.pid for child in psutil.Process().children(recursive=True)}
+def no_leaks(session_temp_dir: Path) -> Iterator[None]:
+    """Fail a test that leaves behind a child process (also one its subprocess orphaned), a
+    thread, a file descriptor, a shared-memory file or a temporary file, other than what warm
+    pools keep on purpose; waits up to GRACE_SECONDS for things that are on their way out."""
+    before = Resources.now(session_temp_dir)
     yield
-    deadline = time.monotonic() + 5
-    strays = _stray_children(before)
-    while strays and time.monotonic() < deadline:
+    deadline = time.monotonic() + GRACE_SECONDS
+    leaks = before.leaks(session_temp_dir)
+    while any(leaks.values()) and time.monotonic() < deadline:
         time.sleep(0.1)
-        strays = _stray_children(before)
-    if strays:
-        described = [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in strays]
-        for proc in strays:  # so one failure does not cascade into the next tests
-            proc.kill()
-        pytest.fail(f"test left child processes behind: {described}")
+        leaks = before.leaks(session_temp_dir)
+    if any(leaks.values()):
+        _clean_up(leaks)
+        found = "; ".join(_describe(kind, things) for kind, things in leaks.items() if things)
+        pytest.fail(f"test left behind {found}")
