@@ -4,7 +4,11 @@ pixel limit in every worker, crashes, resumption, atomic outputs and safe output
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -591,3 +595,47 @@ def test_no_pool_is_left_running_after_shutdown(tmp_path: Path) -> None:
             procs.append(psutil.Process(pid))
     _, alive = psutil.wait_procs(procs, timeout=10)
     assert alive == [], f"pool processes still running after shutdown: {alive}"
+
+
+FILE_HANDLES = textwrap.dedent(
+    """
+    import json, resource, sys, warnings
+    warnings.simplefilter("error")  # an unclosed file (ResourceWarning) fails the run
+    from PIL import Image
+    from batchcore.processors.images.jobs import ImageJobsNode, plan_images
+
+    src, out = sys.argv[1], sys.argv[2]
+    for n in range({count}):
+        Image.new("RGB", (8, 8), (n % 256, 0, 0)).save(f"{{src}}/{{n:04d}}.png")
+    resource.setrlimit(resource.RLIMIT_NOFILE, ({limit}, {limit}))  # workers inherit it
+    plan = plan_images(src, out, ["grayscale|blur:radius=1"])
+    shared = {{}}
+    ImageJobsNode(plan.jobs, backend={backend!r}, workers=1).run(shared)
+    results = shared["image_results"]
+    failed = [r.reason for r in results if not r.ok][:3]
+    print(json.dumps({{"ok": sum(r.ok for r in results), "failed": failed}}))
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sequential", "process"])
+def test_many_images_through_one_worker_under_a_low_file_limit(
+    backend: str, tmp_path: Path
+) -> None:
+    """Every image's file is closed after use: 600 images through one worker whose limit is
+    128 open files all succeed, with no ResourceWarning (fault G5, file-handle exhaustion)."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    code = FILE_HANDLES.format(count=600, limit=128, backend=backend)
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code, str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ResourceWarning" not in result.stderr  # raised in __del__, only printed
+    assert json.loads(result.stdout) == {"ok": 600, "failed": []}
+    assert len(files_under(out)) == 600
