@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from conftest import BACKENDS, backend_params
 from faulty import Echo, FaultyNode, Outer, Square, Tracked, WhereAmI
@@ -169,6 +171,27 @@ def test_close_stops_the_run_early(parallel_backend: str) -> None:
     shared: dict[str, Any] = {"items": range(10)}
     Square(backend=parallel_backend, workers=2).run(shared)
     assert shared["out"] == [x * x for x in range(10)]
+
+
+@pytest.mark.crash
+def test_a_worker_dying_while_the_pool_closes_neither_hangs_nor_raises() -> None:
+    """Fault C2: a worker is SIGKILLed just as the parent closes the pool (CPython's
+    ``test_shutdown_deadlock``): close returns quietly, and every worker and the zygote exit."""
+    from batchcore.backends.process import ProcessBackend
+
+    backend = ProcessBackend(workers=2)
+    shared: dict[str, Any] = {"items": range(10)}
+    Square(backend=backend).run(shared)
+    (pool,) = backend._idle
+    procs = [psutil.Process(w.proc.pid) for w in pool.workers]
+    if pool.zygote is not None:
+        procs.append(psutil.Process(pool.zygote.proc.pid))
+    os.kill(procs[0].pid, signal.SIGKILL)
+    began = time.monotonic()
+    backend.close()
+    assert time.monotonic() - began < 10
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    assert alive == []
 
 
 def test_fixed_chunksize_is_respected(parallel_backend: str) -> None:
