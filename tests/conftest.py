@@ -83,7 +83,8 @@ def pool_worker_pids() -> set[int]:
         if any(getattr(b, "_cluster", None) is not None for b in live if b.name == "dask"):
             for child in psutil.Process().children(recursive=True):
                 try:
-                    if "multiprocessing" in " ".join(child.cmdline()):
+                    command = " ".join(child.cmdline())
+                    if "multiprocessing" in command and "resource_tracker" not in command:
                         pids.add(child.pid)
                 except psutil.Error:
                     continue
@@ -188,7 +189,7 @@ def _warm_threads() -> set[int]:
 
 def _tqdm_monitors() -> list[Any]:
     """The monitor thread each tqdm class keeps (``tqdm.auto`` bars are a subclass's)."""
-    classes = [tqdm.tqdm]
+    classes: list[type[Any]] = [tqdm.tqdm]
     monitors = []
     while classes:
         cls = classes.pop()

@@ -152,20 +152,21 @@ def test_a_slow_head_item_does_not_idle_the_other_workers(parallel_backend: str)
 
 def test_close_stops_the_run_early(parallel_backend: str) -> None:
     """Closing the stream after its first chunk cancels the queued jobs: it costs at most the
-    jobs already running, a small part of what finishing the batch takes undisturbed."""
+    jobs already running (or a worker's exit), far less than finishing the batch undisturbed."""
     node = FaultyNode()
-    node.set_params({"kind": "raise", "bad": (), "delay": 0.05})  # 80 items: ~2 s on 2 workers
+    node.set_params({"kind": "raise", "bad": (), "delay": 0.05})  # 120 items: ~3 s on 2 workers
     backend = get_backend(parallel_backend, 2)
     assert len(list(backend.map(NodeTask(node), range(4), chunksize=2))) == 2  # workers up
     began = time.monotonic()
-    assert len(list(backend.map(NodeTask(node), range(80), chunksize=2))) == 40
+    assert len(list(backend.map(NodeTask(node), range(120), chunksize=2))) == 60
     undisturbed = time.monotonic() - began
-    chunks = backend.map(NodeTask(node), range(80), chunksize=2)
+    chunks = backend.map(NodeTask(node), range(120), chunksize=2)
     next(chunks)
     began = time.monotonic()
     chunks.close()  # type: ignore[attr-defined]
     closing = time.monotonic() - began
-    assert closing < undisturbed / 3, (
+    # Processes get up to a second to exit after SIGTERM; threads finish their current item.
+    assert closing < undisturbed / 2, (
         f"close took {closing:.2f} s; the whole batch takes {undisturbed:.2f} s undisturbed"
     )
     shared: dict[str, Any] = {"items": range(10)}
