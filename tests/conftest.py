@@ -91,10 +91,14 @@ def pool_worker_pids() -> set[int]:
     return pids
 
 
-def _stray_children(before: set[int]) -> list[psutil.Process]:
+def _stray_children(
+    before: set[int], descendants: list[psutil.Process] | None = None
+) -> list[psutil.Process]:
     allowed = before | pool_worker_pids()
     strays = []
-    for child in psutil.Process().children(recursive=True):
+    if descendants is None:
+        descendants = psutil.Process().children(recursive=True)
+    for child in descendants:
         try:
             if child.pid in allowed or child.status() == psutil.STATUS_ZOMBIE:
                 continue
@@ -155,10 +159,11 @@ def _marked_processes() -> list[psutil.Process]:
     return found
 
 
-def _escaped_grandchildren(before: set[int]) -> list[psutil.Process]:
-    """Marked processes that are no descendant of this one: orphans of a subprocess it ran."""
-    descendants = {child.pid for child in psutil.Process().children(recursive=True)}
-    return [p for p in _marked_processes() if p.pid not in descendants and p.pid not in before]
+def _escaped_grandchildren(descendants: list[psutil.Process]) -> list[psutil.Process]:
+    """Marked processes that are no descendant of this one: orphans of a subprocess it ran
+    (one an earlier test left was killed then, so every one found is this test's)."""
+    ours = {child.pid for child in descendants}
+    return [p for p in _marked_processes() if p.pid not in ours]
 
 
 def _dask_holds_a_client() -> bool:
@@ -264,7 +269,6 @@ class Resources:
     """What a test may leak, as it was before the test."""
 
     children: set[int]
-    marked: set[int]
     threads: set[int]
     fds: dict[int, str]
     warm: frozenset[Any]
@@ -275,7 +279,6 @@ class Resources:
     def now(cls, temp_dir: Path) -> Resources:
         return cls(
             children={child.pid for child in psutil.Process().children(recursive=True)},
-            marked={p.pid for p in _marked_processes()},
             threads={t.ident or 0 for t in threading.enumerate()},
             fds=_open_fds(),
             warm=_warm_state(),
@@ -285,9 +288,10 @@ class Resources:
 
     def leaks(self, temp_dir: Path) -> dict[str, list[Any]]:
         """Everything left behind since ``self``, by kind (empty lists when clean)."""
+        descendants = psutil.Process().children(recursive=True)
         return {
-            "child processes": _stray_children(self.children),
-            "escaped grandchildren": _escaped_grandchildren(self.marked),
+            "child processes": _stray_children(self.children, descendants),
+            "escaped grandchildren": _escaped_grandchildren(descendants),
             "threads": _stray_threads(self.threads),
             "file descriptors": _leaked_fds(self.fds, _warm_state() != self.warm),
             "shared-memory files": sorted(
