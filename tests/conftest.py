@@ -116,10 +116,12 @@ def _stray_children(
 # outlive the CLI (reparented to init, out of reach of ``children()``) are still found as ours.
 # Threads and fds that warm components keep on purpose are allowed, and only those:
 # - threads: the idle thread-pool workers of live thread backends; Dask's own threads while a
-#   Dask backend holds a client (its event loop, offload and comm executors); tqdm's monitor;
+#   Dask backend holds a client (its event loop, offload and comm executors) and the two thread
+#   pools distributed keeps for the whole program; tqdm's monitor;
 # - fds: while no warm component was started, replaced or closed, the fd table must come back
 #   to what it was; when one was, new pipes, sockets, event fds and memfds are its own (regular
 #   files never are); a live Dask client's sockets (its connection pool) and scratch folder;
+#   the pipes the session's first Dask cluster leaves open for good (resource tracker, queue);
 # Temporary files: the session's temp folder (TMPDIR, for subprocesses too; Dask's shared
 # ``dask-scratch-space`` excepted) and this process's shared-memory files (``batchcore-PID-*``
 # in /dev/shm, other than a live worker's kept file).
@@ -138,6 +140,9 @@ DASK_THREAD_MODULES = (
     "multiprocessing",  # the queue feeders of a LocalCluster's nannies
 )
 DASK_SCRATCH = "dask-scratch-space"  # Dask's work folder in the temp folder, shared and reused
+# Thread pools distributed creates once per program (``distributed.utils._offload_executor``,
+# ``Future._cb_executor``); the first one's start also marks the first cluster of the session.
+DASK_PROGRAM_THREADS = ("Dask-Offload", "Dask-Callback-Thread")
 
 
 def _marked_processes() -> list[psutil.Process]:
@@ -185,7 +190,7 @@ def _warm_threads() -> set[int]:
     dask_warm = HAS_DASK and _dask_holds_a_client()
     monitors = _tqdm_monitors()
     for thread in threading.enumerate():
-        if thread in monitors:
+        if thread in monitors or (HAS_DASK and thread.name.startswith(DASK_PROGRAM_THREADS)):
             idents.add(thread.ident or 0)
         elif dask_warm and _thread_module(thread).startswith(DASK_THREAD_MODULES):
             idents.add(thread.ident or 0)
@@ -286,6 +291,14 @@ class Resources:
             temps=_temp_files(temp_dir),
         )
 
+    def started_dask(self) -> bool:
+        """Whether this test started distributed for the first time in the session: the pipes
+        multiprocessing then opens for good (its resource tracker's, a nanny queue's) are its."""
+        return any(
+            t.name.startswith(DASK_PROGRAM_THREADS[0]) and t.ident not in self.threads
+            for t in threading.enumerate()
+        )
+
     def leaks(self, temp_dir: Path) -> dict[str, list[Any]]:
         """Everything left behind since ``self``, by kind (empty lists when clean)."""
         descendants = psutil.Process().children(recursive=True)
@@ -293,7 +306,9 @@ class Resources:
             "child processes": _stray_children(self.children, descendants),
             "escaped grandchildren": _escaped_grandchildren(descendants),
             "threads": _stray_threads(self.threads),
-            "file descriptors": _leaked_fds(self.fds, _warm_state() != self.warm),
+            "file descriptors": _leaked_fds(
+                self.fds, _warm_state() != self.warm or self.started_dask()
+            ),
             "shared-memory files": sorted(
                 p for p in _shm_files() - self.shm if not _kept_for_a_live_worker(p)
             ),
