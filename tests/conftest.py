@@ -116,8 +116,9 @@ def _stray_children(
 # outlive the CLI (reparented to init, out of reach of ``children()``) are still found as ours.
 # Threads and fds that warm components keep on purpose are allowed, and only those:
 # - threads: the idle thread-pool workers of live thread backends; Dask's own threads while a
-#   Dask backend holds a client (its event loop, offload and comm executors) and the two thread
-#   pools distributed keeps for the whole program; tqdm's monitor;
+#   Dask backend holds a client or a cluster (a test fixture's) runs (its event loop, offload
+#   and comm executors), and the two thread pools distributed keeps for the whole program;
+#   tqdm's monitor;
 # - fds: while no warm component was started, replaced or closed, the fd table must come back
 #   to what it was; when one was, new pipes, sockets, event fds and memfds are its own (regular
 #   files never are); a live Dask client's sockets (its connection pool) and scratch folder;
@@ -171,8 +172,20 @@ def _escaped_grandchildren(descendants: list[psutil.Process]) -> list[psutil.Pro
     return [p for p in _marked_processes() if p.pid not in ours]
 
 
+def _live_dask_clusters() -> list[Any]:
+    """Dask clusters of this process not yet closed (a backend's, or a test fixture's own)."""
+    if not HAS_DASK:
+        return []
+    from distributed.deploy.spec import SpecCluster
+
+    return [c for c in list(SpecCluster._instances) if str(c.status.name) != "closed"]
+
+
 def _dask_holds_a_client() -> bool:
-    return any(getattr(b, "_client", None) is not None for b in list(base._LIVE))
+    """Whether Dask is warm: a backend holds a client, or a cluster (a fixture's) is running."""
+    if any(getattr(b, "_client", None) is not None for b in list(base._LIVE)):
+        return True
+    return bool(_live_dask_clusters())
 
 
 def _thread_module(thread: threading.Thread) -> str:
@@ -225,6 +238,7 @@ def _warm_state() -> frozenset[Any]:
         state.update(id(pool) for pool in getattr(backend, "_idle", ()))
         if getattr(backend, "_client", None) is not None:
             state.add(id(backend._client))  # type: ignore[attr-defined]
+    state.update(id(cluster) for cluster in _live_dask_clusters())
     return frozenset(state)
 
 
