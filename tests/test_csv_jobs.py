@@ -436,8 +436,9 @@ class Watched:
 
 @pytest.fixture
 def watcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Watched]:
-    """Lists the output folder while a job runs, reads every visible part (each must be
-    complete) and acknowledges every file it saw, which lets a paused write finish."""
+    """Lists the output folder and its hidden siblings (staging) while a job runs, reads every
+    visible part (each must be complete) and acknowledges every file it saw, which lets a paused
+    write finish."""
     monkeypatch.setattr(csv_jobs, "ParquetNode", SlowWriteParquetNode)
     monkeypatch.setattr(pq, "write_table", _write_table_in_two_halves)  # threads in this process
     watched = Watched(tmp_path / "watched")
@@ -446,26 +447,29 @@ def watcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Watched
     stop = threading.Event()
     read: set[tuple[str, int]] = set()  # (name, inode) of parts already read whole
 
-    def watch() -> None:
-        while not stop.is_set():
+    def look_at(folder: Path, name: str, hidden: bool) -> None:
+        if hidden or name.startswith("."):
+            watched.in_progress.add(str(folder / name))  # a temporary file or a staged part
+        elif folder == watched.out and name.startswith("part-"):
             try:
-                names = sorted(os.listdir(watched.out))
-            except OSError:
-                names = []
-            for name in names:
-                if name.startswith("."):
-                    watched.in_progress.add(name)
-                elif name.startswith("part-"):
-                    try:
-                        seen = (name, os.stat(watched.out / name).st_ino)
-                        if seen not in read:  # a rename gives a new inode: read it again
-                            watched.rows.append(pq.read_table(watched.out / name).num_rows)
-                            read.add(seen)
-                    except FileNotFoundError:
-                        continue  # replaced by an overwrite meanwhile
-                    except Exception as exc:  # a partial part: record it, never raise in a thread
-                        watched.problems.append(f"{name}: {type(exc).__name__}: {exc}")
-                (acks / name).touch()
+                seen = (name, os.stat(folder / name).st_ino)
+                if seen not in read:  # a rename gives a new inode: read it again
+                    watched.rows.append(pq.read_table(folder / name).num_rows)
+                    read.add(seen)
+            except FileNotFoundError:
+                return  # replaced by an overwrite meanwhile
+            except Exception as exc:  # a partial part: record it, never raise in a thread
+                watched.problems.append(f"{name}: {type(exc).__name__}: {exc}")
+        (acks / name).touch()
+
+    def watch() -> None:
+        root = watched.out.parent
+        while not stop.is_set():
+            for folder, folders, names in os.walk(root):
+                folders[:] = [f for f in folders if f != acks.name]
+                hidden = any(part.startswith(".") for part in Path(folder).relative_to(root).parts)
+                for name in sorted(names):
+                    look_at(Path(folder), name, hidden)
             time.sleep(0.001)
 
     thread = threading.Thread(target=watch, daemon=True)
