@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from .backends.base import CUR_RETRY
-from .errors import ItemTimeoutError, short_repr
+from .errors import ItemTimeoutError, count_attempts, short_repr
 from .flows import BatchFlow, Flow
 from .nodes import BaseNode, BatchNode, Node
 from .options import resolve_options
@@ -107,7 +107,7 @@ class AsyncNode(Node):
         index = _ITEM_INDEX.get()
         if index is not None:
             return ItemTimeoutError(index, short_repr(prep_res), timeout, attempt + 1)
-        tries = "1 attempt" if attempt == 0 else f"{attempt + 1} attempts"
+        tries = count_attempts(attempt + 1)
         return TimeoutError(
             f"{type(self).__name__}.exec_async ran longer than timeout={timeout!r} seconds; "
             f"gave up after {tries}"

@@ -88,6 +88,11 @@ class RemoteTraceback(Exception):
         return "\n\nTraceback in the worker:\n" + self.traceback_text
 
 
+def count_attempts(attempts: int) -> str:
+    """``1 attempt`` or ``N attempts``: how the item errors say how often an item was tried."""
+    return "1 attempt" if attempts == 1 else f"{attempts} attempts"
+
+
 def describe_exit(exitcode: int | None) -> str:
     """Say how a process ended, with a hint when SIGKILL points at the out-of-memory killer."""
     if exitcode is None:
@@ -114,7 +119,7 @@ class WorkerCrashedError(BatchcoreError, RuntimeError):
         self.pid = pid
         self.exitcode = exitcode
         self.attempts = attempts
-        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        tries = count_attempts(attempts)
         who = f"worker pid {pid}" if pid is not None else "the worker"
         how = describe_exit(exitcode) if exitcode is not None else "died"
         super().__init__(f"{who} running item {index} ({item_repr}) {how}; gave up after {tries}")
@@ -131,7 +136,7 @@ class ItemTimeoutError(BatchcoreError, TimeoutError):
         self.item_repr = item_repr
         self.timeout = timeout
         self.attempts = attempts
-        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        tries = count_attempts(attempts)
         super().__init__(
             f"item {index} ({item_repr}) ran longer than timeout={timeout!r} seconds; "
             f"gave up after {tries}"
@@ -154,7 +159,7 @@ class ItemMemoryError(BatchcoreError, MemoryError):
         self.used = used
         self.pid = pid
         self.attempts = attempts
-        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        tries = count_attempts(attempts)
         who = f"worker pid {pid}" if pid is not None else "the worker"
         super().__init__(
             f"{who} running item {index} ({item_repr}) used {format_bytes(used)} of memory, "
