@@ -259,7 +259,9 @@ def test_a_failing_parallel_batch_cancels_its_siblings() -> None:
     began = time.monotonic()
     asyncio.run(main())
     assert time.monotonic() - began < 20
-    assert events == ["cancelled 0", "cancelled 2", "caller got item 1 is bad"]
+    # the siblings are cancelled in no set order, both before the caller sees the error
+    assert sorted(events[:2]) == ["cancelled 0", "cancelled 2"]
+    assert events[2:] == ["caller got item 1 is bad"]
 
 
 @pytest.mark.timeout(60)
