@@ -32,14 +32,13 @@ rows, is about 310 MB.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_sales import Written, generator_cli  # the same sizes, report and CLI
+from make_sales import Written, generator_cli, write_csv  # the same writer, report and CLI
 
 HEADER = (
     "fl_date",
@@ -198,37 +197,8 @@ def write_flights(
     out: Path, *, rows: int | None = None, size: int | None = None, seed: int = DEFAULT_SEED
 ) -> Written:
     """Write exactly ``rows`` rows, or whole rows until the file holds at least ``size`` bytes."""
-    if (rows is None) == (size is None):
-        raise ValueError("give exactly one of rows= or size=")
-    began = time.perf_counter()
-    header = ",".join(HEADER) + "\n"
-    written_rows = 0
-    written_bytes = len(header)
-    batches = iter_batches(seed)  # one batch size for every request: N rows are a prefix of N+1
-    with open(out, "w", encoding="ascii", newline="") as handle:
-        handle.write(header)
-        while True:
-            if rows is not None:
-                if written_rows >= rows:
-                    break
-                lines = next(batches)[: rows - written_rows]
-            else:
-                assert size is not None
-                if written_bytes >= size:
-                    break
-                lines = next(batches)
-                missing = size - written_bytes
-                total = 0
-                for count, line in enumerate(lines, 1):  # last batch: stop at the row that fits
-                    total += len(line) + 1
-                    if total >= missing:
-                        lines = lines[:count]
-                        break
-            text = "\n".join(lines) + "\n"
-            handle.write(text)
-            written_rows += len(lines)
-            written_bytes += len(text)  # ASCII only, so characters are bytes
-    return Written(out, written_rows, written_bytes, time.perf_counter() - began)
+    batches = ("\n".join(lines) + "\n" for lines in iter_batches(seed))
+    return write_csv(out, ",".join(HEADER) + "\n", batches, rows=rows, size=size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -140,35 +140,43 @@ def write_sales(
     out: Path, *, rows: int | None = None, size: int | None = None, seed: int = DEFAULT_SEED
 ) -> Written:
     """Write exactly ``rows`` rows, or whole rows until the file holds at least ``size`` bytes."""
+    batches = (render(batch) for batch in iter_batches(seed))
+    return write_csv(out, render([HEADER]), batches, rows=rows, size=size)
+
+
+def write_csv(
+    out: Path, header: str, batches: Iterator[str], *, rows: int | None, size: int | None
+) -> Written:
+    """Write ``header``, then rows from ``batches`` (ASCII text of whole rows, one line each):
+    exactly ``rows`` of them, or whole rows until the file holds at least ``size`` bytes. Every
+    generator here yields one batch size for every request, so N rows are a prefix of N+1."""
     if (rows is None) == (size is None):
         raise ValueError("give exactly one of rows= or size=")
     began = time.perf_counter()
-    header = render([HEADER])
     written_rows = 0
     written_bytes = len(header)
-    batches = iter_batches(seed)  # one batch size for every request: N rows are a prefix of N+1
     with open(out, "w", encoding="ascii", newline="") as handle:
         handle.write(header)
-        while True:
+        while not ((rows is not None and written_rows >= rows) or (size and written_bytes >= size)):
+            text = next(batches)
             if rows is not None:
-                if written_rows >= rows:
-                    break
-                batch = next(batches)[: rows - written_rows]
-                text = render(batch)
-                count = len(batch)
-            else:
-                assert size is not None
-                if written_bytes >= size:
-                    break
-                text = render(next(batches))
-                missing = size - written_bytes
-                if len(text) > missing:  # last batch: cut after the row that reaches `size`
-                    text = text[: text.index("\n", missing - 1) + 1]
-                count = text.count("\n")
+                text = _first_lines(text, rows - written_rows)
+            elif size and len(text) > size - written_bytes:  # last batch: cut after the row
+                text = text[: text.index("\n", size - written_bytes - 1) + 1]  # that reaches size
             handle.write(text)
-            written_rows += count
+            written_rows += text.count("\n")
             written_bytes += len(text)  # ASCII only, so characters are bytes
     return Written(out, written_rows, written_bytes, time.perf_counter() - began)
+
+
+def _first_lines(text: str, count: int) -> str:
+    """The first ``count`` lines of ``text`` (all of it when it has fewer)."""
+    end = -1
+    for _ in range(count):
+        end = text.find("\n", end + 1)
+        if end < 0:
+            return text
+    return text[: end + 1]
 
 
 def generator_cli(
