@@ -25,6 +25,7 @@ from .errors import (
 from .flows import BatchFlow, Flow, RunResult
 from .nodes import BaseNode, BatchNode, Node
 from .options import use_backend
+from .sealed import Secret
 
 if TYPE_CHECKING:
     from .async_nodes import (
@@ -69,6 +70,7 @@ __all__ = [
     "Node",
     "RemoteItemError",
     "RunResult",
+    "Secret",
     "SerializationError",
     "WorkerCrashedError",
     "WorkerStartupError",

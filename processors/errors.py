@@ -7,6 +7,7 @@ class also under a familiar built-in base, so a plain ``except ValueError`` keep
     ├── UsageError(ValueError)            a job that must not start; nothing read or written yet
     │   ├── UnknownColumnError(KeyError)  a column the CSV does not have (lists those it has)
     │   ├── FilterSpecError               a filter spec that cannot run (unknown name, bad value)
+    │   ├── MissingExtraError(ImportError) a URL whose filesystem is not installed (names the extra)
     │   └── ImagesUsageError              no images, two jobs writing one file, a path leaving OUT
     ├── DataError(ValueError)             input whose contents cannot give a result
     │   ├── CsvFormatError                bad CSV, located by path, line and column
@@ -33,6 +34,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageWriteError",
     "ImagesUsageError",
+    "MissingExtraError",
     "UnknownColumnError",
     "UsageError",
 ]
@@ -40,6 +42,10 @@ __all__ = [
 
 class UsageError(BatchcoreError, ValueError):
     """A job that must not start (bad option, spec or path); nothing was read or written yet."""
+
+
+class MissingExtraError(UsageError, ImportError):
+    """A URL's filesystem is not installed; the message names the extra that brings it."""
 
 
 class UnknownColumnError(UsageError, KeyError):

@@ -233,12 +233,14 @@ def test_stats_skip_bad_rows_and_report_them(backend: str, tmp_path: Path) -> No
         csv_stats(path, ["amount"], backend=backend, workers=2, chunk_bytes=512)
     assert info.value.line == 51
     got = csv_stats(path, ["amount"], bad_rows="skip", backend=backend, workers=2, chunk_bytes=512)
-    assert (got.rows, got.skipped_rows, got.skipped_lines) == (398, 2, [51, 334])
+    at = [(str(path), 51), (str(path), 334)]
+    assert (got.rows, got.skipped_rows, got.skipped_lines) == (398, 2, at)
     assert got.rows + got.skipped_rows == len(lines) - 1
     kept = [i for i in range(400) if i + 1 not in (50, 333)]
     assert got.columns["amount"].sum == pytest.approx(sum(i + 0.5 for i in kept))
     report = got.as_json()
-    assert (report["skipped_rows"], report["skipped_lines"]) == (2, [51, 334])
+    lines_json = [{"file": str(path), "line": 51}, {"file": str(path), "line": 334}]
+    assert (report["skipped_rows"], report["skipped_lines"]) == (2, lines_json)
 
 
 def test_a_text_column_cannot_be_summed(tmp_path: Path) -> None:

@@ -135,6 +135,7 @@ def test_csv_report_describes_the_run(backend: str) -> None:
         rows=5000,
         skipped=0,
         skipped_lines=[],
+        files=[str(SALES)],
     )
     assert report.ranges == 5  # 429,967 bytes in 100,000-byte blocks
     node.run(shared)  # a second run starts a fresh report
@@ -441,7 +442,7 @@ def test_skip_bad_rows_counts_and_locates_them(backend: str, tmp_path: Path) -> 
         node.run(shared)
         report = node.csv_report
         assert report.skipped == 4
-        assert report.skipped_lines == [index + 1 for index in sorted(bad)]
+        assert report.skipped_lines == [(str(path), index + 1) for index in sorted(bad)]
         assert report.rows == len(shared["rows"]) == 300 - 4
         assert report.rows + report.skipped == len(lines) - 1  # nothing silently lost
         assert [row[0] for row in shared["rows"]] == [i for i in range(300) if i + 1 not in bad]
@@ -453,7 +454,8 @@ def test_skipped_lines_are_capped_but_the_count_is_not(backend: str, tmp_path: P
     node = RowsNode(str(path), bad_rows="skip", chunk_bytes=30, backend=backend, workers=2)
     node.run({})
     assert node.csv_report.skipped == 30
-    assert node.csv_report.skipped_lines == [i + 2 for i in range(0, 60, 3)]  # the first 20
+    first_20 = [(str(path), i + 2) for i in range(0, 60, 3)]
+    assert node.csv_report.skipped_lines == first_20
     assert node.csv_report.rows == 60
 
 

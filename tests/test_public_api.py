@@ -43,6 +43,7 @@ EXPECTED_ALL = [
     "Node",
     "RemoteItemError",
     "RunResult",
+    "Secret",
     "SerializationError",
     "WorkerCrashedError",
     "WorkerStartupError",

@@ -13,7 +13,7 @@ from batchcore.options import parse_size
 
 from ..tables import format_table
 from .errors import EXIT_OK, run_job
-from .options import PROG, add_batch_options, show_progress
+from .options import PROG, add_batch_options, add_storage_options, show_progress, storage_options
 
 __all__ = ["add_csv_commands", "byte_size", "column_type", "format_csv_stats"]
 
@@ -35,8 +35,15 @@ def column_type(text: str) -> tuple[str, str]:
     return name, kind
 
 
+INPUTS_HELP = (
+    "CSV file, URL (s3://, gs://, az://, https://...), glob (quoted: 'logs/2024-*.csv') or "
+    "folder of parts; several are read as one file"
+)
+
+
 def add_csv_options(parser: argparse.ArgumentParser) -> None:
     """How to read the CSV: shared by ``csv stats`` and ``csv to-parquet``."""
+    add_storage_options(parser)
     group = parser.add_argument_group("CSV options")
     group.add_argument(
         "--chunk-bytes",
@@ -95,6 +102,7 @@ def csv_options(args: argparse.Namespace) -> dict[str, Any]:
         "backend": args.backend,
         "workers": args.workers,
         "progress": show_progress(args),
+        "storage_options": storage_options(args) or None,
     } | ({"max_record_bytes": args.max_record_bytes} if args.max_record_bytes else {})
 
 
@@ -121,7 +129,7 @@ def add_csv_stats(commands: argparse._SubParsersAction[argparse.ArgumentParser])
             "skipped in sums and counted in rows."
         ),
     )
-    parser.add_argument("path", metavar="PATH", help="CSV file")
+    parser.add_argument("paths", metavar="PATH", nargs="+", help=INPUTS_HELP)
     parser.add_argument(
         "--sum",
         dest="sums",
@@ -152,7 +160,7 @@ def add_csv_to_parquet(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "was. A second run writing OUT_DIR at the same time is refused (exit 2)."
         ),
     )
-    parser.add_argument("path", metavar="PATH", help="CSV file")
+    parser.add_argument("paths", metavar="PATH", nargs="+", help=INPUTS_HELP)
     parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the dataset")
     parser.add_argument(
         "--columns",
@@ -179,8 +187,8 @@ def run_csv_stats(args: argparse.Namespace) -> int:
 
     began = time.perf_counter()
     stats = run_job(
-        lambda: csv_stats(args.path, args.sums, group_by=args.group_by, **csv_options(args)),
-        args.path,
+        lambda: csv_stats(inputs(args), args.sums, group_by=args.group_by, **csv_options(args)),
+        where(args),
     )
     seconds = time.perf_counter() - began
     if args.json:
@@ -190,13 +198,24 @@ def run_csv_stats(args: argparse.Namespace) -> int:
         print(json.dumps(finite(report), allow_nan=False, default=str))
     else:
         print(format_csv_stats(stats, seconds, stats.backend, stats.backend_reason))
-    print_skipped(args.path, stats.skipped_lines)
+    print_skipped(stats.skipped_lines)
     return EXIT_OK
 
 
-def print_skipped(path: str, lines: list[int]) -> None:
+def inputs(args: argparse.Namespace) -> str | list[str]:
+    """The PATH arguments: one, or a list read as one file."""
+    paths: list[str] = args.paths
+    return paths[0] if len(paths) == 1 else paths
+
+
+def where(args: argparse.Namespace) -> str:
+    """The inputs as errors that name no file are prefixed with."""
+    return ", ".join(args.paths)
+
+
+def print_skipped(lines: list[tuple[str, int]]) -> None:
     """One stderr line per reported bad row that was skipped."""
-    for line in lines:
+    for path, line in lines:
         print(f"{PROG}: skipped bad row at {path}:{line}", file=sys.stderr)
 
 
@@ -264,17 +283,20 @@ def run_csv_to_parquet(args: argparse.Namespace) -> int:
     options = csv_options(args)
     options["columns"] = args.columns
     result = run_job(
-        lambda: csv_to_parquet(args.path, args.out_dir, overwrite=args.overwrite, **options),
-        args.path,
+        lambda: csv_to_parquet(inputs(args), args.out_dir, overwrite=args.overwrite, **options),
+        where(args),
     )
     if args.json:
         summary = {key: value for key, value in result.items() if key != "schema"}
         summary["schema"] = {field.name: str(field.type) for field in result["schema"]}
+        summary["skipped_lines"] = [
+            {"file": file, "line": line} for file, line in result["skipped_lines"]
+        ]
         print(json.dumps(summary))
     else:
         print(
             f"{args.out_dir}: {result['rows']:,} rows in {result['parts']} parts"
             + skipped_note(result["skipped_rows"])
         )
-    print_skipped(args.path, result["skipped_lines"])
+    print_skipped(result["skipped_lines"])
     return EXIT_OK

@@ -8,7 +8,15 @@ import sys
 import batchcore
 from batchcore.options import parse_size
 
-__all__ = ["PROG", "add_batch_options", "memory_size", "positive_int", "show_progress"]
+__all__ = [
+    "PROG",
+    "add_batch_options",
+    "add_storage_options",
+    "memory_size",
+    "positive_int",
+    "show_progress",
+    "storage_options",
+]
 
 PROG = "batchcore"
 
@@ -67,3 +75,43 @@ def show_progress(args: argparse.Namespace) -> bool:
     if args.progress is None:
         return sys.stderr.isatty()
     return bool(args.progress)
+
+
+def storage_option(text: str) -> tuple[list[str], object]:
+    """An argparse ``type`` for ``KEY=VALUE`` (``batchcore.processors.storage``'s rules)."""
+    from ..storage import parse_storage_option
+
+    try:
+        return parse_storage_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE``: options for the filesystem of URL inputs and outputs."""
+    parser.add_argument(
+        "--storage-option",
+        dest="storage_options",
+        type=storage_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an option for URL inputs and outputs, passed to fsspec (e.g. "
+        "endpoint_url=http://127.0.0.1:9000 for an S3-compatible server, anon=true, "
+        "client_kwargs.region_name=eu-west-1); repeat for more. Credentials are better given "
+        "the provider's way (environment variables, config files)",
+    )
+
+
+def storage_options(args: argparse.Namespace) -> dict[str, object]:
+    """The ``--storage-option`` values as one nested dict."""
+    options: dict[str, object] = {}
+    for keys, value in args.storage_options:
+        where = options
+        for key in keys[:-1]:
+            inner = where.setdefault(key, {})
+            if not isinstance(inner, dict):
+                raise argparse.ArgumentTypeError(f"--storage-option {key} is not a group")
+            where = inner
+        where[keys[-1]] = value
+    return options

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,15 @@ from .node import CSVBatchNode
 from .split import CsvRange
 
 __all__ = ["ColumnStats", "CsvStats", "csv_stats", "csv_to_parquet"]
+
+# What the jobs read: a path, URL, glob or folder, or a list of them.
+Inputs = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+
+
+def _inputs(path: Inputs) -> str | list[str]:
+    if isinstance(path, str | os.PathLike):
+        return os.fspath(path)
+    return [os.fspath(item) for item in path]
 
 
 # --- statistics --------------------------------------------------------------------------------
@@ -92,7 +101,8 @@ class CsvStats:
     group_by: str | None = None
     groups: dict[Any, GroupStats] = field(default_factory=dict)
     skipped_rows: int = 0
-    skipped_lines: list[int] = field(default_factory=list)
+    skipped_lines: list[tuple[str, int]] = field(default_factory=list)  # (file, line)
+    files: list[str] = field(default_factory=list)
     backend: str = ""  # the backend the ranges ran on
     backend_reason: str = ""  # why, when batchcore chose it (backend="auto")
 
@@ -100,11 +110,12 @@ class CsvStats:
         """The CLI's ``--json`` object: ``rows``, ``sum``, ``groups`` (and more detail)."""
         report: dict[str, Any] = {
             "path": self.path,
+            "files": self.files,
             "rows": self.rows,
             "sum": {name: stats.sum for name, stats in self.columns.items()},
             "columns": {name: stats.as_dict() for name, stats in self.columns.items()},
             "skipped_rows": self.skipped_rows,
-            "skipped_lines": self.skipped_lines,
+            "skipped_lines": [{"file": file, "line": line} for file, line in self.skipped_lines],
         }
         if self.group_by is not None:
             report["group_by"] = self.group_by
@@ -215,15 +226,17 @@ class StatsNode(CSVBatchNode):
     releases_gil = True  # pyarrow parses and numpy sums without the GIL: auto picks threads
 
     def __init__(
-        self, path: str | None, sums: Sequence[str], group_by: str | None = None, **options: Any
+        self, path: Inputs | None, sums: Sequence[str], group_by: str | None = None, **options: Any
     ) -> None:
         columns = list(dict.fromkeys([*sums, *([group_by] if group_by else [])]))
         super().__init__(path, columns=columns, **options)
         self.sums = list(sums)
         self.group_by = group_by
 
-    def split(self, path: str) -> list[CsvRange]:
-        ranges = super().split(path)
+    def split(
+        self, inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
+    ) -> list[CsvRange]:
+        ranges = super().split(inputs)
         plan = self.csv_plan
         assert plan is not None
         untyped = [name for name in self.sums if name in plan.untyped]
@@ -231,15 +244,16 @@ class StatsNode(CSVBatchNode):
             fields = [
                 pa.field(f.name, pa.float64()) if f.name in untyped else f for f in plan.schema
             ]
-            self.csv_plan = replace(plan, schema=pa.schema(fields))
-        assert self.csv_plan is not None
+            schema = pa.schema(fields)
+            self.csv_plans = [replace(each, schema=schema) for each in self.csv_plans]
+            plan = self.csv_plans[0]
         for name in self.sums:
-            kind = self.csv_plan.schema.field(name).type
+            kind = plan.schema.field(name).type
             if not (
                 pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
             ):
                 raise CsvFormatError(
-                    self.csv_plan.path,
+                    plan.path,
                     None,
                     f"is {kind}, not a number, so it cannot be summed (its first rows hold "
                     "non-numeric values; pass column_types / --type COL=float64 to force a number)",
@@ -265,6 +279,7 @@ class StatsNode(CSVBatchNode):
                 stats.groups.setdefault(key, GroupStats()).merge(group)
         stats.skipped_rows = self.csv_report.skipped
         stats.skipped_lines = list(self.csv_report.skipped_lines)
+        stats.files = list(self.csv_report.files)
         stats.backend = self.batch_stats.backend
         stats.backend_reason = self.batch_stats.reason
         shared["csv_stats"] = stats
@@ -272,7 +287,7 @@ class StatsNode(CSVBatchNode):
 
 
 def csv_stats(
-    path: str | os.PathLike[str],
+    path: Inputs,
     sums: Sequence[str],
     *,
     group_by: str | None = None,
@@ -280,12 +295,13 @@ def csv_stats(
 ) -> CsvStats:
     """Row count and sum/count/mean/min/max of the ``sums`` columns (per ``group_by`` key too).
 
+    ``path``: a file, URL, glob or folder of parts, or a list of these (read as one file).
     ``options`` are ``CSVBatchNode``'s: CSV options (``chunk_bytes``, ``delimiter``,
     ``column_types``, ``bad_rows``...) and batch options (``backend``, ``workers``, ``progress``).
     Nulls are skipped in sums and counted in rows.
     """
     shared: dict[str, Any] = {}
-    StatsNode(os.fspath(path), sums, group_by, **options).run(shared)
+    StatsNode(_inputs(path), sums, group_by, **options).run(shared)
     stats: CsvStats = shared["csv_stats"]
     return stats
 
@@ -303,7 +319,7 @@ class ParquetNode(CSVBatchNode):
     releases_gil = True  # parsing and Parquet encoding run in pyarrow's C++, without the GIL
 
     def __init__(
-        self, path: str | None, out_dir: str, overwrite: bool = False, **options: Any
+        self, path: Inputs | None, out_dir: str, overwrite: bool = False, **options: Any
     ) -> None:
         super().__init__(path, **options)
         self.out_dir = out_dir
@@ -385,7 +401,7 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def csv_to_parquet(
-    path: str | os.PathLike[str],
+    path: Inputs,
     out_dir: str | os.PathLike[str],
     *,
     overwrite: bool = False,
@@ -399,7 +415,7 @@ def csv_to_parquet(
     is refused (``UsageError``). Returns ``{"source", "rows", "parts", "out_dir",
     "skipped_rows", "schema"}``.
     """
-    node = ParquetNode(os.fspath(path), os.fspath(out_dir), overwrite, **options)
+    node = ParquetNode(_inputs(path), os.fspath(out_dir), overwrite, **options)
     shared: dict[str, Any] = {}
     node.run(shared)
     result: dict[str, Any] = shared["parquet"]

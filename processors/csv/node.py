@@ -15,7 +15,8 @@ and parses only its range, so the parent never parses or pickles the data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,14 +27,18 @@ from batchcore import Backend, BatchNode, Node
 from batchcore.options import resolve_options
 
 from ..errors import CsvFormatError
+from ..storage import Source, describe, expand, protect_options
 from .read import (
     MAX_RECORD_BYTES,
     MAX_REPORTED_LINES,
     CsvOptions,
     CsvPlan,
     RangeData,
-    make_plan,
+    check_columns,
+    infer_schema,
+    read_header,
     read_range,
+    same_header,
     too_long,
 )
 from .split import (
@@ -56,17 +61,21 @@ CURRENT_RANGE: ContextVar[CsvRange | None] = ContextVar("processors_csv_range", 
 
 @dataclass
 class CsvReport:
-    """What the last run read: rows, bytes, and the bad rows it skipped (never silently)."""
+    """What the last run read: rows, bytes, and the bad rows it skipped (never silently).
+
+    ``path`` is the input as given (a path, a URL, a pattern, or several joined by ``, ``);
+    ``files`` every file it named; ``skipped_lines`` holds ``(file, line)`` pairs."""
 
     path: str = ""
     bytes: int = 0
     ranges: int = 0
     rows: int = 0
     skipped: int = 0
-    skipped_lines: list[int] = field(default_factory=list)
+    skipped_lines: list[tuple[str, int]] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
-    def reset(self, path: str, size: int, ranges: int) -> None:
-        self.path, self.bytes, self.ranges = path, size, ranges
+    def reset(self, path: str, files: list[str], size: int, ranges: int) -> None:
+        self.path, self.files, self.bytes, self.ranges = path, files, size, ranges
         self.rows = self.skipped = 0
         self.skipped_lines = []
 
@@ -78,7 +87,10 @@ class _RangeResult:
     value: Any
     rows: int
     skipped: int
-    skipped_lines: list[int]
+    skipped_lines: list[tuple[str, int]]
+
+
+Span = tuple[int, int, int]  # a block to scan: (input file, start, end)
 
 
 class _ScanBlocks(BatchNode):
@@ -86,42 +98,46 @@ class _ScanBlocks(BatchNode):
 
     def __init__(
         self,
-        path: str,
+        sources: list[Source],
         quote: int | None,
         lines: bool,
-        spans: list[tuple[int, int]],
+        spans: list[Span],
         backend: Backend,
     ) -> None:
         super().__init__(backend=backend)
-        self.path = path
+        self.sources = sources
         self.quote = quote
         self.lines = lines
         self.spans = spans
 
-    def prep(self, shared: dict[str, Any]) -> list[tuple[int, int]]:
+    def prep(self, shared: dict[str, Any]) -> list[Span]:
         return self.spans
 
-    def exec(self, block: tuple[int, int]) -> BlockScan:
-        return scan_block(self.path, block[0], block[1], self.quote, self.lines)
+    def exec(self, block: Span) -> BlockScan:
+        file, start, end = block
+        return scan_block(self.sources[file], start, end, self.quote, self.lines)
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[BlockScan]) -> None:
         shared["scans"] = exec_res
 
 
-def _warm(backend: Backend) -> bool:
-    """Whether counting quotes on ``backend`` beats the parent's ~6 GB/s: threads, or a process
-    pool whose workers have booted. Not Dask: each task costs tens of milliseconds of scheduling,
-    more than counting a block takes."""
+def _warm(backend: Backend, remote: bool) -> bool:
+    """Whether to count quotes on ``backend`` rather than in the parent (~6 GB/s): threads, or a
+    process pool whose workers have booted. Dask only for remote files: each task costs tens of
+    milliseconds of scheduling, more than counting a local block takes, but the client must not
+    download a remote file to count it."""
     if backend.name == "thread":
         return True
-    return backend.name != "dask" and backend.is_warm()
+    if backend.name == "dask":
+        return remote
+    return backend.is_warm()
 
 
 def _count_blocks(
-    path: str,
+    sources: list[Source],
     quote: int | None,
     lines: bool,
-    spans: list[tuple[int, int]],
+    spans: list[Span],
     backend: Backend,
 ) -> list[BlockScan]:
     """Scan ``spans`` in order, on ``backend``'s workers as soon as they are up.
@@ -131,56 +147,62 @@ def _count_blocks(
     the parent only counts while there are no workers to count.
     """
     backend.start()  # returns at once; a warm pool or a thread pool is already there
+    remote = any(not source.is_local for source in sources)
     scans: list[BlockScan] = []
-    for position, (start, end) in enumerate(spans):
-        if len(spans) - position > 1 and _warm(backend):
+    for position, (file, start, end) in enumerate(spans):
+        if len(spans) - position > 1 and _warm(backend, remote):
             shared: dict[str, Any] = {}
-            _ScanBlocks(path, quote, lines, spans[position:], backend).run(shared)
+            _ScanBlocks(sources, quote, lines, spans[position:], backend).run(shared)
             rest: list[BlockScan] = shared["scans"]
             return scans + rest
-        scans.append(scan_block(path, start, end, quote, lines))
+        scans.append(scan_block(sources[file], start, end, quote, lines))
     return scans
 
 
 class _ParsesRange(Node):
     """The per-item step: parse the range, then PocketFlow's retry loop runs ``exec`` on it."""
 
-    csv_plan: CsvPlan | None
+    csv_plans: list[CsvPlan]
 
     def _exec(self, prep_res: Any) -> Any:
         if not isinstance(prep_res, CsvRange):  # a subclass whose prep yields something else
             return super()._exec(prep_res)
-        assert self.csv_plan is not None, "prep must call self.split(path)"
-        data: RangeData = read_range(self.csv_plan, prep_res)
+        assert self.csv_plans, "prep must call self.split(path)"
+        plan = self.csv_plans[prep_res.file]
+        data: RangeData = read_range(plan, prep_res)
         table: Any = data.table
-        if self.csv_plan.options.output == "pandas":
+        if plan.options.output == "pandas":
             table = data.table.to_pandas()
         token = CURRENT_RANGE.set(prep_res)
         try:
             value = super()._exec(table)
         finally:
             CURRENT_RANGE.reset(token)
-        return _RangeResult(value, data.table.num_rows, data.skipped, data.skipped_lines)
+        lines = [(plan.path, line) for line in data.skipped_lines]
+        return _RangeResult(value, data.table.num_rows, data.skipped, lines)
 
 
 class CSVBatchNode(BatchNode, _ParsesRange):
-    """A BatchNode over a CSV file whose ``exec`` gets a ``pyarrow.Table`` (or a DataFrame with
-    ``output="pandas"``) holding one record-aligned range of the file.
+    """A BatchNode over CSV files whose ``exec`` gets a ``pyarrow.Table`` (or a DataFrame with
+    ``output="pandas"``) holding one record-aligned range of one file.
 
-    The file is ``path``, else ``shared["input_file"]``. CSV options: ``chunk_bytes`` (range
-    size), ``delimiter``, ``quote_char`` (``None``: no quoting), ``header``, ``column_names``,
-    ``columns`` (parse only these), ``column_types`` (``{"qty": "int64"}``; others are inferred
-    once from the head), ``null_values``, ``encoding`` (ASCII-compatible), ``bad_rows`` ("error",
-    or "skip" to drop ragged rows and report them in ``csv_report``), ``max_record_bytes`` (a
-    longer record is an error that names its line, not a range as long as itself). Batch
-    options (``backend``, ``workers``, ...) are BatchNode's.
+    The input is ``path``, else ``shared["input_file"]``: a path, a URL (``s3://``, ``gs://``,
+    ``https://``, any fsspec protocol; ``storage_options`` reach it), a glob, a folder of parts,
+    or a list of these; several files read as one, their headers checked against the first.
+    CSV options: ``chunk_bytes`` (range size), ``delimiter``, ``quote_char`` (``None``: no
+    quoting), ``header``, ``column_names``, ``columns`` (parse only these), ``column_types``
+    (``{"qty": "int64"}``; others are inferred once from the head), ``null_values``,
+    ``encoding`` (ASCII-compatible), ``bad_rows`` ("error", or "skip" to drop ragged rows and
+    report them in ``csv_report``), ``max_record_bytes`` (a longer record is an error that names
+    its line, not a range as long as itself). Batch options (``backend``, ``workers``, ...) are
+    BatchNode's.
     """
 
     progress_unit = "B"
 
     def __init__(
         self,
-        path: str | None = None,
+        path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
         *,
         chunk_bytes: int = 16 << 20,
         delimiter: str = ",",
@@ -194,6 +216,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         bad_rows: str = "error",
         output: str = "arrow",
         max_record_bytes: int = MAX_RECORD_BYTES,
+        storage_options: Mapping[str, Any] | None = None,
         max_retries: int = 1,
         wait: float = 0,
         **batch_options: Any,
@@ -214,54 +237,98 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             output=output,
             max_record_bytes=max_record_bytes,
         )
-        self.csv_plan: CsvPlan | None = None
+        self.storage_options = protect_options(storage_options)
+        self.csv_plans: list[CsvPlan] = []
         self.csv_report = CsvReport()
+
+    @property
+    def csv_plan(self) -> CsvPlan | None:
+        """The first input file's plan: the column names and the schema every file is read with."""
+        return self.csv_plans[0] if self.csv_plans else None
 
     def prep(self, shared: dict[str, Any]) -> list[CsvRange]:
         """Split ``self.path`` (or ``shared["input_file"]``) into record-aligned ranges."""
         return self.split(self.path or shared["input_file"])
 
-    def split(self, path: str) -> list[CsvRange]:
-        """Plan the file (names, one schema) and cut it into ranges; call this from ``prep``."""
+    def split(
+        self, inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
+    ) -> list[CsvRange]:
+        """Plan the inputs (names, one schema) and cut them into ranges; call from ``prep``."""
         options = self.csv_options
+        sources = expand(inputs, self.storage_options)
+        heads = [read_header(source, options) for source in sources]
+        check_columns(heads[0])
+        for head in heads[1:]:
+            same_header(head, heads[0])  # a mismatch fails before any block is read
         quote = options.quote_byte
         lines = options.bad_rows == "skip"  # skipped rows are reported by line: count lines too
-        scans: list[BlockScan] = []
-
-        def count_quotes(data_start: int, size: int) -> None:
-            # Phase 1: quote counts per block; an odd total is an unterminated quote, reported
-            # before anything tries to read past it.
-            spans = blocks(data_start, size, options.chunk_bytes)
-            backend = resolve_options(self, spans).backend  # about one range per block
-            if len(spans) > 1 and (quote is not None or lines) and backend.parallel:
-                scans.extend(_count_blocks(path, quote, lines, spans, backend))
-            else:
-                scans.extend(scan_block(path, start, end, quote, lines) for start, end in spans)
-            if quote is not None and ends_inside_quotes(scans):
-                start = unterminated_record(path, data_start, quote)
+        spans = [
+            (file, start, end)
+            for file, head in enumerate(heads)
+            for start, end in blocks(head.data_start, head.size, options.chunk_bytes)
+        ]
+        scans = self._scan(sources, spans, quote, lines)
+        per_file: list[list[BlockScan]] = [[] for _ in sources]
+        for (file, _, _), scan in zip(spans, scans, strict=True):
+            per_file[file].append(scan)
+        for head, file_scans in zip(heads, per_file, strict=True):
+            # An odd total is an unterminated quote: reported before inference reads past it.
+            if quote is not None and ends_inside_quotes(file_scans):
+                start = unterminated_record(head.source, head.data_start, quote)
                 raise CsvFormatError(
-                    path,
-                    line_of(path, start),
+                    head.path,
+                    line_of(head.source, start),
                     "a quoted field opened in this record is never closed (unterminated quote)",
                 )
-
-        plan = make_plan(path, options, count_quotes)
-        self.csv_plan = plan
+        first = infer_schema(heads[0])
+        plans = [first, *(same_header(head, first) for head in heads[1:])]
+        self.csv_plans = plans
         limit = options.max_record_bytes
-        try:
-            ranges = plan_ranges(plan.path, plan.data_start, plan.size, scans, quote, limit)
-        except RecordTooLong as exc:
-            raise too_long(plan.path, line_of(plan.path, exc.position), limit) from None
-        self.csv_report.reset(plan.path, plan.size, len(ranges))
+        ranges: list[CsvRange] = []
+        for file, (plan, file_scans) in enumerate(zip(plans, per_file, strict=True)):
+            try:
+                ranges += plan_ranges(
+                    plan.source,
+                    plan.data_start,
+                    plan.size,
+                    file_scans,
+                    quote,
+                    limit,
+                    file=file,
+                    first_index=len(ranges),
+                )
+            except RecordTooLong as exc:
+                line = line_of(plan.source, exc.position)
+                raise too_long(plan.path, line, limit) from None
+        files = [source.url for source in sources]
+        size = sum(plan.size for plan in plans)
+        self.csv_report.reset(_describe(inputs), files, size, len(ranges))
         return ranges
+
+    def _scan(
+        self, sources: list[Source], spans: list[Span], quote: int | None, lines: bool
+    ) -> list[BlockScan]:
+        """Phase 1: the quote (and newline) counts of every block of every file, in order."""
+        if quote is None and not lines:
+            return [BlockScan(start, end, 0) for _, start, end in spans]
+        backend = resolve_options(self, spans).backend  # about one range per block
+        if len(spans) > 1 and backend.parallel:
+            return _count_blocks(sources, quote, lines, spans, backend)
+        return [scan_block(sources[f], start, end, quote, lines) for f, start, end in spans]
 
     @property
     def current_range(self) -> CsvRange | None:
         """The byte range whose rows ``exec`` is looking at (``None`` outside ``exec``)."""
         return CURRENT_RANGE.get()
 
+    @property
+    def current_file(self) -> str | None:
+        """The path or URL of the file whose rows ``exec`` is looking at."""
+        rng = CURRENT_RANGE.get()
+        return None if rng is None else self.csv_plans[rng.file].path
+
     def progress_units(self, item: Any) -> int:
-        """Progress counts bytes of the file."""
+        """Progress counts bytes of the files."""
         return item.size if isinstance(item, CsvRange) else 1
 
     def _exec(self, items: Any) -> list[Any]:
@@ -278,3 +345,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             else:
                 values.append(result)
         return values
+
+
+def _describe(inputs: Any) -> str:
+    return describe(inputs if isinstance(inputs, str | os.PathLike) else list(inputs))

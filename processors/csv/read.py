@@ -16,7 +16,7 @@ import re
 import stat
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,20 @@ import pyarrow.csv as pacsv
 from batchcore.errors import check_positive_int
 
 from ..errors import CsvFormatError, UnknownColumnError
+from ..storage import Source
 from .split import NEWLINE, CsvRange, RecordTooLong, first_record_start, line_of, long_record
 
-__all__ = ["CsvOptions", "CsvPlan", "RangeData", "make_plan", "read_range"]
+__all__ = [
+    "CsvOptions",
+    "CsvPlan",
+    "RangeData",
+    "check_columns",
+    "infer_schema",
+    "make_plan",
+    "read_header",
+    "read_range",
+    "same_header",
+]
 
 BOM = b"\xef\xbb\xbf"
 BAD_ROW_CHOICES = ("error", "skip")
@@ -99,13 +110,18 @@ class CsvOptions:
 class CsvPlan:
     """Everything a worker needs to parse any range of one file: made once, in the parent."""
 
-    path: str
+    source: Source
     size: int
     data_start: int
     names: tuple[str, ...]
     schema: pa.Schema
     options: CsvOptions
     untyped: frozenset[str] = frozenset()  # columns typed by default: the head had no value
+
+    @property
+    def path(self) -> str:
+        """The file's path or URL, as errors name it."""
+        return self.source.url
 
     @property
     def included(self) -> list[str]:
@@ -168,22 +184,35 @@ def _first_record_fields(data: bytes, options: CsvOptions) -> list[str]:
 
 
 def make_plan(
-    path: str, options: CsvOptions, check_data: Callable[[int, int], None] | None = None
+    source: Source | str,
+    options: CsvOptions,
+    check_data: Callable[[int, int], None] | None = None,
 ) -> CsvPlan:
-    """Read the header and the head of ``path``; settle the column names and one schema.
+    """Read the header and the head of ``source``; settle the column names and one schema.
 
     ``check_data(data_start, size)`` runs between the two (the CSV node counts quotes there, so
     an unterminated quote is reported before inference tries to read past it). Raises
     ``FileNotFoundError`` for a missing file, ``CsvFormatError`` for an empty file or a bad
     header, ``UnknownColumnError`` for a requested column that is not there.
     """
-    path = os.fspath(path)
-    info = os.stat(path)  # FileNotFoundError names the path
-    if stat.S_ISDIR(info.st_mode):
-        raise IsADirectoryError(21, "is a directory, not a CSV file", path)
-    size = info.st_size
+    plan = read_header(source, options)
+    check_columns(plan)
+    if check_data is not None:
+        check_data(plan.data_start, plan.size)
+    return infer_schema(plan)
+
+
+def read_header(source: Source | str, options: CsvOptions) -> CsvPlan:
+    """A plan with the column names and where the data starts, but no schema yet (``infer``)."""
+    if isinstance(source, str):
+        info = os.stat(source)  # FileNotFoundError names the path
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(21, "is a directory, not a CSV file", source)
+        source = Source(source, info.st_size)
+    path = source.url
+    size = source.size
     quote = options.quote_byte
-    with open(path, "rb", buffering=0) as handle:
+    with source.open(1 << 16) as handle:
         begin = len(BOM) if handle.read(len(BOM)) == BOM else 0
         try:
             first_end = first_record_start(handle, begin, False, quote, options.max_record_bytes)
@@ -208,20 +237,48 @@ def make_plan(
     if duplicates:
         raise CsvFormatError(path, 1, f"duplicate column names {duplicates}")
     data_start = first_end if options.header else begin
+    return CsvPlan(source, size, data_start, tuple(names), pa.schema([]), options)
+
+
+def check_columns(plan: CsvPlan) -> None:
+    """``UnknownColumnError`` for a requested or typed column the header does not have."""
+    options, names = plan.options, list(plan.names)
     include = list(options.columns) if options.columns is not None else names
     missing = [name for name in include if name not in names]
-    types = _types(options)
-    missing += [name for name in types if name not in names]
+    missing += [name for name in _types(options) if name not in names]
     if missing:
         raise UnknownColumnError(
-            f"{path} has no column {missing[0]!r}; its columns are {names}"
+            f"{plan.path} has no column {missing[0]!r}; its columns are {names}"
             if names
-            else f"{path} has no column {missing[0]!r}: the file has no columns"
+            else f"{plan.path} has no column {missing[0]!r}: the file has no columns"
         )
-    if check_data is not None:
-        check_data(data_start, size)
-    schema, untyped = _infer_schema(path, options, names, include, types, data_start, size)
-    return CsvPlan(path, size, data_start, tuple(names), schema, options, untyped)
+
+
+def infer_schema(plan: CsvPlan) -> CsvPlan:
+    """``plan`` with its schema: the user's types, and pyarrow's guesses from the file's head."""
+    options = plan.options
+    names = plan.names
+    include = list(options.columns) if options.columns is not None else names
+    schema, untyped = _infer_schema(
+        plan.source, options, names, include, _types(options), plan.data_start, plan.size
+    )
+    return replace(plan, schema=schema, untyped=untyped)
+
+
+def same_header(plan: CsvPlan, first: CsvPlan) -> CsvPlan:
+    """``plan`` (of a later file) with ``first``'s schema; ``CsvFormatError`` naming the file and
+    the first differing column when its header differs. A file with no record at all is fine."""
+    names, like = plan.names, first.names
+    if names and names != like:
+        if len(names) != len(like):
+            reason = f"the header has {len(names)} columns but {first.path} has {len(like)}"
+        else:
+            at = next(i for i, (a, b) in enumerate(zip(names, like, strict=True)) if a != b)
+            reason = f"column {at + 1} is {names[at]!r} here but {like[at]!r} in {first.path}"
+        raise CsvFormatError(
+            plan.path, 1, reason + "; every file must have the same columns in the same order"
+        )
+    return replace(plan, names=like, schema=first.schema, untyped=first.untyped)
 
 
 def _record_ends(
@@ -243,7 +300,7 @@ def _last_record_end(data: bytes, quote: int | None) -> int:
 
 
 def _infer_schema(
-    path: str,
+    source: Source,
     options: CsvOptions,
     names: Sequence[str],
     include: Sequence[str],
@@ -258,8 +315,9 @@ def _infer_schema(
     """
     if not include:
         return pa.schema([]), frozenset()
+    path = source.url
     quote = options.quote_byte
-    with open(path, "rb", buffering=0) as handle:
+    with source.open(options.infer_bytes) as handle:
         handle.seek(data_start)
         head = handle.read(min(size - data_start, options.infer_bytes))
         if data_start + len(head) < size:
@@ -271,7 +329,7 @@ def _infer_schema(
                 try:
                     end = first_record_start(handle, data_start, False, quote, limit) - data_start
                 except RecordTooLong:
-                    raise too_long(path, line_of(path, data_start), limit) from None
+                    raise too_long(path, line_of(source, data_start), limit) from None
                 handle.seek(data_start)
                 head = handle.read(end)
             head = head[:end]
@@ -286,7 +344,7 @@ def _infer_schema(
             convert_options=_convert_options(options, include, types),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeDecodeError) as exc:
-        provisional = CsvPlan(path, size, data_start, tuple(names), pa.schema([]), options)
+        provisional = CsvPlan(source, size, data_start, tuple(names), pa.schema([]), options)
         raise _locate(
             provisional, CsvRange(0, data_start, data_start + len(head)), head, exc
         ) from None
@@ -317,10 +375,15 @@ def _buffer(size: int) -> memoryview:
 
 def read_range(plan: CsvPlan, rng: CsvRange) -> RangeData:
     """Parse ``rng`` of ``plan.path`` with the plan's schema (in a worker)."""
-    view = _buffer(rng.size)
-    with open(plan.path, "rb", buffering=0) as handle:
-        handle.seek(rng.start)
-        got = handle.readinto(view)
+    source = plan.source
+    if source.is_local:
+        view = _buffer(rng.size)
+        with open(source.url, "rb", buffering=0) as handle:
+            handle.seek(rng.start)
+            got = handle.readinto(view)
+    else:
+        view = memoryview(source.read(rng.start, rng.end))  # one ranged GET
+        got = len(view)
     if got != rng.size:
         raise CsvFormatError(plan.path, None, "the file changed while it was being read")
     options = plan.options
@@ -347,7 +410,7 @@ def read_range(plan: CsvPlan, rng: CsvRange) -> RangeData:
         raw = bytes(view)
         offset = long_record(raw, options.quote_byte, options.max_record_bytes)
         if offset is not None:
-            line = (rng.line or line_of(plan.path, rng.start)) + raw[:offset].count(b"\n")
+            line = (rng.line or line_of(plan.source, rng.start)) + raw[:offset].count(b"\n")
             raise too_long(plan.path, line, options.max_record_bytes) from None
         raise _locate(plan, rng, raw, exc) from None
     if not plan.included:
@@ -410,11 +473,11 @@ def _locate(plan: CsvPlan, rng: CsvRange, data: bytes, exc: Exception) -> CsvFor
             offset = 0
         except UnicodeDecodeError as located:
             offset = located.start
-        line = line_of(plan.path, rng.start) + data[:offset].count(b"\n")
+        line = line_of(plan.source, rng.start) + data[:offset].count(b"\n")
         return CsvFormatError(
             plan.path, line, f"bytes that are not valid {plan.options.encoding}: {exc.reason}"
         )
-    return CsvFormatError(plan.path, line or line_of(plan.path, rng.start), text)
+    return CsvFormatError(plan.path, line or line_of(plan.source, rng.start), text)
 
 
 def _record_lines(plan: CsvPlan, rng: CsvRange, data: bytes, rows: list[int]) -> list[int]:
@@ -431,7 +494,7 @@ def _record_lines(plan: CsvPlan, rng: CsvRange, data: bytes, rows: list[int]) ->
     first_byte = array[np.minimum(starts, max(len(array) - 1, 0))] if len(array) else starts
     empty = (length == 0) | (length == 1) | ((length == 2) & (first_byte == 13))
     records = starts[~empty]
-    first_line = rng.line if rng.line is not None else line_of(plan.path, rng.start)
+    first_line = rng.line if rng.line is not None else line_of(plan.source, rng.start)
     lines = []
     for row in rows:
         start = int(records[min(row - 1, len(records) - 1)]) if len(records) else 0

@@ -20,11 +20,12 @@ block's first record start gives up there instead of stretching a range over it.
 from __future__ import annotations
 
 import bisect
-import io
 import itertools
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+from ..storage import InputFile, SourceLike, open_input
 
 __all__ = [
     "BlockScan",
@@ -45,7 +46,8 @@ WINDOW = 1 << 16  # bytes read at a time while looking for a boundary
 
 @dataclass(frozen=True)
 class CsvRange:
-    """Bytes ``start..end-1`` of a file hold whole records; ``index`` is its place in the file.
+    """Bytes ``start..end-1`` of input file ``file`` hold whole records; ``index`` is the range's
+    place among all the inputs' ranges.
 
     ``line`` is the 1-based line ``start`` is on, when the split counted lines (to report skipped
     rows by line without rereading the file up to the range)."""
@@ -54,6 +56,7 @@ class CsvRange:
     start: int
     end: int
     line: int | None = field(default=None, compare=False)
+    file: int = 0
 
     @property
     def size(self) -> int:
@@ -71,7 +74,7 @@ class BlockScan:
     newlines: int | None = None
 
 
-def count_bytes(handle: io.FileIO, start: int, end: int, targets: tuple[int, ...]) -> list[int]:
+def count_bytes(handle: InputFile, start: int, end: int, targets: tuple[int, ...]) -> list[int]:
     """How many times each byte of ``targets`` occurs in ``start..end-1`` of an open binary file
     (one read of the range for all of them)."""
     buffer = bytearray(min(STEP * 16, max(end - start, 1)))
@@ -92,7 +95,7 @@ def count_bytes(handle: io.FileIO, start: int, end: int, targets: tuple[int, ...
     return totals
 
 
-def count_byte(handle: io.FileIO, start: int, end: int, byte: int) -> int:
+def count_byte(handle: InputFile, start: int, end: int, byte: int) -> int:
     """How many times ``byte`` occurs in ``start..end-1`` of an open binary file."""
     return count_bytes(handle, start, end, (byte,))[0]
 
@@ -107,7 +110,7 @@ class RecordTooLong(Exception):
 
 
 def first_record_start(
-    handle: io.FileIO, position: int, inside: bool, quote: int | None, limit: int | None = None
+    handle: InputFile, position: int, inside: bool, quote: int | None, limit: int | None = None
 ) -> int:
     """The offset just after the first newline at or after ``position`` that is outside quotes,
     given the quote state before ``position``; the file's size when there is none.
@@ -141,20 +144,20 @@ def first_record_start(
 
 
 def scan_block(
-    path: str, start: int, end: int, quote: int | None, lines: bool = False
+    source: SourceLike, start: int, end: int, quote: int | None, lines: bool = False
 ) -> BlockScan:
     """Phase 1 for one block (in a worker): count its quote bytes, and its newlines if ``lines``."""
     targets = ((quote,) if quote is not None else ()) + ((NEWLINE,) if lines else ())
     if not targets:
         return BlockScan(start, end, 0)
-    with open(path, "rb", buffering=0) as handle:
+    with open_input(source, STEP * 16) as handle:
         counts = count_bytes(handle, start, end, targets)
     return BlockScan(
         start, end, counts[0] if quote is not None else 0, counts[-1] if lines else None
     )
 
 
-def last_record_start(handle: io.FileIO, start: int, position: int, quote: int | None) -> int:
+def last_record_start(handle: InputFile, start: int, position: int, quote: int | None) -> int:
     """The start of the record that ``position`` is in, walking forward from ``start`` (a record
     start before it)."""
     record = start
@@ -183,14 +186,18 @@ def blocks(data_start: int, size: int, chunk_bytes: int) -> list[tuple[int, int]
 
 
 def plan_ranges(
-    path: str,
+    source: SourceLike,
     data_start: int,
     size: int,
     scans: list[BlockScan],
     quote: int | None,
     max_record_bytes: int | None = None,
+    *,
+    file: int = 0,
+    first_index: int = 0,
 ) -> list[CsvRange]:
-    """Turn ordered block scans into record-aligned ranges covering ``data_start..size``.
+    """Turn ordered block scans into record-aligned ranges covering ``data_start..size`` of input
+    ``file``, numbered from ``first_index``.
 
     ``data_start`` is a record start, so it is outside quotes; the quote state at each later block
     start is the parity of the quotes counted in the blocks before it. ``RecordTooLong`` when a
@@ -198,7 +205,7 @@ def plan_ranges(
     """
     starts = [data_start]
     quotes = 0
-    with open(path, "rb", buffering=0) as handle:
+    with open_input(source, WINDOW) as handle:
         for previous, scan in itertools.pairwise(scans):
             quotes += previous.quotes
             inside = bool(quotes & 1)
@@ -213,19 +220,21 @@ def plan_ranges(
     for left, right in itertools.pairwise(starts):
         left = max(left, ranges[-1].end if ranges else data_start)
         if right > left:
-            ranges.append(CsvRange(len(ranges), left, right))
+            ranges.append(CsvRange(first_index + len(ranges), left, right, file=file))
     if scans and all(scan.newlines is not None for scan in scans):
-        ranges = _with_lines(path, ranges, scans)
+        ranges = _with_lines(source, ranges, scans)
     return ranges
 
 
-def _with_lines(path: str, ranges: list[CsvRange], scans: list[BlockScan]) -> list[CsvRange]:
+def _with_lines(
+    source: SourceLike, ranges: list[CsvRange], scans: list[BlockScan]
+) -> list[CsvRange]:
     """``ranges`` with the line each starts on, from the blocks' newline counts: only the header
     and the few bytes from a block's start to its range's start are counted again."""
     block_starts = [scan.start for scan in scans]
     before = list(itertools.accumulate((scan.newlines or 0 for scan in scans), initial=0))
     placed = []
-    with open(path, "rb", buffering=0) as handle:
+    with open_input(source, WINDOW) as handle:
         header = count_byte(handle, 0, block_starts[0], NEWLINE)
         for rng in ranges:  # every range starts at or after the first block's start
             block = bisect.bisect_right(block_starts, rng.start) - 1
@@ -254,7 +263,7 @@ def ends_inside_quotes(scans: list[BlockScan]) -> bool:
     return sum(scan.quotes for scan in scans) % 2 == 1
 
 
-def unterminated_record(path: str, data_start: int, quote: int) -> int:
+def unterminated_record(source: SourceLike, data_start: int, quote: int) -> int:
     """The offset of the record whose quoted field never closes (only called when one doesn't).
 
     Walks the file once: the field opened at the last quote that left the quote state odd, and
@@ -264,7 +273,7 @@ def unterminated_record(path: str, data_start: int, quote: int) -> int:
     inside = False
     opened_record = data_start
     position = data_start
-    with open(path, "rb", buffering=0) as handle:
+    with open_input(source, STEP * 16) as handle:
         handle.seek(data_start)
         while True:
             window = handle.read(WINDOW)
@@ -282,7 +291,7 @@ def unterminated_record(path: str, data_start: int, quote: int) -> int:
             position += len(window)
 
 
-def line_of(path: str, offset: int) -> int:
+def line_of(source: SourceLike, offset: int) -> int:
     """The 1-based line number (counting every newline byte) that ``offset`` is on."""
-    with open(path, "rb", buffering=0) as handle:
+    with open_input(source, STEP * 16) as handle:
         return count_byte(handle, 0, offset, NEWLINE) + 1

@@ -1,0 +1,340 @@
+"""Where jobs read and write: local paths, globs and folders, and URLs of any fsspec filesystem.
+
+::
+
+    expand("logs/2024-*.csv" | "s3://bucket/logs/" | [...], options) -> [Source, ...]
+    source.open(block_size)      a seekable binary file; remote reads are ranged GETs
+    source.read(start, end)      one ranged read of bytes start..end-1
+
+Local paths never import fsspec (and keep the fast ``os`` reads). A URL (``s3://``, ``gs://``,
+``az://``, ``https://``, ``memory://``, ``file://``, any fsspec protocol) needs fsspec and its
+protocol's filesystem, installed as an extra (``pip install "batchcore[s3]"``); a missing one is
+an error naming the extra. fsspec was chosen over pyarrow's filesystems because it covers every
+protocol the jobs accept (pyarrow has no ``memory://``, ``https://`` or any third-party store)
+with one API, and its ``storage_options`` are what pandas, Dask and polars users already write.
+
+Options with secret-looking names (``secret``, ``token``, ``password``, ``key``...) are kept as
+``batchcore.Secret``: masked in every message and sealed when pickled to a worker.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import stat
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from batchcore.sealed import Secret, reveal
+
+from .errors import MissingExtraError
+
+__all__ = [
+    "MissingExtraError",
+    "Source",
+    "StorageOptions",
+    "expand",
+    "is_url",
+    "parse_storage_option",
+    "protocol_of",
+    "protect_options",
+]
+
+StorageOptions = dict[str, Any]
+
+
+class InputFile(Protocol):
+    """What the readers need of an open input: a local ``FileIO`` or an fsspec file."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+    def readinto(self, buffer: Any, /) -> int | None: ...
+    def seek(self, offset: int, whence: int = 0, /) -> int: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> Any: ...
+
+
+# Which extra brings the filesystem of a protocol (fsspec's own ``memory``/``file`` need only it).
+EXTRAS = {
+    "s3": "s3",
+    "s3a": "s3",
+    "gs": "gcs",
+    "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
+    "adl": "azure",
+    "http": "http",
+    "https": "http",
+}
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_GLOB = re.compile(r"[*?\[]")
+# Option names whose values are credentials (s3fs's key/secret/token, gcsfs's token, adlfs's
+# account_key, sas_token, connection_string, client_secret; passwords of http/ftp/sftp).
+_SECRET_NAME = re.compile(r"secret|token|passw|key|credential|connection_string|sas|signature")
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a URL (``scheme://...``) rather than a local path."""
+    return isinstance(path, str) and _SCHEME.match(path) is not None
+
+
+def protocol_of(path: str) -> str:
+    """``"s3"`` for ``s3://b/k``; ``"file"`` for a local path."""
+    match = _SCHEME.match(path)
+    return match.group(1).lower() if match else "file"
+
+
+def _is_local(url: str) -> bool:
+    return not is_url(url)
+
+
+def protect_options(options: Mapping[str, Any] | None) -> StorageOptions:
+    """A copy of ``options`` with every credential wrapped in ``Secret`` (nested dicts too)."""
+    wrapped: StorageOptions = {}
+    for name, value in (options or {}).items():
+        if isinstance(value, Mapping):
+            wrapped[name] = protect_options(value)
+        elif isinstance(value, str) and _SECRET_NAME.search(name.lower()):
+            wrapped[name] = Secret(value)
+        else:
+            wrapped[name] = value
+    return wrapped
+
+
+def secrets_in(options: Mapping[str, Any] | None) -> list[str]:
+    """The secret values in ``options``: what error messages must never show."""
+    found: list[str] = []
+    for value in (options or {}).values():
+        if isinstance(value, Secret):
+            found.append(value.reveal())
+        elif isinstance(value, Mapping):
+            found.extend(secrets_in(value))
+    return [value for value in found if value]
+
+
+def parse_storage_option(text: str) -> tuple[list[str], Any]:
+    """``KEY=VALUE`` from the CLI: dotted keys nest (``client_kwargs.region_name=eu-west-1``);
+    ``true``/``false``/``null`` and integers become JSON's values, anything else stays text."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise ValueError(f"expected KEY=VALUE, got {text.split('=')[0]!r}=...")
+    parsed: Any = value
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        parsed = lowered == "true"
+    elif lowered in ("null", "none"):
+        parsed = None
+    elif re.fullmatch(r"-?\d+", value):
+        parsed = int(value)
+    return name.strip().split("."), parsed
+
+
+def _filesystem_class_error(protocol: str, url: str, exc: BaseException) -> MissingExtraError:
+    extra = EXTRAS.get(protocol)
+    if extra is not None:
+        hint = f'pip install "batchcore[{extra}]"'
+    else:
+        hint = f"pip install fsspec and the package fsspec names for {protocol!r}"
+    return MissingExtraError(f"{url}: reading {protocol}:// URLs needs {hint} ({exc})")
+
+
+@lru_cache(maxsize=32)
+def _cached_filesystem(protocol: str, frozen: tuple[tuple[str, Any], ...]) -> Any:
+    import fsspec
+
+    options = reveal(_thaw(frozen))
+    return fsspec.filesystem(protocol, **options)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("__list__", tuple(_freeze(item) for item in value))
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, tuple) and value and value[0] == "__list__":
+        return [_thaw(item) for item in value[1]]
+    if isinstance(value, tuple):
+        return {key: _thaw(item) for key, item in value}
+    return value
+
+
+def filesystem(url: str, options: Mapping[str, Any] | None = None) -> Any:
+    """The fsspec filesystem for ``url``'s protocol and ``options`` (one per process and
+    options); ``MissingExtraError`` naming the extra when it is not installed."""
+    protocol = protocol_of(url)
+    try:
+        import fsspec
+
+        fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError) as exc:
+        raise _filesystem_class_error(protocol, url, exc) from None
+    return _cached_filesystem(protocol, _freeze(options or {}))
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input file: a local path (absolute) or a URL, its size, and the options to reach it.
+
+    Pickles small and without secrets in clear (``options`` hold ``Secret`` values), so a task
+    can carry it to any worker, which opens the file itself.
+    """
+
+    url: str
+    size: int
+    options: StorageOptions = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def is_local(self) -> bool:
+        return _is_local(self.url)
+
+    def __str__(self) -> str:
+        return self.url
+
+    def open(self, block_size: int = 1 << 20) -> InputFile:
+        """A seekable binary file; remote reads fetch only the bytes asked for (ranged GETs of at
+        least ``block_size``)."""
+        if self.is_local:
+            return open(self.url, "rb", buffering=0)
+        fs = filesystem(self.url, self.options)
+        handle: InputFile = fs.open(
+            self.url, "rb", block_size=block_size, cache_type="readahead", size=self.size
+        )
+        return handle
+
+    def read(self, start: int, end: int) -> bytes:
+        """Bytes ``start..end-1``: one positioned read, or one ranged GET."""
+        if self.is_local:
+            with open(self.url, "rb", buffering=0) as handle:
+                return os.pread(handle.fileno(), end - start, start)
+        fs = filesystem(self.url, self.options)
+        data: bytes = fs.cat_file(self.url, start=start, end=end)
+        return data
+
+
+def as_source(path: Source | str | os.PathLike[str]) -> Source:
+    """``path`` as a ``Source`` (a local file's size read now)."""
+    if isinstance(path, Source):
+        return path
+    text = os.fspath(path)
+    return Source(text, os.stat(text).st_size)
+
+
+# --- many inputs -------------------------------------------------------------------------------
+
+
+def _hidden(name: str) -> bool:
+    """Names a folder of parts holds beside its data: dot files and ``_SUCCESS``-like markers."""
+    return name.startswith((".", "_"))
+
+
+def _local_sources(pattern: str) -> list[Source]:
+    path = os.path.abspath(os.path.expanduser(pattern))
+    if _GLOB.search(pattern):
+        names = sorted(glob.glob(path, recursive=True))
+        files = [name for name in names if os.path.isfile(name)]
+        if not files:
+            raise FileNotFoundError(2, "no file matches this pattern", pattern)
+        return [Source(name, os.stat(name).st_size) for name in files]
+    info = os.stat(path)  # FileNotFoundError names the path
+    if not stat.S_ISDIR(info.st_mode):
+        return [Source(path, info.st_size)]
+    found: list[str] = []
+    for folder, dirs, names in os.walk(path):
+        dirs[:] = sorted(name for name in dirs if not _hidden(name))
+        found.extend(os.path.join(folder, name) for name in sorted(names) if not _hidden(name))
+    files = [name for name in found if os.path.isfile(name)]
+    if not files:
+        raise FileNotFoundError(2, "is a folder with no files in it", pattern)
+    return [Source(name, os.stat(name).st_size) for name in files]
+
+
+def _remote_sources(url: str, options: StorageOptions) -> list[Source]:
+    fs = filesystem(url, options)
+    protocol = protocol_of(url)
+
+    def full(path: str) -> str:
+        return path if is_url(path) else f"{protocol}://{path}"
+
+    def source(path: str, info: Mapping[str, Any]) -> Source:
+        return Source(full(path), int(info.get("size") or 0), options)
+
+    if _GLOB.search(url.split("://", 1)[1]):
+        matches = fs.glob(url, detail=True)
+        files = [source(p, i) for p, i in sorted(matches.items()) if i.get("type") != "directory"]
+        if not files:
+            raise FileNotFoundError(2, "no object matches this pattern", url)
+        return files
+    info = fs.info(url)  # FileNotFoundError for a missing key
+    if info.get("type") != "directory":
+        return [source(url, info)]
+    found = fs.find(url, detail=True)
+    files = [
+        source(path, item)
+        for path, item in sorted(found.items())
+        if item.get("type") != "directory"
+        and not any(_hidden(part) for part in path[len(url.split("://", 1)[1]) :].split("/"))
+    ]
+    if not files:
+        raise FileNotFoundError(2, "is a folder (prefix) with no objects in it", url)
+    return files
+
+
+def expand(
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    options: Mapping[str, Any] | None = None,
+) -> list[Source]:
+    """Every file that ``inputs`` names, in order: a path, a URL, a glob (``logs/2024-*.csv``,
+    ``s3://b/2024-*.csv``) or a folder/prefix of parts (recursively, skipping names that start
+    with ``.`` or ``_``), or a list of these. Local paths come back absolute, so workers
+    started elsewhere find them; a pattern that matches nothing is ``FileNotFoundError``."""
+    if isinstance(inputs, str | os.PathLike):
+        inputs = [inputs]
+    wrapped = protect_options(options)
+    sources: list[Source] = []
+    for item in inputs:
+        text = os.fspath(item)
+        if is_url(text) and protocol_of(text) == "file":
+            text = text.split("://", 1)[1]
+        found = _remote_sources(text, wrapped) if is_url(text) else _local_sources(text)
+        sources.extend(found)
+    if not sources:
+        raise ValueError("no input files given")
+    return sources
+
+
+def describe(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> str:
+    """The inputs as the user named them, for reports: ``a.csv`` or ``a.csv, b.csv``."""
+    if isinstance(inputs, str | os.PathLike):
+        return os.fspath(inputs)
+    return ", ".join(os.fspath(item) for item in inputs)
+
+
+def local_path(source: Source) -> Path:
+    """A local source's path (for code that only works on local files)."""
+    return Path(source.url)
+
+
+SourceLike = Source | str
+
+
+def open_input(source: SourceLike, block_size: int = 1 << 20) -> InputFile:
+    """A seekable binary file for ``source`` (a ``Source``, or a local path)."""
+    if isinstance(source, str):
+        return open(source, "rb", buffering=0)
+    return source.open(block_size)
+
+
+def url_of(source: SourceLike) -> str:
+    """What error messages call ``source``: its path or URL."""
+    return source if isinstance(source, str) else source.url
