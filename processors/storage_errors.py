@@ -376,8 +376,8 @@ def storage_error(
         url, what = _missing_what(url, decisive)
     elif kind == "denied":
         what = (
-            "access denied (check the credentials: the key and secret or token, that they "
-            f"belong to this endpoint, and may use this bucket; {_reason(decisive)})"
+            "access denied (check the credentials: key and secret or token, for this "
+            f"endpoint, allowed on this bucket; the server said {_reason(decisive)})"
         )
     elif kind == "transient":
         what = _transient_what(decisive, attempts)
