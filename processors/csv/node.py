@@ -121,16 +121,13 @@ class _ScanBlocks(BatchNode):
         shared["scans"] = exec_res
 
 
-def _warm(backend: Backend, remote: bool) -> bool:
-    """Whether to count quotes on ``backend`` rather than in the parent (~6 GB/s): threads, or a
-    process pool whose workers have booted. Dask only for remote files: each task costs tens of
-    milliseconds of scheduling, more than counting a local block takes, but the client must not
-    download a remote file to count it."""
+def _warm(backend: Backend) -> bool:
+    """Whether counting quotes on ``backend`` beats the parent's ~6 GB/s: threads, or a process
+    pool whose workers have booted. Not Dask: each task costs tens of milliseconds of scheduling,
+    more than counting a local block takes."""
     if backend.name == "thread":
         return True
-    if backend.name == "dask":
-        return remote
-    return backend.is_warm()
+    return backend.name != "dask" and backend.is_warm()
 
 
 def _count_blocks(
@@ -144,13 +141,14 @@ def _count_blocks(
 
     A cold pool starts booting at once; meanwhile the parent counts blocks from the front, and
     when the workers are ready they take the rest. So no serial pass delays the parallel work:
-    the parent only counts while there are no workers to count.
+    the parent only counts while there are no workers to count. Remote files are counted by
+    the workers only, on every backend: the client never downloads them.
     """
     backend.start()  # returns at once; a warm pool or a thread pool is already there
     remote = any(not source.is_local for source in sources)
     scans: list[BlockScan] = []
     for position, (file, start, end) in enumerate(spans):
-        if len(spans) - position > 1 and _warm(backend, remote):
+        if len(spans) - position > 1 and (remote or _warm(backend)):
             shared: dict[str, Any] = {}
             _ScanBlocks(sources, quote, lines, spans[position:], backend).run(shared)
             rest: list[BlockScan] = shared["scans"]
@@ -256,7 +254,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         """Plan the inputs (names, one schema) and cut them into ranges; call from ``prep``."""
         options = self.csv_options
         sources = expand(inputs, self.storage_options)
-        heads = [read_header(source, options) for source in sources]
+        heads = _read_headers(sources, options)
         check_columns(heads[0])
         for head in heads[1:]:
             same_header(head, heads[0])  # a mismatch fails before any block is read
@@ -345,6 +343,16 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             else:
                 values.append(result)
         return values
+
+
+def _read_headers(sources: list[Source], options: CsvOptions) -> list[CsvPlan]:
+    """Every file's header, in order; remote ones fetched 16 at a time (each is a round trip)."""
+    if len(sources) == 1 or all(source.is_local for source in sources):
+        return [read_header(source, options) for source in sources]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(16, len(sources)), thread_name_prefix="batchcore-head") as pool:
+        return list(pool.map(lambda source: read_header(source, options), sources))
 
 
 def _describe(inputs: Any) -> str:
