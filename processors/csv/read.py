@@ -212,7 +212,7 @@ def read_header(source: Source | str, options: CsvOptions) -> CsvPlan:
     path = source.url
     size = source.size
     quote = options.quote_byte
-    with source.open(1 << 16) as handle:
+    with source.open(1 << 16, readahead=True) as handle:  # a few small reads
         begin = len(BOM) if handle.read(len(BOM)) == BOM else 0
         try:
             first_end = first_record_start(handle, begin, False, quote, options.max_record_bytes)
