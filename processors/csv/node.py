@@ -15,12 +15,15 @@ and parses only its range, so the parent never parses or pickles the data.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -96,6 +99,8 @@ class _RangeResult:
 
 Span = tuple[int, int, int]  # a block to scan: (input file, start, end)
 STREAM_READ = 8 << 20  # compressed bytes fetched at a time: few round trips to a remote store
+PREFETCH = 2  # decompressed chunks ready ahead of the batch
+T = TypeVar("T")
 
 
 class _ScanBlocks(BatchNode):
@@ -312,7 +317,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         decompressed stream, cut here as the batch asks for them (never all in memory)."""
         index = 0
         for file, (plan, found) in enumerate(zip(plans, ranges, strict=True)):
-            chunks = found if plan.compression is None else _stream_ranges(plan, file)
+            chunks = found if plan.compression is None else _prefetched(_stream_ranges(plan, file))
             for rng in chunks:
                 if plan.compression is not None:
                     self.csv_report.ranges += 1
@@ -385,13 +390,57 @@ def _stream_ranges(plan: CsvPlan, file: int) -> Iterator[CsvRange]:
                     )
                 if data:
                     end = offset + len(data)
-                    yield CsvRange(0, offset, end, line=line, file=file, data=data)
+                    # an Arrow buffer: a process worker gets it through shared memory, uncopied
+                    buffer = pa.py_buffer(data)
+                    yield CsvRange(0, offset, end, line=line, file=file, data=buffer)
     except CompressedDataError as exc:
         raise exc.with_path(plan.path) from None
     except StreamRecordTooLong as exc:
         raise too_long(plan.path, exc.line, options.max_record_bytes) from None
     except UnterminatedQuote as exc:
         raise CsvFormatError(plan.path, exc.line, UNTERMINATED) from None
+
+
+def _prefetched(items: Iterator[T], depth: int = PREFETCH) -> Iterator[T]:
+    """``items`` made by a thread of their own, at most ``depth`` ahead of the consumer: the
+    parent decompresses the next chunks (pyarrow frees the GIL) while it hands out work."""
+    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        ready.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ready.put((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            ready.put((False, exc))
+
+    thread = threading.Thread(target=produce, name="batchcore-decompress", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, value = ready.get()
+            if not more:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting for room, then let it end
+            with contextlib.suppress(queue.Empty):
+                ready.get_nowait()
+            thread.join(0.05)
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()
 
 
 def _read_headers(sources: list[Source], options: CsvOptions) -> list[CsvPlan]:
