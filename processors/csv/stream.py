@@ -11,8 +11,9 @@ workers while the reader decompresses on::
 
 The quote state is carried across pieces as in ``split.py`` (a parity count, which RFC 4180's
 doubled quotes keep right), and only the new piece is scanned, with numpy in cache-sized steps.
-Memory stays about ``2 x chunk_bytes`` (the chunk handed out, the next being read) unless a
-record is longer, and no record may be longer than ``max_record_bytes``.
+Pieces are read in place into the buffer, so memory stays about ``2 x chunk_bytes`` (the
+buffer being filled, and the chunk cut from it) plus the chunks the caller still holds, unless a
+record is longer; no record may be longer than ``max_record_bytes``.
 """
 
 from __future__ import annotations
@@ -96,12 +97,9 @@ def record_chunks(
     line = 1  # the line buffer[0] is on
     index = 0
     while True:
-        piece = stream.read(chunk_bytes)
-        if not piece:
-            break
         scanned = len(buffer)
-        buffer += piece
-        del piece
+        if not _fill(stream, buffer, chunk_bytes):
+            break
         record, before_record, inside, newlines = _scan(
             buffer, scanned, quote, inside, newlines, max_record_bytes, offset, line
         )
@@ -110,7 +108,9 @@ def record_chunks(
         if record:
             with memoryview(buffer) as view:
                 data = bytes(view[:record])
-            del buffer[:record]
+                # a new buffer for the tail: growing one with a cut-off front would copy it whole
+                tail = bytearray(view[record:])
+            buffer = tail
             yield StreamChunk(index, data, offset, line)
             del data
             index += 1
@@ -121,6 +121,27 @@ def record_chunks(
         raise UnterminatedQuote(offset, line)
     if buffer:
         yield StreamChunk(index, bytes(buffer), offset, line)
+
+
+def _fill(stream: BinaryIO, buffer: bytearray, size: int) -> int:
+    """Append up to ``size`` bytes of ``stream`` to ``buffer`` (fewer only at its end); how
+    many. Read in place, so no second copy of a piece is ever held."""
+    readinto = getattr(stream, "readinto", None)
+    if readinto is None:  # a reader with only read()
+        piece = stream.read(size)
+        buffer += piece
+        return len(piece)
+    start = len(buffer)
+    buffer += bytes(size)  # calloc'd zeros: their pages are not touched, only the buffer's
+    filled = 0
+    with memoryview(buffer) as view:
+        while filled < size:
+            got = readinto(view[start + filled :])
+            if not got:
+                break
+            filled += got
+    del buffer[start + filled :]
+    return filled
 
 
 def _scan(
