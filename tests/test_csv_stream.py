@@ -125,6 +125,49 @@ def test_without_a_quote_byte_every_newline_ends_a_record(
     assert [c.line for c in found] == [data[: c.offset].count(b"\n") + 1 for c in found]
 
 
+def reference_records(data: bytes) -> tuple[list[tuple[int, int]], bool]:
+    """Each record's [start, end) by a byte-at-a-time walk, and whether it ends inside quotes."""
+    spans, start, inside = [], 0, False
+    for position, byte in enumerate(data):
+        if byte == QUOTE:
+            inside = not inside
+        elif byte == 10 and not inside:
+            spans.append((start, position + 1))
+            start = position + 1
+    if start < len(data):
+        spans.append((start, len(data)))
+    return spans, inside
+
+
+@settings(max_examples=400)
+@given(
+    data=st.binary(max_size=200).map(lambda raw: bytes(b'a,"\n\r'[b % 5] for b in raw)),
+    chunk_bytes=st.integers(1, 64),
+    limit=st.integers(1, 40),
+)
+def test_any_bytes_give_the_first_long_record_or_the_open_quote_or_whole_records(
+    data: bytes, chunk_bytes: int, limit: int
+) -> None:
+    spans, open_quote = reference_records(data)
+    long = [start for start, end in spans if end - start > limit]
+    stream = io.BytesIO(data)
+    run = record_chunks(stream, quote=QUOTE, chunk_bytes=chunk_bytes, max_record_bytes=limit)
+    if long:
+        with pytest.raises(StreamRecordTooLong) as caught:
+            list(run)
+        assert caught.value.position == long[0]
+        assert caught.value.line == data[: long[0]].count(b"\n") + 1
+    elif open_quote:
+        with pytest.raises(UnterminatedQuote) as unterminated:
+            list(run)
+        assert unterminated.value.position == spans[-1][0]
+    else:
+        found = list(run)
+        assert b"".join(chunk.data for chunk in found) == data
+        ends = {end for _, end in spans}
+        assert all(chunk.offset + len(chunk.data) in ends for chunk in found)
+
+
 # --- examples ---
 
 
