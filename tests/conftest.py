@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -120,12 +121,14 @@ def _stray_children(
 # - threads: the idle thread-pool workers of live thread backends; Dask's own threads while a
 #   Dask backend holds a client or a cluster (a test fixture's) runs (its event loop, offload
 #   and comm executors), and the two thread pools distributed keeps for the whole program;
-#   tqdm's monitor;
+#   tqdm's monitor; fsspec's event-loop thread (one per program, for async filesystems: s3fs)
+#   and its loop's default executor;
 # - fds: while no warm component was started, replaced or closed, the fd table must come back
 #   to what it was; when one was, new pipes, sockets, event fds and memfds are its own (regular
 #   files never are); a live Dask client's sockets (its connection pool) and scratch folder;
 #   the pipes the session's first Dask cluster leaves open for good (resource tracker, queue);
-#   a live pool worker's /proc/PID/statm (read for max_memory);
+#   a live pool worker's /proc/PID/statm (read for max_memory); once fsspec's event loop runs,
+#   its epoll and event fds and the connection pools of cached filesystems (sockets);
 # Temporary files: the session's temp folder (TMPDIR, for subprocesses too; Dask's shared
 # ``dask-scratch-space`` excepted) and this process's shared-memory files (``batchcore-PID-*``
 # in /dev/shm, other than a live worker's kept file).
@@ -147,6 +150,7 @@ DASK_SCRATCH = "dask-scratch-space"  # Dask's work folder in the temp folder, sh
 # Thread pools distributed creates once per program (``distributed.utils._offload_executor``,
 # ``Future._cb_executor``); the first one's start also marks the first cluster of the session.
 DASK_PROGRAM_THREADS = ("Dask-Offload", "Dask-Callback-Thread")
+FSSPEC_LOOP_THREAD = "fsspecIO"  # fsspec.asyn's one event-loop thread, for the whole program
 
 
 def _marked_processes() -> list[psutil.Process]:
@@ -208,6 +212,8 @@ def _warm_threads() -> set[int]:
     for thread in threading.enumerate():
         if thread in monitors or (HAS_DASK and thread.name.startswith(DASK_PROGRAM_THREADS)):
             idents.add(thread.ident or 0)
+        elif thread.name == FSSPEC_LOOP_THREAD or thread in _fsspec_executor_threads():
+            idents.add(thread.ident or 0)
         elif dask_warm and _thread_module(thread).startswith(DASK_THREAD_MODULES):
             idents.add(thread.ident or 0)
     return idents
@@ -255,8 +261,22 @@ def _open_fds() -> dict[int, str]:
     return fds
 
 
+def _fsspec_executor_threads() -> set[threading.Thread]:
+    """The threads of fsspec's loop's default executor (aiohttp resolves host names there)."""
+    asyn = sys.modules.get("fsspec.asyn")
+    loop = getattr(asyn, "loop", [None])[0] if asyn is not None else None
+    executor = getattr(loop, "_default_executor", None)
+    return set(getattr(executor, "_threads", ()))
+
+
+def _fsspec_loop_runs() -> bool:
+    asyn = sys.modules.get("fsspec.asyn")
+    return asyn is not None and getattr(asyn, "loop", [None])[0] is not None
+
+
 def _leaked_fds(before: dict[int, str], warm_changed: bool) -> list[str]:
     dask_warm = HAS_DASK and _dask_holds_a_client()
+    fsspec_loop = _fsspec_loop_runs()
     leaked = []
     for fd, target in _open_fds().items():
         if before.get(fd) == target:
@@ -265,6 +285,8 @@ def _leaked_fds(before: dict[int, str], warm_changed: bool) -> list[str]:
             continue  # a pipe, socket, event fd or memfd of a pool started or replaced meanwhile
         if dask_warm and (target.startswith("socket:") or DASK_SCRATCH in target):
             continue  # a live Dask client's connection pool and its cluster's work folder
+        if fsspec_loop and target.startswith(("socket:", "anon_inode:")):
+            continue  # fsspec's event loop and the connection pools of cached filesystems
         if _a_live_workers_statm(target):
             continue  # a pool under max_memory keeps each worker's /proc/PID/statm open
         leaked.append(f"{fd} -> {target}")

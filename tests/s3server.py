@@ -173,7 +173,7 @@ def _wait_until_it_answers(server: S3Server, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(f"{server.endpoint_url}/moto-api/data.json", timeout=5):
+            with urllib.request.urlopen(f"{server.endpoint_url}/", timeout=5):
                 return
         except OSError:
             if time.monotonic() > deadline or not server.running():
@@ -303,12 +303,13 @@ def _die_with(parent: int) -> None:
 def _serve(parent: int) -> None:
     _die_with(parent)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    from moto.moto_server.werkzeug_app import (
-        DomainDispatcherApplication,
-        MotoRequestHandler,
-        create_backend_app,
-    )
-    from werkzeug.serving import make_server
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import WSGIRequestHandler, make_server
+
+    try:  # moto >= 5.2.5 has its own handler (it fixes keep-alive details); werkzeug's works
+        from moto.moto_server.werkzeug_app import MotoRequestHandler
+    except ImportError:
+        MotoRequestHandler = WSGIRequestHandler  # type: ignore[misc,assignment]
 
     class QuietHandler(MotoRequestHandler):
         """No line on stderr per request (nobody reads it)."""

@@ -40,7 +40,7 @@ def gone(pid: int, within: float = 30.0) -> bool:
 
 def test_the_server_answers_on_loopback(s3_server: S3Server) -> None:
     assert s3_server.endpoint_url.startswith("http://127.0.0.1:")
-    with urllib.request.urlopen(f"{s3_server.endpoint_url}/moto-api/data.json", timeout=10) as r:
+    with urllib.request.urlopen(f"{s3_server.endpoint_url}/", timeout=10) as r:
         assert r.status == 200
     client = s3_server.client()
     try:
