@@ -35,6 +35,7 @@ import gzip
 import itertools
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -87,6 +88,7 @@ BUCKET = "bench-remote"
 # moto accepts any credentials; these are passed the provider's way, in the environment.
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
 PARTS = 32
+REQUEST_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours some request lines
 GZIP_LEVEL = 6  # gzip's default, what a user's files most likely have
 
 BATCHCORE = {"default": None, "sequential": "sequential", "process": "process"}
@@ -238,7 +240,7 @@ class Server:
         """GET and HEAD requests moto has logged so far (0, 0 for a server not started here)."""
         if self.log is None:
             return 0, 0
-        text = self.log.read_text(errors="replace")
+        text = REQUEST_COLOURS.sub("", self.log.read_text(errors="replace"))
         return text.count('"GET /'), text.count('"HEAD /')
 
     def rss_mib(self) -> float:
@@ -373,10 +375,13 @@ def run_part(
 
 
 def printable(error: str, limit: int = 300) -> str:
-    """An error as one readable line: a child that printed binary garbage (a gzip file taken
-    for CSV) would fill the terminal and the results file."""
+    """An error as one readable line: a child that printed binary garbage (a gzip file's bytes
+    taken for a CSV header) would fill the terminal and the results file."""
     text = " ".join(error.split())
-    text = "".join(c if c.isprintable() and ord(c) < 0x2000 else "?" for c in text)
+    head, sep, rest = text.partition(": ")
+    odd = sum(1 for c in rest if not (c.isascii() and c.isprintable()))
+    if sep and odd > len(rest) // 10:
+        text = f"{head}: {len(rest)} characters of mostly non-text output (not shown)"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -640,6 +645,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def inflate_floor(path: Path) -> str:
+    """How fast this Python's zlib inflates ``path`` (a .gz file or a folder of them) in one
+    thread: the floor for any reader that decompresses one gzip stream in one thread."""
+    began = time.perf_counter()
+    inflated = 0
+    for part in sorted(path.glob("*.csv.gz")) if path.is_dir() else [path]:
+        with gzip.open(part, "rb") as stream:
+            while block := stream.read(16 << 20):
+                inflated += len(block)
+    seconds = time.perf_counter() - began
+    return (
+        f"`{path.name}`: {inflated / 1e6:.0f} MB inflated in {seconds:.2f} s "
+        f"({inflated / 1e6 / seconds:.0f} MB/s)"
+    )
+
+
 def warm_page_cache(paths: list[Path]) -> None:
     """Read every input once, so each engine reads cached files."""
     for path in paths:
@@ -684,6 +705,11 @@ def main(argv: list[str] | None = None) -> int:
                     notes.append(f"Server RSS at the end: {server.rss_mib():.0f} MiB")
         if "compressed" in args.parts and args.engines_compressed:
             warm_page_cache([files["gzip"], files["gzip-parts"]])
+            floors = [inflate_floor(files[name]) for name in COMPRESSED_INPUTS]
+            notes.append(
+                "Decompression floor (Python's `gzip`/zlib, one thread, in the parent before "
+                "the runs): " + "; ".join(floors)
+            )
             sources = {name: str(files[name]) for name in COMPRESSED_INPUTS}
             engines = {name: args.engines_compressed for name in sources}
             compressed = run_part(args, sources, engines, None)
