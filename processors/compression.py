@@ -3,26 +3,29 @@ streaming reader of its decompressed bytes.
 
 ::
 
-    raw bytes --sniff(head)--> "gzip" | "bz2" | "zstd" --pyarrow CompressedInputStream (C++)--+
-                               "xz" -------------------- stdlib lzma, stream by stream -------+
+    raw bytes --sniff(head)--> "gzip" | "zstd" ------- pyarrow CompressedInputStream (C++) ---+
+                               "xz" | "bz2" ---------- stdlib lzma / bz2, stream by stream ---+
                                None (plain)                                                   |
                                zip, Parquet: NotCsvError                                      v
                                         DecompressedReader: errors -> CompressedDataError, buffered
 
-pyarrow decompresses gzip, bz2 and zstd in C++ with the GIL released, so a thread can parse
-while another decompresses; it reads every member of a multi-member gzip and every frame of a
-concatenated zstd or bz2 stream (what ``cat a.gz b.gz`` makes). It has no xz codec: xz goes
-through ``lzma.LZMADecompressor`` driven here, because ``lzma.LZMAFile`` silently stops at
-trailing garbage after a stream. A stream that ends early or does not decode is a
+pyarrow decompresses gzip and zstd in C++ with the GIL released, so a thread can parse while
+another decompresses; it reads every member of a multi-member gzip and every frame of a
+concatenated zstd stream (what ``cat a.gz b.gz`` makes). xz (no pyarrow codec) and bz2 (pyarrow
+fails on an empty member, and is no faster: the same libbz2) go through the stdlib's
+decompressors, driven here stream by stream because ``lzma.open`` and ``bz2.open`` silently stop
+at trailing garbage after a stream. A stream that ends early or does not decode is a
 ``CompressedDataError`` naming the format, never short data (see
 ``benchmarks/bench_decompress.py`` for the speeds that shaped this).
 """
 
 from __future__ import annotations
 
+import bz2
 import io
 import lzma
-from typing import BinaryIO
+from collections.abc import Callable
+from typing import BinaryIO, Protocol
 
 import pyarrow as pa
 
@@ -92,15 +95,35 @@ class _Source(io.RawIOBase):
             raise
 
 
-class _XzReader(io.RawIOBase):
-    """The decompressed bytes of one or more concatenated xz streams (null padding between them
-    allowed, as the format says); an early end or anything else after a stream is an error."""
+class _Decompressor(Protocol):
+    """What ``lzma.LZMADecompressor`` and ``bz2.BZ2Decompressor`` have in common."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    @property
+    def eof(self) -> bool: ...
+    @property
+    def needs_input(self) -> bool: ...
+    @property
+    def unused_data(self) -> bytes: ...
+    def decompress(self, data: bytes, max_length: int = -1) -> bytes: ...
+
+
+def _xz() -> _Decompressor:
+    return lzma.LZMADecompressor(lzma.FORMAT_XZ)
+
+
+class _StreamsReader(io.RawIOBase):
+    """The decompressed bytes of one or more concatenated streams, one stdlib decompressor each;
+    an early end, or anything but a next stream (or xz's null padding) after one, is an error.
+
+    The stdlib's own file classes stop silently at trailing garbage, and pyarrow's bz2 fails on
+    an empty member of a concatenation, hence this loop (the decompressors release the GIL)."""
+
+    def __init__(self, raw: _Source, new: Callable[[], _Decompressor], padding: bool) -> None:
         super().__init__()
         self.raw = raw
-        self.decompressor = lzma.LZMADecompressor(lzma.FORMAT_XZ)
-        self.pending = b""  # compressed bytes read but not yet given to a decompressor
+        self.new = new
+        self.padding = padding
+        self.decompressor = new()
 
     def readable(self) -> bool:
         return True
@@ -113,13 +136,13 @@ class _XzReader(io.RawIOBase):
     def _read(self, size: int) -> bytes:
         while True:
             if self.decompressor.eof:
-                data = self.decompressor.unused_data.lstrip(b"\x00")
+                data = self._between(self.decompressor.unused_data)
                 while not data:  # between streams: only padding, or the end of the file
                     more = self.raw.read(RAW_READ)
                     if not more:
                         return b""
-                    data = more.lstrip(b"\x00")
-                self.decompressor = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+                    data = self._between(more)
+                self.decompressor = self.new()
             elif self.decompressor.needs_input:
                 data = self.raw.read(RAW_READ)
                 if not data:
@@ -130,14 +153,15 @@ class _XzReader(io.RawIOBase):
             if out:
                 return out
 
+    def _between(self, data: bytes) -> bytes:
+        return data.lstrip(b"\x00") if self.padding else data
+
 
 class DecompressedReader(io.RawIOBase):
     """The decompressed bytes of a ``kind`` stream; every failure of the data is a
     ``CompressedDataError`` saying the format, what went wrong and how far it got."""
 
-    def __init__(
-        self, inner: io.RawIOBase | pa.NativeFile, kind: str, source: _Source | None
-    ) -> None:
+    def __init__(self, inner: io.RawIOBase | pa.NativeFile, kind: str, source: _Source) -> None:
         super().__init__()
         self.inner = inner
         self.kind = kind
@@ -150,8 +174,8 @@ class DecompressedReader(io.RawIOBase):
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         try:
             got = self.inner.readinto(buffer)
-        except (OSError, EOFError, lzma.LZMAError) as exc:
-            if self.source is not None and exc is self.source.failure:
+        except (OSError, EOFError, lzma.LZMAError, pa.ArrowException) as exc:
+            if exc is self.source.failure:
                 raise  # the file failed, not the data
             raise CompressedDataError(self.kind, _reason(exc), self.position) from exc
         got = got or 0
@@ -180,15 +204,16 @@ def open_decompressed(raw: BinaryIO, kind: str) -> BinaryIO:
     ``raw``."""
     if kind not in FORMATS:
         raise ValueError(f"kind={kind!r}: must be one of {sorted(FORMATS)}")
+    source = _Source(raw)
     inner: io.RawIOBase | pa.NativeFile
-    source: _Source | None = None
     if kind == "xz":
-        inner = _XzReader(raw)
-    else:
-        if not pa.Codec.is_available(kind):
-            raise RuntimeError(f"this pyarrow build has no {kind} codec; install a pyarrow wheel")
-        source = _Source(raw)
+        inner = _StreamsReader(source, _xz, padding=True)
+    elif kind == "bz2":
+        inner = _StreamsReader(source, bz2.BZ2Decompressor, padding=False)
+    elif pa.Codec.is_available(kind):
         inner = pa.CompressedInputStream(source, kind)
+    else:
+        raise RuntimeError(f"this pyarrow build has no {kind} codec; install a pyarrow wheel")
     return io.BufferedReader(DecompressedReader(inner, kind, source), BUFFER)
 
 

@@ -193,6 +193,7 @@ class Source:
     url: str
     size: int
     options: StorageOptions = field(default_factory=dict, compare=False, repr=False)
+    compression: str | None = None  # "gzip", "bz2", "xz", "zstd": set by the CSV reader
 
     @property
     def is_local(self) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import itertools
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -57,6 +58,9 @@ class CsvRange:
     end: int
     line: int | None = field(default=None, compare=False)
     file: int = 0
+    # The bytes themselves (bytes or a pyarrow Buffer), for a chunk of a compressed file
+    # (decompressed by the parent).
+    data: Any = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:
