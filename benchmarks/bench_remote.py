@@ -513,6 +513,32 @@ def targets(remote: Cells, compressed: Cells) -> tuple[list[str], int, int]:
     return lines, passed, judged
 
 
+def server_notes(remote: Cells) -> list[str]:
+    """What the server's share says about the S3 rows: its CPU against the job's, per GET."""
+    found = []
+    for engine in ("sequential", "process"):
+        cell = remote.get(("s3", engine))
+        if cell is None or not cell.ok:
+            continue
+        cpu, job_cpu = server_cpu(cell), cell.median("cpu_seconds")
+        gets, spent = cell.median_detail("gets"), cell.median("wall")
+        if math.isnan(cpu):
+            continue
+        found.append(
+            f"- S3 `{engine}`: the server used {cpu:.1f} CPU s per run ({cpu / spent:.2f} of "
+            f"the 2 cores over the run), {cpu / max(job_cpu, 1e-9):.1f}x the CLI tree's "
+            f"{job_cpu:.1f} s; {cpu / max(gets, 1):.2f} s per GET over {gets:.0f} GETs"
+        )
+    if found:
+        found.append(
+            "- moto reads the whole object for every ranged GET and slices it (`FakeKey.value`, "
+            "`moto/s3/models.py`; py-spy: ~80% of its samples in `SpooledTemporaryFile.read`), "
+            "so a GET costs it about one read of the object whatever the range: where its CPU "
+            "exceeds the job's, the S3 rows measure moto more than batchcore"
+        )
+    return found
+
+
 def report(
     args: argparse.Namespace,
     header: list[str],
@@ -582,7 +608,7 @@ def report(
         "- DuckDB: `select key, count(*), sum(...) from read_csv('path' or 'DIR/*.csv.gz') "
         "group by key`, default threads.",
     ]
-    lines += ["", "## Notes", "", *[f"- {note}" for note in notes]]
+    lines += ["", "## Notes", "", *server_notes(remote), *[f"- {note}" for note in notes]]
     if problems:
         lines += ["", "## Errors and mismatches", "", *[f"- {p}" for p in problems]]
     return "\n".join(lines) + "\n"
