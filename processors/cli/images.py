@@ -17,7 +17,14 @@ import sys
 from typing import Any
 
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, run_job
-from .options import PROG, add_batch_options, positive_int, show_progress
+from .options import (
+    PROG,
+    add_batch_options,
+    add_storage_options,
+    positive_int,
+    show_progress,
+    storage_options,
+)
 
 __all__ = ["add_images_command", "format_filters", "run_images_command"]
 
@@ -49,8 +56,19 @@ def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "once for all its filters, EXIF orientation applied; outputs are written atomically."
         ),
     )
-    parser.add_argument("src", metavar="SRC", nargs="?", help="an image, or a folder of images")
-    parser.add_argument("-o", "--out", metavar="OUT", help="output folder (created if needed)")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        nargs="?",
+        help="an image, a folder of images, or a URL (s3://bucket/photos/: listed recursively; "
+        "each worker reads its own objects)",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        metavar="OUT",
+        help="output folder (created if needed), or a URL prefix (each output one PUT)",
+    )
     parser.add_argument(
         "-f",
         "--filter",
@@ -102,6 +120,7 @@ def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "job, decoding each image once per filter, instead of once per image",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_storage_options(parser)
     add_batch_options(parser)
     parser.set_defaults(handler=run_images_command)
 
@@ -134,6 +153,7 @@ def run_images_command(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             progress=show_progress(args),
             grouped=args.grouped,
+            storage_options=storage_options(args) or None,
         ),
         args.src,
     )
