@@ -23,11 +23,11 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
-from batchcore.processors import outputs  # noqa: E402
-from batchcore.processors.cli import main  # noqa: E402
-from batchcore.processors.csv.jobs import csv_to_parquet  # noqa: E402
-from batchcore.processors.outputs import dataset_parts  # noqa: E402
-from batchcore.processors.storage import filesystem  # noqa: E402
+from batchcore.processors import outputs
+from batchcore.processors.cli import main
+from batchcore.processors.csv.jobs import csv_to_parquet
+from batchcore.processors.outputs import dataset_parts
+from batchcore.processors.storage import filesystem
 
 HEADER = b"id,region,amount\n"
 SECRET = "s3cr3t-remote-out-value"
@@ -169,7 +169,7 @@ def test_a_failed_run_leaves_no_success_and_no_parts(
     bad = tmp_path / "bad.csv"
     bad.write_bytes(HEADER + rows(2500) + b"1,2,3,4,5\n" + rows(100, 2500))  # a ragged row late
     url = f"s3://{s3['bucket']}/ds"
-    with pytest.raises(Exception, match="bad.csv"):
+    with pytest.raises(Exception, match=r"bad\.csv"):
         csv_to_parquet(
             bad, url, backend=backend_name, workers=2, chunk_bytes=4_000,
             storage_options=s3["options"],
@@ -221,7 +221,7 @@ def test_a_failed_overwrite_leaves_the_old_dataset(
     old = read_dataset(s3, url)
     bad = tmp_path / "bad.csv"
     bad.write_bytes(HEADER + rows(2500) + b"1,2\n")
-    with pytest.raises(Exception, match="bad.csv"):
+    with pytest.raises(Exception, match=r"bad\.csv"):
         csv_to_parquet(bad, url, overwrite=True, chunk_bytes=4_000, storage_options=s3["options"])
     assert listing(s3, f"{s3['bucket']}/ds") == before
     assert read_dataset(s3, url).equals(old)

@@ -1,0 +1,253 @@
+"""The image job with URLs, against a real S3-compatible server (moto's, on loopback): images read
+from a prefix equal those read from a folder (pixels, names, relative folders) on every backend,
+outputs written to a prefix equal local ones, ``--skip-existing`` checks objects, a missing or
+corrupt object fails its own jobs naming its URL, and keys that would leave OUT are refused."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from image_helpers import SAMPLES, files_under, pixels
+from PIL import Image
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto.server")
+
+from batchcore.processors.cli import main
+from batchcore.processors.errors import ImagesUsageError
+from batchcore.processors.images.jobs import plan_images, run_images
+from batchcore.processors.storage import Source, filesystem
+
+SECRET = "s3cr3t-images-remote-value"
+FILTERS = ["grayscale", "thumbnail:size=16"]
+
+
+# --- a moto S3 server in a subprocess, for this module ------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    port = _free_port()
+    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("the moto server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> dict[str, Any]:
+    """Storage options for the server, with a fresh bucket (``bucket``) of this test's own."""
+    options: dict[str, Any] = {
+        "key": "AKIDIMAGESREMOTE",
+        "secret": SECRET,
+        "endpoint_url": s3_endpoint,
+        "client_kwargs": {"region_name": "eu-west-1"},
+    }
+    bucket = f"img-{uuid.uuid4().hex[:12]}"
+    filesystem("s3://", options).mkdir(bucket)
+    return {"options": options, "bucket": bucket}
+
+
+def fs_of(s3: dict[str, Any]) -> Any:
+    fs = filesystem("s3://", s3["options"])
+    fs.invalidate_cache()
+    return fs
+
+
+def upload_samples(s3: dict[str, Any], prefix: str) -> str:
+    """The sample folder's images under ``s3://BUCKET/prefix/``; returns that URL."""
+    fs = fs_of(s3)
+    for path in sorted(SAMPLES.rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"{s3['bucket']}/{prefix}/{path.relative_to(SAMPLES).as_posix()}",
+                         path.read_bytes())  # fmt: skip
+    return f"s3://{s3['bucket']}/{prefix}/"
+
+
+def objects_under(s3: dict[str, Any], url: str) -> dict[str, bytes]:
+    """Every object under ``url``: its key relative to ``url``, and its bytes."""
+    fs = fs_of(s3)
+    root = url.split("://", 1)[1].rstrip("/")
+    return {path[len(root) + 1 :]: fs.cat_file(path) for path in fs.find(root)}
+
+
+def decoded(data: bytes) -> np.ndarray[Any, Any]:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The local run: samples folder -> local folder, sequentially."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = run_images(SAMPLES, out, FILTERS, backend="sequential")
+    assert not summary.failed
+    return out
+
+
+# --- in and out ---------------------------------------------------------------------------------
+
+
+def test_images_from_a_prefix_equal_images_from_a_folder(
+    backend: str, s3: dict[str, Any], reference: Path, tmp_path: Path
+) -> None:
+    src = upload_samples(s3, "photos")
+    out = tmp_path / "out"
+    summary = run_images(src, out, FILTERS, backend=backend, storage_options=s3["options"])
+    assert not summary.failed and summary.ok == len(files_under(reference))
+    assert files_under(out) == files_under(reference)  # nested/ kept as locally
+    for name in files_under(reference):
+        assert np.array_equal(pixels(out / name), pixels(reference / name)), name
+    assert all(result.source.startswith(src) for result in summary.results)
+
+
+def test_images_to_a_prefix_equal_local_outputs(
+    backend: str, s3: dict[str, Any], reference: Path
+) -> None:
+    out = f"s3://{s3['bucket']}/out"
+    summary = run_images(SAMPLES, out, FILTERS, backend=backend, storage_options=s3["options"])
+    assert not summary.failed
+    written = objects_under(s3, out)
+    assert sorted(written) == files_under(reference)
+    for name, data in written.items():
+        assert np.array_equal(decoded(data), pixels(reference / name)), name
+
+
+@pytest.mark.parametrize("backend_name", ["thread", "process"])
+def test_prefix_to_prefix_and_a_folder_inside_the_source_is_left_out(
+    backend_name: str, s3: dict[str, Any], reference: Path
+) -> None:
+    src = upload_samples(s3, "photos")
+    out = f"{src}derived"  # inside the source prefix: its outputs are not inputs of a rerun
+    for _ in range(2):
+        summary = run_images(src, out, FILTERS, backend=backend_name, storage_options=s3["options"])
+        assert not summary.failed and summary.ok == len(files_under(reference))
+    assert sorted(objects_under(s3, out)) == files_under(reference)
+    with pytest.raises(ImagesUsageError, match="is the source prefix"):
+        plan_images(src, src, FILTERS, storage_options=s3["options"])
+
+
+def test_the_parent_lists_and_never_reads_an_image(
+    s3: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = upload_samples(s3, "photos")
+
+    def no_reads(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("planning read an image")
+
+    monkeypatch.setattr(Source, "open", no_reads)
+    monkeypatch.setattr(Source, "read", no_reads)
+    plan = plan_images(src, f"s3://{s3['bucket']}/out", FILTERS, storage_options=s3["options"])
+    assert len(plan.jobs) == 5 * len(FILTERS)
+    assert all(job.size > 0 for job in plan.jobs)
+
+
+def test_skip_existing_checks_the_objects(s3: dict[str, Any], reference: Path) -> None:
+    out = f"s3://{s3['bucket']}/out"
+    options = s3["options"]
+    assert not run_images(SAMPLES, out, FILTERS, storage_options=options).failed
+    fs = fs_of(s3)
+    gone = f"{s3['bucket']}/out/nested/shapes_grayscale.webp"
+    fs.rm_file(gone)
+    summary = run_images(SAMPLES, out, FILTERS, skip_existing=True, storage_options=options)
+    assert [result.output for result in summary.results] == [f"s3://{gone}"]
+    assert summary.skipped == len(files_under(reference)) - 1
+    assert sorted(objects_under(s3, out)) == files_under(reference)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend_name", ["sequential", "process"])
+def test_a_missing_or_corrupt_object_fails_its_jobs_naming_its_url(
+    backend_name: str, s3: dict[str, Any], tmp_path: Path
+) -> None:
+    src = upload_samples(s3, "photos")
+    fs = fs_of(s3)
+    fs.pipe_file(f"{s3['bucket']}/photos/broken.png", b"\x89PNG\r\n\x1a\n not really")
+    plan = plan_images(src, tmp_path / "out", ["grayscale"], storage_options=s3["options"])
+    fs.rm_file(f"{s3['bucket']}/photos/gray.png")  # gone between listing and reading
+    summary = run_images(
+        src, tmp_path / "out", ["grayscale"], backend=backend_name, storage_options=s3["options"]
+    )
+    # the rerun lists again: gray.png is no longer there; run the plan's jobs as listed instead
+    from batchcore.processors.images.jobs import ImageJobsNode
+
+    shared: dict[str, Any] = {}
+    ImageJobsNode(plan.jobs, backend=backend_name).run(shared)
+    failed = {r.source: r.reason for r in shared["image_results"] if not r.ok}
+    assert set(failed) == {f"{src}broken.png", f"{src}gray.png"}
+    for url, reason in failed.items():
+        assert reason.startswith(url) and SECRET not in reason
+    assert [r.source for r in summary.failed] == [f"{src}broken.png"]
+
+
+def test_a_key_with_dot_dot_segments_is_skipped_or_refused(
+    s3: dict[str, Any], tmp_path: Path
+) -> None:
+    src = upload_samples(s3, "photos")
+    escape = f"{s3['bucket']}/photos/a/../../escape.png"
+    fs_of(s3).pipe_file(escape, (SAMPLES / "gray.png").read_bytes())
+    if not any(".." in key for key in objects_under(s3, src)):
+        pytest.skip("this store normalizes '..' in keys")
+    # a prefix listing skips hidden segments (".." starts with "."), as local discovery does
+    plan = plan_images(src, tmp_path / "out", FILTERS, storage_options=s3["options"])
+    assert f"s3://{escape}" not in {job.source for job in plan.jobs}
+    # a glob lists every key it matches: one that would leave OUT is refused, for either OUT
+    for out in (tmp_path / "out", f"s3://{s3['bucket']}/out"):
+        with pytest.raises(ImagesUsageError, match=r"'\.\.'.*would leave"):
+            plan_images(f"{src}**", out, FILTERS, storage_options=s3["options"])
+
+
+def test_cli_reads_and_writes_urls_with_storage_options(
+    s3: dict[str, Any], reference: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = upload_samples(s3, "photos")
+    out = f"s3://{s3['bucket']}/cli-out/"
+    options = [
+        f"--storage-option={k}={v}" for k, v in s3["options"].items() if k != "client_kwargs"
+    ]
+    options.append("--storage-option=client_kwargs.region_name=eu-west-1")
+    args = ["images", src, "-o", out, *[f"-f{f}" for f in FILTERS], *options, "--no-progress"]
+    assert main([*args, "--backend", "thread"]) == 0
+    printed = capsys.readouterr()
+    assert SECRET not in printed.out + printed.err
+    assert sorted(objects_under(s3, out)) == files_under(reference)
+    assert main([*args, "--skip-existing", "--json"]) == 0
+    assert f'"skipped": {len(files_under(reference))}' in capsys.readouterr().out
+    assert main(["images", f"{src}nothing/", "-o", out, "-fgrayscale", *options]) == 2
+    assert "nothing" in capsys.readouterr().err
