@@ -113,6 +113,7 @@ def existing_objects(prefix: str, options: Mapping[str, Any] | None = None) -> s
     fs = filesystem(prefix, options)
     protocol = protocol_of(prefix)
     root = key_of(prefix, options)
+    fs.invalidate_cache(root)  # a listing cached earlier in this process may predate workers' PUTs
     try:
         found = fs.find(prefix)
     except FileNotFoundError:
@@ -164,6 +165,7 @@ class RemoteDataset:
         when ``url`` is an object."""
         options = protect_options(options)
         fs = filesystem(url, options)
+        fs.invalidate_cache(key_of(url, options))
         with contextlib.suppress(FileNotFoundError):
             if fs.isfile(url.rstrip("/")):
                 raise NotADirectoryError(20, "is an object, not a prefix", url)

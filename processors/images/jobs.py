@@ -42,7 +42,7 @@ from batchcore import (
 from ..errors import FilterError, ImageDecodeError, ImagesUsageError, ImageWriteError
 from ..files import remove_stale_temps
 from ..outputs import check_key, existing_objects, is_remote, join_url, key_of, local_part
-from ..storage import Source, StorageOptions, protect_options, protocol_of
+from ..storage import Source, StorageOptions, expand, protect_options, protocol_of
 from .filters import FilterChain, Size, check_output_size, parse_chain, parse_chains
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -100,9 +100,11 @@ class ImageJob:
     @property
     def input(self) -> str | Source:
         """What the worker decodes: the local path, or the object (read there, by ranged GETs)."""
-        if is_remote(self.source):
-            return Source(self.source, self.size, self.options)
-        return self.source
+        if not is_remote(self.source):
+            return self.source
+        if self.size < 0:  # a job made by hand: its size is read here (one HEAD)
+            return expand(self.source, self.options)[0]
+        return Source(self.source, self.size, self.options)
 
 
 @dataclass(frozen=True)
