@@ -148,7 +148,6 @@ class RemoteDataset:
     run: str
     options: StorageOptions = field(repr=False)
     previous: list[str] = field(default_factory=list)
-    written: list[str] = field(default_factory=list)  # names, in the parent after the run
 
     @classmethod
     def begin(
@@ -191,13 +190,13 @@ class RemoteDataset:
         """Write the part ``name`` (a worker calls this): one PUT."""
         put_object(self.part_url(name), data, self.options)
 
-    def commit(self, summary: Mapping[str, Any], names: list[str]) -> None:
+    def commit(self, summary: Mapping[str, Any], names: list[str]) -> list[str]:
         """Write ``_SUCCESS`` (``summary`` plus ``files``: ``names``, and ``run``), then delete
-        the previous run's parts; ``_SUCCESS`` is the last object of the new dataset written."""
-        self.written = list(names)
+        the previous run's parts; ``_SUCCESS`` is the last object of the new dataset written.
+        Returns the previous parts that could not be deleted (the new dataset is complete)."""
         text = json.dumps({**summary, "files": names, "run": self.run}) + "\n"
         put_object(join_url(self.url, SUCCESS), text.encode(), self.options)
-        self._delete(self.previous)
+        return self._delete(self.previous)
 
     def abort(self) -> list[str]:
         """Delete the parts this run wrote (found by its run id); returns those that could not

@@ -251,3 +251,24 @@ def test_cli_reads_and_writes_urls_with_storage_options(
     assert f'"skipped": {len(files_under(reference))}' in capsys.readouterr().out
     assert main(["images", f"{src}nothing/", "-o", out, "-fgrayscale", *options]) == 2
     assert "nothing" in capsys.readouterr().err
+
+
+def test_any_fsspec_store_takes_images(reference: Path) -> None:
+    fs = filesystem("memory://")
+    src = f"memory://photos-{uuid.uuid4().hex[:8]}"
+    out = f"{src}-out"
+    try:
+        for path in sorted(SAMPLES.rglob("*")):
+            if path.is_file():
+                fs.pipe_file(f"{src}/{path.relative_to(SAMPLES).as_posix()}", path.read_bytes())
+        summary = run_images(src, out, FILTERS, backend="thread")
+        assert not summary.failed
+        root = fs._strip_protocol(out)
+        written = {path[len(root) + 1 :]: fs.cat_file(path) for path in fs.find(out)}
+        assert sorted(written) == files_under(reference)
+        for name, data in written.items():
+            assert np.array_equal(decoded(data), pixels(reference / name)), name
+    finally:
+        for url in (src, out):
+            if fs.exists(url):
+                fs.rm(url, recursive=True)

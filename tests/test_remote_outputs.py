@@ -248,3 +248,21 @@ def test_a_non_empty_prefix_is_refused_without_overwrite(
     assert main(["csv", "to-parquet", str(csv_file), url, "--overwrite", *options]) == 2
     assert "notes.txt" in capsys.readouterr().err
     assert listing(s3, f"{s3['bucket']}/ds") == sorted([*before, "notes.txt"])
+
+
+@pytest.mark.parametrize("backend_name", ["sequential", "thread"])
+def test_any_fsspec_store_takes_a_dataset(backend_name: str, csv_file: Path) -> None:
+    fs = filesystem("memory://")
+    url = f"memory://ds-{uuid.uuid4().hex[:8]}"
+    try:
+        first = csv_to_parquet(csv_file, url, backend=backend_name, chunk_bytes=8_000)
+        second = csv_to_parquet(
+            csv_file, url, overwrite=True, backend=backend_name, chunk_bytes=8_000
+        )
+        parts = dataset_parts(url)
+        assert len(parts) == second["parts"] == first["parts"]
+        table = pq.read_table([part.split("://", 1)[1] for part in parts], filesystem=fs)
+        assert table.num_rows == 3000
+        assert len(fs.find(url)) == len(parts) + 1  # the first run's parts are gone
+    finally:
+        fs.rm(url, recursive=True)

@@ -396,7 +396,14 @@ class ParquetNode(CSVBatchNode):
         rows = sum(count for _, count in exec_res)
         summary = {"source": self.csv_report.path, "rows": rows, "parts": len(exec_res)}
         if self.remote is not None:
-            self.remote.commit(summary, [name for name, _ in exec_res])
+            left = self.remote.commit(summary, [name for name, _ in exec_res])
+            if left:  # the new dataset is whole; a listing reader would also see these
+                log.warning(
+                    "%s: written, but these parts of the previous dataset remain (delete them, "
+                    "or rerun with --overwrite): %s",
+                    self.out_dir,
+                    ", ".join(left),
+                )
         else:
             text = json.dumps(summary) + "\n"
             write_atomically(self.part_dir / SUCCESS, lambda temporary: temporary.write_text(text))
