@@ -272,3 +272,24 @@ def test_any_fsspec_store_takes_images(reference: Path) -> None:
         for url in (src, out):
             if fs.exists(url):
                 fs.rm(url, recursive=True)
+
+
+def test_a_write_that_fails_names_the_output_and_no_secret(s3: dict[str, Any]) -> None:
+    out = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/out"
+    summary = run_images(SAMPLES, out, ["grayscale"], storage_options=s3["options"])
+    assert len(summary.failed) == len(summary.results) == 5
+    for result in summary.failed:
+        assert result.reason.startswith(f"{result.output}: cannot write"), result.reason
+        assert SECRET not in result.reason
+
+
+def test_jobs_carry_no_secret_in_clear(s3: dict[str, Any]) -> None:
+    import pickle
+
+    import cloudpickle
+
+    src = upload_samples(s3, "photos")
+    plan = plan_images(src, f"s3://{s3['bucket']}/out", FILTERS, storage_options=s3["options"])
+    for blob in (pickle.dumps(plan.jobs), cloudpickle.dumps(plan.jobs)):
+        assert SECRET.encode() not in blob
+    assert SECRET not in repr(plan.jobs) and SECRET not in str(plan)
