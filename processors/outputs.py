@@ -39,6 +39,7 @@ What a reader of a dataset prefix sees (``RemoteDataset``), at each moment of a 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import secrets
 from collections.abc import Callable, Mapping
@@ -59,6 +60,9 @@ __all__ = [
 ]
 
 SUCCESS = "_SUCCESS"
+_ERRNO = {FileNotFoundError: errno.ENOENT, PermissionError: errno.EACCES}
+# Stores whose first path segment is a bucket (container) that a PUT does not create.
+BUCKET_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 def is_remote(path: object) -> bool:
@@ -72,9 +76,12 @@ def local_part(path: str) -> str:
 
 
 def scrub(text: str, options: Mapping[str, Any] | None) -> str:
-    """``text`` with every secret of ``options`` masked: error messages may quote a request."""
+    """``text`` with every secret of ``options`` masked: error messages may quote a request.
+    Values under 4 characters are left (masking them would garble every message, and no real
+    credential is that short)."""
     for value in secrets_in(options):
-        text = text.replace(value, "***")
+        if len(value) >= 4:
+            text = text.replace(value, "***")
     return text
 
 
@@ -102,9 +109,17 @@ def key_of(url: str, options: Mapping[str, Any] | None = None) -> str:
 
 
 def put_object(url: str, data: bytes, options: Mapping[str, Any] | None = None) -> None:
-    """Write ``data`` as the object ``url`` in one PUT: it appears whole, or not at all."""
+    """Write ``data`` as the object ``url`` in one PUT: it appears whole, or not at all. An
+    ``OSError`` names ``url`` (and no secret of ``options``)."""
     fs = filesystem(url, options)
-    fs.pipe_file(url, data)
+    try:
+        fs.pipe_file(url, data)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        reason = scrub(exc.strerror or str(exc) or type(exc).__name__, options)
+        code = exc.errno or _ERRNO.get(type(exc), errno.EIO)
+        raise type(exc)(code, reason, url) from None
 
 
 def existing_objects(prefix: str, options: Mapping[str, Any] | None = None) -> set[str]:
@@ -165,6 +180,11 @@ class RemoteDataset:
         options = protect_options(options)
         fs = filesystem(url, options)
         fs.invalidate_cache(key_of(url, options))
+        protocol = protocol_of(url)
+        if protocol in BUCKET_STORES:
+            bucket = f"{protocol}://{key_of(url, options).split('/', 1)[0]}"
+            if not fs.exists(bucket):
+                raise FileNotFoundError(2, "no such bucket (or no access to it)", bucket)
         with contextlib.suppress(FileNotFoundError):
             if fs.isfile(url.rstrip("/")):
                 raise NotADirectoryError(20, "is an object, not a prefix", url)

@@ -266,3 +266,16 @@ def test_any_fsspec_store_takes_a_dataset(backend_name: str, csv_file: Path) -> 
         assert len(fs.find(url)) == len(parts) + 1  # the first run's parts are gone
     finally:
         fs.rm(url, recursive=True)
+
+
+def test_a_missing_bucket_is_refused_before_any_work(
+    s3: dict[str, Any], csv_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+    options = [
+        f"--storage-option={k}={v}" for k, v in s3["options"].items() if k != "client_kwargs"
+    ]
+    code = main(["csv", "to-parquet", str(csv_file), f"s3://{bucket}/ds", *options])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"s3://{bucket}: no such bucket" in err and SECRET not in err

@@ -500,7 +500,8 @@ def save_image(
             write(buffer)
             put_object(path, buffer.getvalue(), storage_options)
         except Exception as exc:
-            reason = scrub(f"{type(exc).__name__}: {exc}", storage_options)
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            reason = scrub(f"{type(exc).__name__}: {text}", storage_options)
             raise ImageWriteError(path, reason) from None
         return dropped
     final = Path(local_part(os.fspath(path)))
