@@ -8,9 +8,11 @@ class also under a familiar built-in base, so a plain ``except ValueError`` keep
     │   ├── UnknownColumnError(KeyError)  a column the CSV does not have (lists those it has)
     │   ├── FilterSpecError               a filter spec that cannot run (unknown name, bad value)
     │   ├── MissingExtraError(ImportError) a URL whose filesystem is not installed (names the extra)
-    │   └── ImagesUsageError              no images, two jobs writing one file, a path leaving OUT
+    │   ├── ImagesUsageError              no images, two jobs writing one file, a path leaving OUT
+    │   └── NotCsvError                   an input that is no CSV: a zip archive, a Parquet file
     ├── DataError(ValueError)             input whose contents cannot give a result
     │   ├── CsvFormatError                bad CSV, located by path, line and column
+    │   ├── CompressedDataError           a truncated or corrupt gzip/bz2/xz/zstd stream
     │   └── ImageDecodeError              an image that cannot be decoded (file and reason)
     ├── FilterError(RuntimeError)         a filter raised on an image (image and step named)
     └── ImageWriteError(OSError)          an output that could not be written (nothing left)
@@ -27,6 +29,7 @@ from typing import Any
 from batchcore.errors import BatchcoreError
 
 __all__ = [
+    "CompressedDataError",
     "CsvFormatError",
     "DataError",
     "FilterError",
@@ -35,6 +38,7 @@ __all__ = [
     "ImageWriteError",
     "ImagesUsageError",
     "MissingExtraError",
+    "NotCsvError",
     "UnknownColumnError",
     "UsageError",
 ]
@@ -64,6 +68,23 @@ class ImagesUsageError(UsageError):
     OUT..."""
 
 
+class NotCsvError(UsageError):
+    """An input that is commonly mistaken for CSV but is not (a zip archive, a Parquet file): the
+    message says what it is and what to do; ``path`` is added by whoever knows it."""
+
+    def __init__(self, reason: str, path: str | None = None) -> None:
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+        self.reason = reason
+        self.path = path
+
+    def with_path(self, path: str) -> NotCsvError:
+        """The same error, naming ``path``."""
+        return type(self)(self.reason, path)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.reason, self.path))
+
+
 class DataError(BatchcoreError, ValueError):
     """The input's contents cannot give a result: a non-numeric value, a malformed CSV..."""
 
@@ -82,6 +103,27 @@ class CsvFormatError(DataError):
 
     def __reduce__(self) -> Any:
         return (type(self), (self.path, self.line, self.reason, self.column))
+
+
+class CompressedDataError(DataError):
+    """A compressed input that cannot be read to its end (truncated, corrupt): ``kind`` is the
+    format ("gzip", "bz2", "xz", "zstd"), ``offset`` the uncompressed bytes read before it failed,
+    ``path`` is added by whoever knows it. Never replaced by silently short data."""
+
+    def __init__(self, kind: str, reason: str, offset: int, path: str | None = None) -> None:
+        self.kind = kind
+        self.reason = reason
+        self.offset = offset
+        self.path = path
+        what = f"{kind}-compressed data {reason} (after {offset:,} uncompressed bytes)"
+        super().__init__(f"{path}: {what}" if path is not None else what)
+
+    def with_path(self, path: str) -> CompressedDataError:
+        """The same error, naming ``path``."""
+        return type(self)(self.kind, self.reason, self.offset, path)
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.kind, self.reason, self.offset, self.path))
 
 
 class ImageDecodeError(DataError):

@@ -193,6 +193,7 @@ class Source:
     url: str
     size: int
     options: StorageOptions = field(default_factory=dict, compare=False, repr=False)
+    compression: str | None = None  # "gzip", "bz2", "xz", "zstd": set by the CSV reader
 
     @property
     def is_local(self) -> bool:
@@ -201,14 +202,15 @@ class Source:
     def __str__(self) -> str:
         return self.url
 
-    def open(self, block_size: int = 1 << 20) -> InputFile:
-        """A seekable binary file; remote reads fetch only the bytes asked for (ranged GETs of at
-        least ``block_size``)."""
+    def open(self, block_size: int = 1 << 20, readahead: bool = False) -> InputFile:
+        """A seekable binary file. Remote reads are ranged GETs of exactly the bytes asked for,
+        or, with ``readahead``, of ``block_size`` more (for many small reads near each other)."""
         if self.is_local:
             return open(self.url, "rb", buffering=0)
         fs = filesystem(self.url, self.options)
+        cache = "readahead" if readahead else "none"
         handle: InputFile = fs.open(
-            self.url, "rb", block_size=block_size, cache_type="readahead", size=self.size
+            self.url, "rb", block_size=block_size, cache_type=cache, size=self.size
         )
         return handle
 

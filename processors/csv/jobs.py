@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -243,7 +243,7 @@ class StatsNode(CSVBatchNode):
 
     def split(
         self, inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
-    ) -> list[CsvRange]:
+    ) -> list[CsvRange] | Iterator[CsvRange]:
         ranges = super().split(inputs)
         plan = self.csv_plan
         assert plan is not None
@@ -356,7 +356,7 @@ class ParquetNode(CSVBatchNode):
                 self.staged.close()
                 self.staged = None
 
-    def prep(self, shared: dict[str, Any]) -> list[CsvRange]:
+    def prep(self, shared: dict[str, Any]) -> list[CsvRange] | Iterator[CsvRange]:
         ranges = super().prep(shared)  # a bad input fails here, before anything is written
         if is_remote(self.out_dir):
             self.remote = RemoteDataset.begin(

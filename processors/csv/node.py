@@ -16,9 +16,10 @@ and parses only its range, so the parent never parses or pickles the data.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from itertools import chain
 from typing import Any
 
 import pyarrow as pa
@@ -26,11 +27,13 @@ import pyarrow as pa
 from batchcore import Backend, BatchNode, Node
 from batchcore.options import resolve_options
 
-from ..errors import CsvFormatError
+from ..compression import open_decompressed
+from ..errors import CompressedDataError, CsvFormatError
 from ..storage import Source, describe, expand, protect_options
 from .read import (
     MAX_RECORD_BYTES,
     MAX_REPORTED_LINES,
+    UNTERMINATED,
     CsvOptions,
     CsvPlan,
     RangeData,
@@ -52,6 +55,7 @@ from .split import (
     scan_block,
     unterminated_record,
 )
+from .stream import StreamRecordTooLong, UnterminatedQuote, record_chunks
 
 __all__ = ["CSVBatchNode", "CsvReport"]
 
@@ -91,6 +95,7 @@ class _RangeResult:
 
 
 Span = tuple[int, int, int]  # a block to scan: (input file, start, end)
+STREAM_READ = 8 << 20  # compressed bytes fetched at a time: few round trips to a remote store
 
 
 class _ScanBlocks(BatchNode):
@@ -244,14 +249,16 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         """The first input file's plan: the column names and the schema every file is read with."""
         return self.csv_plans[0] if self.csv_plans else None
 
-    def prep(self, shared: dict[str, Any]) -> list[CsvRange]:
+    def prep(self, shared: dict[str, Any]) -> list[CsvRange] | Iterator[CsvRange]:
         """Split ``self.path`` (or ``shared["input_file"]``) into record-aligned ranges."""
         return self.split(self.path or shared["input_file"])
 
     def split(
         self, inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
-    ) -> list[CsvRange]:
-        """Plan the inputs (names, one schema) and cut them into ranges; call from ``prep``."""
+    ) -> list[CsvRange] | Iterator[CsvRange]:
+        """Plan the inputs (names, one schema) and cut them into ranges; call from ``prep``.
+
+        A list, or, when a file is compressed, an iterator that decompresses as it goes."""
         options = self.csv_options
         sources = expand(inputs, self.storage_options)
         heads = _read_headers(sources, options)
@@ -260,9 +267,11 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             same_header(head, heads[0])  # a mismatch fails before any block is read
         quote = options.quote_byte
         lines = options.bad_rows == "skip"  # skipped rows are reported by line: count lines too
+        sources = [head.source for head in heads]  # compressed ones now say so
         spans = [
             (file, start, end)
             for file, head in enumerate(heads)
+            if head.compression is None  # a compressed file is read front to back instead
             for start, end in blocks(head.data_start, head.size, options.chunk_bytes)
         ]
         scans = self._scan(sources, spans, quote, lines)
@@ -273,35 +282,42 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             # An odd total is an unterminated quote: reported before inference reads past it.
             if quote is not None and ends_inside_quotes(file_scans):
                 start = unterminated_record(head.source, head.data_start, quote)
-                raise CsvFormatError(
-                    head.path,
-                    line_of(head.source, start),
-                    "a quoted field opened in this record is never closed (unterminated quote)",
-                )
+                raise CsvFormatError(head.path, line_of(head.source, start), UNTERMINATED)
         first = infer_schema(heads[0])
         plans = [first, *(same_header(head, first) for head in heads[1:])]
         self.csv_plans = plans
         limit = options.max_record_bytes
-        ranges: list[CsvRange] = []
+        ranges: list[list[CsvRange]] = []
         for file, (plan, file_scans) in enumerate(zip(plans, per_file, strict=True)):
+            if plan.compression is not None:
+                ranges.append([])
+                continue
             try:
-                ranges += plan_ranges(
-                    plan.source,
-                    plan.data_start,
-                    plan.size,
-                    file_scans,
-                    quote,
-                    limit,
-                    file=file,
-                    first_index=len(ranges),
+                found = plan_ranges(
+                    plan.source, plan.data_start, plan.size, file_scans, quote, limit, file=file
                 )
             except RecordTooLong as exc:
-                line = line_of(plan.source, exc.position)
-                raise too_long(plan.path, line, limit) from None
+                raise too_long(plan.path, line_of(plan.source, exc.position), limit) from None
+            ranges.append(found)
         files = [source.url for source in sources]
         size = sum(plan.size for plan in plans)
-        self.csv_report.reset(_describe(inputs), files, size, len(ranges))
-        return ranges
+        count = sum(len(found) for found in ranges)
+        self.csv_report.reset(_describe(inputs), files, size, count)
+        if all(plan.compression is None for plan in plans):
+            return [replace(rng, index=index) for index, rng in enumerate(chain(*ranges))]
+        return self._in_order(plans, ranges)
+
+    def _in_order(self, plans: list[CsvPlan], ranges: list[list[CsvRange]]) -> Iterator[CsvRange]:
+        """Every file's ranges, numbered in file order; a compressed file's are the chunks of its
+        decompressed stream, cut here as the batch asks for them (never all in memory)."""
+        index = 0
+        for file, (plan, found) in enumerate(zip(plans, ranges, strict=True)):
+            chunks = found if plan.compression is None else _stream_ranges(plan, file)
+            for rng in chunks:
+                if plan.compression is not None:
+                    self.csv_report.ranges += 1
+                yield replace(rng, index=index)
+                index += 1
 
     def _scan(
         self, sources: list[Source], spans: list[Span], quote: int | None, lines: bool
@@ -343,6 +359,39 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             else:
                 values.append(result)
         return values
+
+
+def _stream_ranges(plan: CsvPlan, file: int) -> Iterator[CsvRange]:
+    """The records of a compressed file after its header, in chunks of about ``chunk_bytes``
+    (decompressed here; each chunk travels to its worker with its bytes)."""
+    options = plan.options
+    try:
+        with plan.source.open(STREAM_READ, readahead=True) as raw:
+            stream = open_decompressed(raw, plan.compression or "")
+            chunks = record_chunks(
+                stream,
+                quote=options.quote_byte,
+                chunk_bytes=options.chunk_bytes,
+                max_record_bytes=options.max_record_bytes,
+            )
+            for chunk in chunks:
+                data, offset, line = chunk.data, chunk.offset, chunk.line
+                if offset < plan.data_start:  # the first chunk: drop the BOM and the header
+                    skip = plan.data_start - offset
+                    data, offset, line = (
+                        data[skip:],
+                        plan.data_start,
+                        line + data[:skip].count(b"\n"),
+                    )
+                if data:
+                    end = offset + len(data)
+                    yield CsvRange(0, offset, end, line=line, file=file, data=data)
+    except CompressedDataError as exc:
+        raise exc.with_path(plan.path) from None
+    except StreamRecordTooLong as exc:
+        raise too_long(plan.path, exc.line, options.max_record_bytes) from None
+    except UnterminatedQuote as exc:
+        raise CsvFormatError(plan.path, exc.line, UNTERMINATED) from None
 
 
 def _read_headers(sources: list[Source], options: CsvOptions) -> list[CsvPlan]:

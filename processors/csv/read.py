@@ -25,9 +25,22 @@ import pyarrow.csv as pacsv
 
 from batchcore.errors import check_positive_int
 
-from ..errors import CsvFormatError, UnknownColumnError
+from ..compression import MAGIC_BYTES, open_decompressed, sniff
+from ..errors import (
+    CompressedDataError,
+    CsvFormatError,
+    NotCsvError,
+    UnknownColumnError,
+)
 from ..storage import Source
 from .split import NEWLINE, CsvRange, RecordTooLong, first_record_start, line_of, long_record
+from .stream import (
+    StreamChunk,
+    StreamRecordTooLong,
+    UnterminatedQuote,
+    record_chunks,
+    split_header,
+)
 
 __all__ = [
     "CsvOptions",
@@ -45,6 +58,7 @@ BOM = b"\xef\xbb\xbf"
 BAD_ROW_CHOICES = ("error", "skip")
 OUTPUT_CHOICES = ("arrow", "pandas")
 MAX_REPORTED_LINES = 20
+UNTERMINATED = "a quoted field opened in this record is never closed (unterminated quote)"
 # A record longer than this is an error, not a range (and a worker's memory) as long as itself.
 # DuckDB's max_line_size default is 2 MB; pyarrow parses records up to its block size.
 MAX_RECORD_BYTES = 4 << 20
@@ -117,6 +131,8 @@ class CsvPlan:
     schema: pa.Schema
     options: CsvOptions
     untyped: frozenset[str] = frozenset()  # columns typed by default: the head had no value
+    # A compressed file's decompressed first records, for inference (dropped after it).
+    head: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def path(self) -> str:
@@ -126,6 +142,11 @@ class CsvPlan:
     @property
     def included(self) -> list[str]:
         return list(self.schema.names)
+
+    @property
+    def compression(self) -> str | None:
+        """``"gzip"``, ``"bz2"``, ``"xz"``, ``"zstd"`` or ``None``: read as a stream if set."""
+        return self.source.compression
 
 
 @dataclass
@@ -203,7 +224,10 @@ def make_plan(
 
 
 def read_header(source: Source | str, options: CsvOptions) -> CsvPlan:
-    """A plan with the column names and where the data starts, but no schema yet (``infer``)."""
+    """A plan with the column names and where the data starts, but no schema yet (``infer``).
+
+    A compressed file (known by its first bytes) is planned from its decompressed first
+    records, which the plan keeps for inference (``head``)."""
     if isinstance(source, str):
         info = os.stat(source)  # FileNotFoundError names the path
         if stat.S_ISDIR(info.st_mode):
@@ -212,14 +236,26 @@ def read_header(source: Source | str, options: CsvOptions) -> CsvPlan:
     path = source.url
     size = source.size
     quote = options.quote_byte
-    with source.open(1 << 16) as handle:
-        begin = len(BOM) if handle.read(len(BOM)) == BOM else 0
+    head: bytes | None = None
+    with source.open(1 << 16, readahead=True) as handle:  # a few small reads
         try:
-            first_end = first_record_start(handle, begin, False, quote, options.max_record_bytes)
-        except RecordTooLong:
-            raise too_long(path, 1, options.max_record_bytes) from None
-        handle.seek(begin)
-        first = handle.read(first_end - begin)
+            kind = sniff(handle.read(MAGIC_BYTES))
+        except NotCsvError as exc:
+            raise exc.with_path(path) from None
+        handle.seek(0)
+        if kind is not None:
+            source = replace(source, compression=kind)
+            first, begin, head = _compressed_head(source, options)
+            first_end = begin + len(first)
+        else:
+            begin = len(BOM) if handle.read(len(BOM)) == BOM else 0
+            try:
+                limit = options.max_record_bytes
+                first_end = first_record_start(handle, begin, False, quote, limit)
+            except RecordTooLong:
+                raise too_long(path, 1, options.max_record_bytes) from None
+            handle.seek(begin)
+            first = handle.read(first_end - begin)
     if options.header and not first.strip(b"\r\n"):
         raise CsvFormatError(path, 1, "the file is empty: no header row")
     fields = _first_record_fields(first, options) if first else []
@@ -237,7 +273,37 @@ def read_header(source: Source | str, options: CsvOptions) -> CsvPlan:
     if duplicates:
         raise CsvFormatError(path, 1, f"duplicate column names {duplicates}")
     data_start = first_end if options.header else begin
-    return CsvPlan(source, size, data_start, tuple(names), pa.schema([]), options)
+    if head is not None and not options.header:
+        head = first + head  # the first record is data
+    return CsvPlan(source, size, data_start, tuple(names), pa.schema([]), options, head=head)
+
+
+def _compressed_head(source: Source, options: CsvOptions) -> tuple[bytes, int, bytes]:
+    """A compressed file's first record, where it starts (after a BOM) and the records after it
+    up to about ``infer_bytes``: decompressed, never more than that."""
+    try:
+        with source.open(1 << 20, readahead=True) as raw:
+            stream = open_decompressed(raw, source.compression or "")
+            chunks = record_chunks(
+                stream,
+                quote=options.quote_byte,
+                chunk_bytes=options.infer_bytes,
+                max_record_bytes=options.max_record_bytes,
+            )
+            chunk = next(chunks, None)
+    except CompressedDataError as exc:
+        raise exc.with_path(source.url) from None
+    except StreamRecordTooLong as exc:
+        raise too_long(source.url, exc.line, options.max_record_bytes) from None
+    except UnterminatedQuote as exc:
+        raise CsvFormatError(source.url, exc.line, UNTERMINATED) from None
+    if chunk is None:
+        return b"", 0, b""
+    begin = len(BOM) if chunk.data.startswith(BOM) else 0
+    if begin:
+        chunk = StreamChunk(chunk.index, chunk.data[begin:], begin, chunk.line)
+    first, rest = split_header(chunk, options.quote_byte)
+    return first, begin, rest.data if rest is not None else b""
 
 
 def check_columns(plan: CsvPlan) -> None:
@@ -260,9 +326,9 @@ def infer_schema(plan: CsvPlan) -> CsvPlan:
     names = plan.names
     include = list(options.columns) if options.columns is not None else names
     schema, untyped = _infer_schema(
-        plan.source, options, names, include, _types(options), plan.data_start, plan.size
+        plan.source, options, names, include, _types(options), plan.data_start, plan.size, plan.head
     )
-    return replace(plan, schema=schema, untyped=untyped)
+    return replace(plan, schema=schema, untyped=untyped, head=None)
 
 
 def same_header(plan: CsvPlan, first: CsvPlan) -> CsvPlan:
@@ -278,7 +344,7 @@ def same_header(plan: CsvPlan, first: CsvPlan) -> CsvPlan:
         raise CsvFormatError(
             plan.path, 1, reason + "; every file must have the same columns in the same order"
         )
-    return replace(plan, names=like, schema=first.schema, untyped=first.untyped)
+    return replace(plan, names=like, schema=first.schema, untyped=first.untyped, head=None)
 
 
 def _record_ends(
@@ -299,6 +365,27 @@ def _last_record_end(data: bytes, quote: int | None) -> int:
     return int(ends[-1]) + 1 if ends.size else 0
 
 
+def _file_head(source: Source, options: CsvOptions, data_start: int, size: int) -> bytes:
+    """The records from ``data_start`` up to about ``infer_bytes``, ending on a record boundary
+    (a single record longer than that, or a quote that never closes, means reading on)."""
+    quote = options.quote_byte
+    with source.open(options.infer_bytes) as handle:
+        handle.seek(data_start)
+        head: bytes = handle.read(min(size - data_start, options.infer_bytes))
+        if data_start + len(head) < size:
+            end = _last_record_end(head, quote)
+            if end == 0:
+                limit = options.max_record_bytes
+                try:
+                    end = first_record_start(handle, data_start, False, quote, limit) - data_start
+                except RecordTooLong:
+                    raise too_long(source.url, line_of(source, data_start), limit) from None
+                handle.seek(data_start)
+                head = handle.read(end)
+            head = head[:end]
+    return head
+
+
 def _infer_schema(
     source: Source,
     options: CsvOptions,
@@ -307,32 +394,18 @@ def _infer_schema(
     types: Mapping[str, pa.DataType],
     data_start: int,
     size: int,
+    head: bytes | None = None,
 ) -> tuple[pa.Schema, frozenset[str]]:
-    """Types of the included columns: the user's, else pyarrow's guess from the head, widened so
-    that later chunks cannot silently get another type (binary and null become string).
+    """Types of the included columns: the user's, else pyarrow's guess from the head (read from
+    the file, or given: a compressed file's first records), widened so that later chunks cannot
+    silently get another type (binary and null become string).
 
     Also returns the columns whose type is only a default because the head holds no value.
     """
     if not include:
         return pa.schema([]), frozenset()
-    path = source.url
-    quote = options.quote_byte
-    with source.open(options.infer_bytes) as handle:
-        handle.seek(data_start)
-        head = handle.read(min(size - data_start, options.infer_bytes))
-        if data_start + len(head) < size:
-            # End the head on a record boundary; a single record longer than the head (or a
-            # quote that never closes) means reading on to the next boundary.
-            end = _last_record_end(head, quote)
-            if end == 0:
-                limit = options.max_record_bytes
-                try:
-                    end = first_record_start(handle, data_start, False, quote, limit) - data_start
-                except RecordTooLong:
-                    raise too_long(path, line_of(source, data_start), limit) from None
-                handle.seek(data_start)
-                head = handle.read(end)
-            head = head[:end]
+    if head is None:
+        head = _file_head(source, options, data_start, size)
     if not head.strip():  # header only: no rows to infer from, so text unless told otherwise
         schema = pa.schema([pa.field(name, types.get(name, pa.string())) for name in include])
         return schema, frozenset(name for name in include if name not in types)
@@ -376,7 +449,10 @@ def _buffer(size: int) -> memoryview:
 def read_range(plan: CsvPlan, rng: CsvRange) -> RangeData:
     """Parse ``rng`` of ``plan.path`` with the plan's schema (in a worker)."""
     source = plan.source
-    if source.is_local:
+    if rng.data is not None:  # a chunk of a decompressed stream, read by the parent
+        view = memoryview(rng.data)
+        got = len(view)
+    elif source.is_local:
         view = _buffer(rng.size)
         with open(source.url, "rb", buffering=0) as handle:
             handle.seek(rng.start)
@@ -410,7 +486,7 @@ def read_range(plan: CsvPlan, rng: CsvRange) -> RangeData:
         raw = bytes(view)
         offset = long_record(raw, options.quote_byte, options.max_record_bytes)
         if offset is not None:
-            line = (rng.line or line_of(plan.source, rng.start)) + raw[:offset].count(b"\n")
+            line = _first_line(plan, rng) + raw[:offset].count(b"\n")
             raise too_long(plan.path, line, options.max_record_bytes) from None
         raise _locate(plan, rng, raw, exc) from None
     if not plan.included:
@@ -473,11 +549,16 @@ def _locate(plan: CsvPlan, rng: CsvRange, data: bytes, exc: Exception) -> CsvFor
             offset = 0
         except UnicodeDecodeError as located:
             offset = located.start
-        line = line_of(plan.source, rng.start) + data[:offset].count(b"\n")
+        line = _first_line(plan, rng) + data[:offset].count(b"\n")
         return CsvFormatError(
             plan.path, line, f"bytes that are not valid {plan.options.encoding}: {exc.reason}"
         )
-    return CsvFormatError(plan.path, line or line_of(plan.source, rng.start), text)
+    return CsvFormatError(plan.path, line or _first_line(plan, rng), text)
+
+
+def _first_line(plan: CsvPlan, rng: CsvRange) -> int:
+    """The line ``rng`` starts on: known from the split, else counted in the file."""
+    return rng.line if rng.line is not None else line_of(plan.source, rng.start)
 
 
 def _record_lines(plan: CsvPlan, rng: CsvRange, data: bytes, rows: list[int]) -> list[int]:
@@ -494,7 +575,7 @@ def _record_lines(plan: CsvPlan, rng: CsvRange, data: bytes, rows: list[int]) ->
     first_byte = array[np.minimum(starts, max(len(array) - 1, 0))] if len(array) else starts
     empty = (length == 0) | (length == 1) | ((length == 2) & (first_byte == 13))
     records = starts[~empty]
-    first_line = rng.line if rng.line is not None else line_of(plan.source, rng.start)
+    first_line = _first_line(plan, rng)
     lines = []
     for row in rows:
         start = int(records[min(row - 1, len(records) - 1)]) if len(records) else 0

@@ -57,6 +57,8 @@ class CsvRange:
     end: int
     line: int | None = field(default=None, compare=False)
     file: int = 0
+    # The bytes themselves, for a chunk of a compressed file (decompressed by the parent).
+    data: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def size(self) -> int:

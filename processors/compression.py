@@ -1,0 +1,230 @@
+"""Compressed inputs: which format a file is in (by its first bytes, never its name), and a
+streaming reader of its decompressed bytes.
+
+::
+
+    raw bytes --sniff(head)--> "gzip" | "bz2" | "zstd" --pyarrow CompressedInputStream (C++)--+
+                               "xz" -------------------- stdlib lzma, stream by stream -------+
+                               None (plain)                                                   |
+                               zip, Parquet: NotCsvError                                      v
+                                        DecompressedReader: errors -> CompressedDataError, buffered
+
+pyarrow decompresses gzip, bz2 and zstd in C++ with the GIL released, so a thread can parse
+while another decompresses; it reads every member of a multi-member gzip and every frame of a
+concatenated zstd or bz2 stream (what ``cat a.gz b.gz`` makes). It has no xz codec: xz goes
+through ``lzma.LZMADecompressor`` driven here, because ``lzma.LZMAFile`` silently stops at
+trailing garbage after a stream. A stream that ends early or does not decode is a
+``CompressedDataError`` naming the format, never short data (see
+``benchmarks/bench_decompress.py`` for the speeds that shaped this).
+"""
+
+from __future__ import annotations
+
+import io
+import lzma
+from typing import BinaryIO
+
+import pyarrow as pa
+
+from .errors import CompressedDataError, NotCsvError
+
+__all__ = [
+    "FORMATS",
+    "MAGIC_BYTES",
+    "DecompressedReader",
+    "open_decompressed",
+    "open_input",
+    "sniff",
+]
+
+FORMATS = ("bz2", "gzip", "xz", "zstd")
+MAGIC_BYTES = 6  # the longest signature below (xz); read this many bytes to sniff
+RAW_READ = 1 << 16  # compressed bytes read at a time by the xz loop (pyarrow reads 64 KiB too)
+BUFFER = 1 << 20  # the buffered reader's size; parse chunks are far larger and bypass it
+
+# Not CSV, and often handed over as if they were: what each is, and what to do instead.
+_NOT_CSV = (
+    (b"PK\x03\x04", "is a zip archive, not a CSV file; unzip it first"),
+    (b"PK\x05\x06", "is an empty zip archive, not a CSV file"),
+    (
+        b"PAR1",
+        "is a Parquet file, not a CSV file; read it with pyarrow.parquet or the Parquet jobs",
+    ),
+)
+
+
+def sniff(head: bytes) -> str | None:
+    """The compression format of a file that starts with ``head`` ("gzip", "bz2", "xz", "zstd"),
+    or ``None`` for plain bytes; ``NotCsvError`` for a zip archive or a Parquet file (the caller
+    adds the file's name with ``with_path``). ``head`` is its first ``MAGIC_BYTES`` bytes or all
+    of a shorter file."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"BZh") and len(head) > 3 and ord("1") <= head[3] <= ord("9"):
+        return "bz2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    for magic, reason in _NOT_CSV:
+        if head.startswith(magic):
+            raise NotCsvError(reason)
+    return None
+
+
+class _Source(io.RawIOBase):
+    """The compressed file as pyarrow reads it, remembering what its own reads raised: an error
+    from the file (a dropped connection) is re-raised as itself, not blamed on the data."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self.raw = raw
+        self.failure: BaseException | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.raw.read(size)
+        except BaseException as exc:
+            self.failure = exc
+            raise
+
+
+class _XzReader(io.RawIOBase):
+    """The decompressed bytes of one or more concatenated xz streams (null padding between them
+    allowed, as the format says); an early end or anything else after a stream is an error."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self.raw = raw
+        self.decompressor = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+        self.pending = b""  # compressed bytes read but not yet given to a decompressor
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        out = self._read(len(buffer))
+        buffer[: len(out)] = out
+        return len(out)
+
+    def _read(self, size: int) -> bytes:
+        while True:
+            if self.decompressor.eof:
+                data = self.decompressor.unused_data.lstrip(b"\x00")
+                while not data:  # between streams: only padding, or the end of the file
+                    more = self.raw.read(RAW_READ)
+                    if not more:
+                        return b""
+                    data = more.lstrip(b"\x00")
+                self.decompressor = lzma.LZMADecompressor(lzma.FORMAT_XZ)
+            elif self.decompressor.needs_input:
+                data = self.raw.read(RAW_READ)
+                if not data:
+                    raise EOFError("the stream ends before its end marker")
+            else:
+                data = b""
+            out = self.decompressor.decompress(data, size)
+            if out:
+                return out
+
+
+class DecompressedReader(io.RawIOBase):
+    """The decompressed bytes of a ``kind`` stream; every failure of the data is a
+    ``CompressedDataError`` saying the format, what went wrong and how far it got."""
+
+    def __init__(
+        self, inner: io.RawIOBase | pa.NativeFile, kind: str, source: _Source | None
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.kind = kind
+        self.source = source
+        self.position = 0  # uncompressed bytes returned so far
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        try:
+            got = self.inner.readinto(buffer)
+        except (OSError, EOFError, lzma.LZMAError) as exc:
+            if self.source is not None and exc is self.source.failure:
+                raise  # the file failed, not the data
+            raise CompressedDataError(self.kind, _reason(exc), self.position) from exc
+        got = got or 0
+        self.position += got
+        return got
+
+    def close(self) -> None:
+        self.inner.close()
+        super().close()
+
+
+def _reason(exc: BaseException) -> str:
+    """What a decoder's error means, in words that say whether the file is cut short."""
+    text = str(exc)
+    if isinstance(exc, EOFError) or "Truncated" in text:
+        return "is truncated: the stream ends before its end marker (an incomplete copy?)"
+    return f"is corrupt: {text}"
+
+
+def open_decompressed(raw: BinaryIO, kind: str) -> BinaryIO:
+    """A buffered reader of the decompressed bytes of ``raw`` (positioned at the start of the
+    compressed data), which is in format ``kind`` (one of ``FORMATS``, as ``sniff`` says).
+
+    Reads every member/frame/stream of a concatenation. ``CompressedDataError`` on a truncated
+    or corrupt stream (the caller adds the file's name with ``with_path``); the caller closes
+    ``raw``."""
+    if kind not in FORMATS:
+        raise ValueError(f"kind={kind!r}: must be one of {sorted(FORMATS)}")
+    inner: io.RawIOBase | pa.NativeFile
+    source: _Source | None = None
+    if kind == "xz":
+        inner = _XzReader(raw)
+    else:
+        if not pa.Codec.is_available(kind):
+            raise RuntimeError(f"this pyarrow build has no {kind} codec; install a pyarrow wheel")
+        source = _Source(raw)
+        inner = pa.CompressedInputStream(source, kind)
+    return io.BufferedReader(DecompressedReader(inner, kind, source), BUFFER)
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``raw``: the sniffed bytes given back to a stream that
+    cannot seek."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        super().__init__()
+        self.head = head
+        self.raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        if self.head:
+            got = min(len(buffer), len(self.head))
+            buffer[:got] = self.head[:got]
+            self.head = self.head[got:]
+            return got
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def open_input(raw: BinaryIO) -> tuple[str | None, BinaryIO]:
+    """The format of ``raw`` (see ``sniff``) and a reader of its decompressed bytes (``raw``
+    itself, rewound, for a plain seekable file). ``NotCsvError`` for a zip or Parquet file."""
+    head = raw.read(MAGIC_BYTES)
+    kind = sniff(head)
+    if raw.seekable():
+        raw.seek(-len(head), io.SEEK_CUR)
+        rest: BinaryIO = raw
+    else:
+        rest = io.BufferedReader(_Prefixed(head, raw), BUFFER)
+    if kind is None:
+        return None, rest
+    return kind, open_decompressed(rest, kind)
