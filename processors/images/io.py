@@ -266,7 +266,11 @@ def _decode(
             raise ImageDecodeError(name, "empty file (0 bytes)")
         with contextlib.ExitStack() as stack:
             # a remote object is read by ranged GETs of READ_BLOCK: one for most images
-            opened = path if isinstance(path, str) else stack.enter_context(path.open(READ_BLOCK))
+            opened = (
+                path
+                if isinstance(path, str)
+                else stack.enter_context(path.open(READ_BLOCK, readahead=True))
+            )
             stack.enter_context(_pixel_limit(max_pixels))
             file = stack.enter_context(Image.open(opened))
             jpeg = isinstance(file, JpegImagePlugin.JpegImageFile)
