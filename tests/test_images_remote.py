@@ -293,3 +293,26 @@ def test_jobs_carry_no_secret_in_clear(s3: dict[str, Any]) -> None:
     for blob in (pickle.dumps(plan.jobs), cloudpickle.dumps(plan.jobs)):
         assert SECRET.encode() not in blob
     assert SECRET not in repr(plan.jobs) and SECRET not in str(plan)
+
+
+def test_a_remote_image_is_read_in_one_ranged_get(
+    s3: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    from batchcore.processors.images.io import load_frames
+    from batchcore.processors.storage import expand
+
+    src = upload_samples(s3, "photos")
+    gets: list[tuple[int, int]] = []
+    fetch = s3fs.core.S3File._fetch_range
+
+    def counting_fetch(self: Any, start: int, end: int) -> bytes:
+        gets.append((start, end))
+        return bytes(fetch(self, start, end))
+
+    monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", counting_fetch)
+    for source in expand(src, s3["options"]):
+        gets.clear()
+        load_frames(source)
+        assert len(gets) == 1, (source.url, gets)
