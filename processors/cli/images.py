@@ -6,6 +6,8 @@ stderr, one per output whose format could not hold every frame (or their timing)
 summary (or one JSON object with ``--json``, whose ``dropped`` lists the latter). Exit codes
 (``errors``): 0 every job succeeded, 1 some failed (all the others were written), 2 usage
 (bad filter, no images, an output path that leaves OUT...), 130 interrupted.
+SRC and OUT may be URLs (``s3://bucket/photos/``, ``--storage-option KEY=VALUE`` for the store):
+workers read their own objects and write each output in one PUT.
 Pillow is imported by the handler, not here, so ``batchcore --help`` stays fast.
 """
 

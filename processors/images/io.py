@@ -7,7 +7,11 @@ atomic saves.
     save_image:  working mode -> mode the format can hold (alpha on white for JPEG/BMP) -> ICC
                  profile if it fits -> every frame if the format holds them, else the first
                  and a note of what was dropped -> hidden temporary file in the target folder,
-                 opened without following symlinks -> os.replace
+                 opened without following symlinks -> os.replace; to a URL: encoded in memory
+                 -> one PUT (an object store has no rename; a PUT appears whole)
+
+Images may also be read from URLs (a ``storage.Source``: ranged GETs of 8 MiB through fsspec,
+one for most images) and listed under a URL prefix (``discover_remote_images``: listing only).
 
 Mode rules: 1 -> L; P/PA -> RGBA when transparent, else RGB; L or RGB with a transparent colour
 -> LA/RGBA; CMYK -> RGB through its ICC profile (naive formula without one); 16- and 32-bit
@@ -51,9 +55,11 @@ __all__ = [
     "FORMATS",
     "IMAGE_EXTENSIONS",
     "Frames",
+    "ImageInput",
     "decode_frames",
     "decode_image",
     "discover_images",
+    "discover_remote_images",
     "load_frames",
     "load_image",
     "output_format",
@@ -87,11 +93,11 @@ TIMED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})  # TIFF pages have no duration
 _GIF_TO_APNG = {0: 0, 1: 0, 2: 1, 3: 2}
 _APNG_TO_GIF = {0: 1, 1: 2, 2: 3}
 
-# The limit of the decode running in this context; None: not ours, Pillow's own check applies.
 # Where an image is read from: a local path, or a ``Source`` (a URL, its size and its options).
 ImageInput = str | os.PathLike[str] | Source
 READ_BLOCK = 8 << 20  # bytes per ranged GET of a remote image
 
+# The limit of the decode running in this context; None: not ours, Pillow's own check applies.
 _LIMIT: ContextVar[tuple[int | None] | None] = ContextVar("max_pixels", default=None)
 _INSTALL_LOCK = threading.Lock()
 

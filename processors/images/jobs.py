@@ -18,6 +18,10 @@ outputs are capped by ``max_pixels`` like inputs, and outputs are written under 
 following symlinks (``io.save_image`` with ``root``).
 ``plan_images`` checks everything before any work: filter specs, the output format, output
 paths that would leave OUT, two jobs writing one file, an output that would overwrite an input.
+
+SRC and OUT may be URLs (``s3://bucket/photos/``): the parent lists SRC (keys keep their
+relative folders, as local paths do), each worker reads its own objects and writes each output
+in one PUT; ``skip_existing`` checks OUT's objects, from one listing.
 """
 
 from __future__ import annotations
