@@ -440,3 +440,118 @@ def no_leaks(session_temp_dir: Path) -> Iterator[None]:
         _clean_up(leaks)
         found = "; ".join(_describe(kind, things) for kind, things in leaks.items() if things)
         pytest.fail(f"test left behind {found}")
+
+
+# --- a real S3-compatible server on loopback (moto, tests/s3server.py) -------------------------
+#
+# The session's server is started by the first test that asks for it and stopped at the end.
+# pytest sets up session-scoped fixtures before function-scoped ones, so the server process, its
+# pipes, and the threads s3fs keeps for the program (warmed there) exist before ``no_leaks`` takes
+# its snapshot: they are no test's leak. What a test opens itself (s3fs connections, a private
+# server) is closed by fixtures that request ``no_leaks``, so they are torn down before it checks.
+
+
+@pytest.fixture(autouse=True, scope="session")
+def aws_sandbox() -> Iterator[None]:
+    """For the whole session (subprocesses too): no AWS client reads ``~/.aws`` or the developer's
+    AWS_* credentials, asks instance metadata, or defaults to a real endpoint."""
+    from s3server import AWS_SANDBOX
+
+    saved = {name: os.environ.get(name) for name in AWS_SANDBOX}
+    for name, value in AWS_SANDBOX.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    yield
+    for name, old in saved.items():
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _start_s3_server(auth: bool = False) -> Any:
+    pytest.importorskip("moto")
+    pytest.importorskip("flask", reason='the server needs "moto[server]"')
+    from s3server import start_server
+
+    return start_server(auth=auth)
+
+
+@pytest.fixture(scope="session")
+def s3_server(aws_sandbox: None) -> Iterator[Any]:
+    """The session's ``s3server.S3Server``: ``.endpoint_url`` (``http://127.0.0.1:PORT``),
+    ``.key``/``.secret`` (fake: any are accepted), ``.storage_options()``, ``.client()``."""
+    from s3server import warm_s3fs
+
+    server = _start_s3_server()
+    try:
+        warm_s3fs(server)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_auth_server(s3_server: Any) -> Iterator[Any]:
+    """A second server that checks credentials like AWS (moto's IAM checks on): only its
+    ``.key``/``.secret`` are accepted; a wrong secret is SignatureDoesNotMatch (access denied),
+    an unknown key InvalidAccessKeyId."""
+    server = _start_s3_server(auth=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def s3_connections_closed(no_leaks: None) -> Iterator[None]:
+    """Close the connections cached s3fs filesystems keep (they reconnect when used again)
+    before the leak check looks; nothing to do in tests that never imported s3fs."""
+    yield
+    from s3server import close_s3fs_sessions
+
+    close_s3fs_sessions()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: Any, no_leaks: None) -> Iterator[str]:
+    """The name of a fresh, empty bucket on ``s3_server``; emptied and deleted after the test."""
+    from s3server import close_s3fs_sessions, create_bucket, delete_bucket, new_bucket_name
+
+    bucket = new_bucket_name()
+    create_bucket(s3_server, bucket)
+    yield bucket
+    close_s3fs_sessions()
+    delete_bucket(s3_server, bucket)
+
+
+@pytest.fixture
+def s3_storage_options(s3_server: Any) -> dict[str, Any]:
+    """What a user passes to fsspec/s3fs for ``s3_server``:
+    ``{"endpoint_url": ..., "key": ..., "secret": ...}`` (a new dict each test)."""
+    options: dict[str, Any] = s3_server.storage_options()
+    return options
+
+
+@pytest.fixture
+def s3_put(s3_server: Any, s3_bucket: str) -> Any:
+    """``s3_put(key, data) -> "s3://BUCKET/key"``: uploads bytes or a local file to the bucket."""
+    from s3server import put_object
+
+    def put(key: str, data: bytes | str | Path) -> str:
+        return put_object(s3_server, s3_bucket, key, data)
+
+    return put
+
+
+@pytest.fixture
+def stoppable_s3_server(s3_server: Any, no_leaks: None) -> Iterator[Any]:
+    """A private server (``s3server.S3Server``) the test may ``.kill()`` or ``.stop()`` mid-run;
+    stopped after the test in any case. (It needs ``s3_server`` only for s3fs's warm threads.)"""
+    server = _start_s3_server()
+    try:
+        yield server
+    finally:
+        server.stop()
