@@ -6,13 +6,7 @@ corrupt object fails its own jobs naming its URL, and keys that would leave OUT 
 from __future__ import annotations
 
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,62 +18,21 @@ from PIL import Image
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
+from s3server import FAKE_SECRET
+
 from batchcore.processors.cli import main
 from batchcore.processors.errors import ImagesUsageError
 from batchcore.processors.images.jobs import plan_images, run_images
 from batchcore.processors.storage import Source, filesystem
 
-SECRET = "s3cr3t-images-remote-value"
+SECRET = FAKE_SECRET  # what s3_storage_options hold
 FILTERS = ["grayscale", "thumbnail:size=16"]
 
 
-# --- a moto S3 server in a subprocess, for this module ------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the moto server did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 @pytest.fixture
-def s3(s3_endpoint: str) -> dict[str, Any]:
-    """Storage options for the server, with a fresh bucket (``bucket``) of this test's own."""
-    options: dict[str, Any] = {
-        "key": "AKIDIMAGESREMOTE",
-        "secret": SECRET,
-        "endpoint_url": s3_endpoint,
-        "client_kwargs": {"region_name": "eu-west-1"},
-    }
-    bucket = f"img-{uuid.uuid4().hex[:12]}"
-    filesystem("s3://", options).mkdir(bucket)
-    return {"options": options, "bucket": bucket}
+def s3(s3_bucket: str, s3_storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The session's server (``tests/s3server.py``): its storage options and a fresh bucket."""
+    return {"options": s3_storage_options, "bucket": s3_bucket}
 
 
 def fs_of(s3: dict[str, Any]) -> Any:
@@ -238,10 +191,7 @@ def test_cli_reads_and_writes_urls_with_storage_options(
 ) -> None:
     src = upload_samples(s3, "photos")
     out = f"s3://{s3['bucket']}/cli-out/"
-    options = [
-        f"--storage-option={k}={v}" for k, v in s3["options"].items() if k != "client_kwargs"
-    ]
-    options.append("--storage-option=client_kwargs.region_name=eu-west-1")
+    options = [f"--storage-option={k}={v}" for k, v in s3["options"].items()]
     args = ["images", src, "-o", out, *[f"-f{f}" for f in FILTERS], *options, "--no-progress"]
     assert main([*args, "--backend", "thread"]) == 0
     printed = capsys.readouterr()

@@ -7,13 +7,7 @@ without it."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +17,8 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
+from s3server import FAKE_SECRET
+
 from batchcore.processors import outputs
 from batchcore.processors.cli import main
 from batchcore.processors.csv.jobs import csv_to_parquet
@@ -30,7 +26,7 @@ from batchcore.processors.outputs import dataset_parts
 from batchcore.processors.storage import filesystem
 
 HEADER = b"id,region,amount\n"
-SECRET = "s3cr3t-remote-out-value"
+SECRET = FAKE_SECRET  # what s3_storage_options hold
 
 
 def rows(count: int, start: int = 0) -> bytes:
@@ -40,53 +36,10 @@ def rows(count: int, start: int = 0) -> bytes:
     )
 
 
-# --- a moto S3 server in a subprocess, for this module ------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the moto server did not start") from None
-                time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-
-
 @pytest.fixture
-def s3(s3_endpoint: str) -> dict[str, Any]:
-    """Storage options for the server, with a fresh bucket (``bucket``) of this test's own."""
-    options: dict[str, Any] = {
-        "key": "AKIDREMOTEOUT",
-        "secret": SECRET,
-        "endpoint_url": s3_endpoint,
-        "client_kwargs": {"region_name": "eu-west-1"},
-    }
-    bucket = f"test-{uuid.uuid4().hex[:12]}"
-    filesystem("s3://", options).mkdir(bucket)
-    return {"options": options, "bucket": bucket}
+def s3(s3_bucket: str, s3_storage_options: dict[str, Any]) -> dict[str, Any]:
+    """The session's server (``tests/s3server.py``): its storage options and a fresh bucket."""
+    return {"options": s3_storage_options, "bucket": s3_bucket}
 
 
 def fs_of(s3: dict[str, Any]) -> Any:
@@ -231,10 +184,7 @@ def test_a_non_empty_prefix_is_refused_without_overwrite(
     s3: dict[str, Any], csv_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = f"s3://{s3['bucket']}/ds"
-    options = [
-        f"--storage-option={k}={v}" for k, v in s3["options"].items() if k != "client_kwargs"
-    ]
-    options.append("--storage-option=client_kwargs.region_name=eu-west-1")
+    options = [f"--storage-option={k}={v}" for k, v in s3["options"].items()]
     assert main(["csv", "to-parquet", str(csv_file), url, "--chunk-bytes", "8000", *options]) == 0
     before = listing(s3, f"{s3['bucket']}/ds")
     capsys.readouterr()
@@ -272,9 +222,7 @@ def test_a_missing_bucket_is_refused_before_any_work(
     s3: dict[str, Any], csv_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
-    options = [
-        f"--storage-option={k}={v}" for k, v in s3["options"].items() if k != "client_kwargs"
-    ]
+    options = [f"--storage-option={k}={v}" for k, v in s3["options"].items()]
     code = main(["csv", "to-parquet", str(csv_file), f"s3://{bucket}/ds", *options])
     err = capsys.readouterr().err
     assert code == 2
