@@ -266,3 +266,17 @@ def test_a_remote_image_is_read_in_one_ranged_get(
         gets.clear()
         load_frames(source)
         assert len(gets) == 1, (source.url, gets)
+
+
+def test_two_objects_writing_one_output_key_are_refused(s3: dict[str, Any]) -> None:
+    fs = fs_of(s3)
+    for name in ("a.png", "a.jpg"):
+        fs.pipe_file(f"{s3['bucket']}/photos/{name}", (SAMPLES / "gray.png").read_bytes())
+    src, out = f"s3://{s3['bucket']}/photos/", f"s3://{s3['bucket']}/out"
+    with pytest.raises(ImagesUsageError, match=r"would both be written to s3://.*/out/a_grayscale"):
+        plan_images(src, out, ["grayscale"], fmt="png", storage_options=s3["options"])
+    # keys are case-sensitive on a store: A.png and a.png are two outputs, unlike on macOS
+    fs.pipe_file(f"{s3['bucket']}/photos/A.png", (SAMPLES / "gray.png").read_bytes())
+    fs.rm_file(f"{s3['bucket']}/photos/a.jpg")
+    plan = plan_images(src, out, ["grayscale"], storage_options=s3["options"])
+    assert len({job.output for job in plan.jobs}) == 2
