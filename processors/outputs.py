@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .storage import StorageOptions, filesystem, is_url, protect_options, protocol_of, secrets_in
+from .storage_errors import retrying
 
 __all__ = [
     "RemoteDataset",
@@ -112,14 +113,8 @@ def put_object(url: str, data: bytes, options: Mapping[str, Any] | None = None) 
     """Write ``data`` as the object ``url`` in one PUT: it appears whole, or not at all. An
     ``OSError`` names ``url`` (and no secret of ``options``)."""
     fs = filesystem(url, options)
-    try:
-        fs.pipe_file(url, data)
-    except OSError as exc:
-        if exc.filename is not None:
-            raise
-        reason = scrub(exc.strerror or str(exc) or type(exc).__name__, options)
-        code = exc.errno or _ERRNO.get(type(exc), errno.EIO)
-        raise type(exc)(code, reason, url) from None
+    # A PUT of the whole object is idempotent: a transient failure is simply made again.
+    retrying(lambda: fs.pipe_file(url, data), url, secrets=secrets_in(options))
 
 
 def existing_objects(prefix: str, options: Mapping[str, Any] | None = None) -> set[str]:
