@@ -13,6 +13,8 @@ an error naming the extra. fsspec was chosen over pyarrow's filesystems because 
 protocol the jobs accept (pyarrow has no ``memory://``, ``https://`` or any third-party store)
 with one API, and its ``storage_options`` are what pandas, Dask and polars users already write.
 
+Every remote read and listing goes through ``storage_errors.retrying``: transient failures are
+tried again with backoff a bounded number of times, then a ``StorageError`` names the URL.
 Options with secret-looking names (``secret``, ``token``, ``password``, ``key``...) are kept as
 ``batchcore.Secret``: masked in every message and sealed when pickled to a worker.
 """
@@ -26,7 +28,6 @@ import stat
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
@@ -36,14 +37,20 @@ from .errors import MissingExtraError
 from .storage_errors import S3FS_RETRIES, retrying, with_s3_defaults
 
 __all__ = [
+    "InputFile",
     "MissingExtraError",
     "Source",
+    "SourceLike",
     "StorageOptions",
+    "describe",
     "expand",
+    "filesystem",
     "is_url",
+    "open_input",
     "parse_storage_option",
-    "protocol_of",
     "protect_options",
+    "protocol_of",
+    "secrets_in",
 ]
 
 StorageOptions = dict[str, Any]
@@ -272,14 +279,6 @@ class _RetryingFile:
         self.close()
 
 
-def as_source(path: Source | str | os.PathLike[str]) -> Source:
-    """``path`` as a ``Source`` (a local file's size read now)."""
-    if isinstance(path, Source):
-        return path
-    text = os.fspath(path)
-    return Source(text, os.stat(text).st_size)
-
-
 # --- many inputs -------------------------------------------------------------------------------
 
 
@@ -374,11 +373,6 @@ def describe(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     return ", ".join(os.fspath(item) for item in inputs)
 
 
-def local_path(source: Source) -> Path:
-    """A local source's path (for code that only works on local files)."""
-    return Path(source.url)
-
-
 SourceLike = Source | str
 
 
@@ -387,8 +381,3 @@ def open_input(source: SourceLike, block_size: int = 1 << 20) -> InputFile:
     if isinstance(source, str):
         return open(source, "rb", buffering=0)
     return source.open(block_size)
-
-
-def url_of(source: SourceLike) -> str:
-    """What error messages call ``source``: its path or URL."""
-    return source if isinstance(source, str) else source.url

@@ -272,3 +272,60 @@ def test_a_server_stopped_mid_run_fails_the_ranges_it_could_not_serve(
     for failure in failed:
         assert isinstance(failure.exception, StorageConnectionError)
         assert str(failure.exception).startswith(url)
+
+
+def test_on_dask_workers_decompress_compressed_objects_the_client_reads_their_head(
+    s3_sales: str,
+    s3_storage_options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A compressed object on Dask is one item per file, decompressed by its worker; the client
+    reads its first bytes (header and the inference head) only."""
+    pytest.importorskip("distributed")
+    import gzip
+
+    import s3fs
+
+    body = b"".join(ROWS) * 40  # ~17 MB of CSV, ~4 MB of gzip
+    compressed = gzip.compress(HEADER + body, compresslevel=1)
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    fs.pipe(f"{s3_sales[5:]}/gz/a.csv.gz", compressed)
+    fs.pipe(f"{s3_sales[5:]}/gz/b.csv", HEADER + b"".join(ROWS))  # plain, beside it
+    fetched: list[int] = []
+    real_open = storage.Source.open
+
+    def counting_open(self: storage.Source, *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(self, *args, **kwargs)
+        real_read = handle.read
+
+        def read(size: int = -1) -> bytes:
+            data: bytes = real_read(size)
+            fetched.append(len(data))
+            return data
+
+        handle.read = read
+        return handle
+
+    monkeypatch.setattr(storage.Source, "open", counting_open)
+    got = csv_stats(
+        f"{s3_sales}/gz/",
+        ["amount"],
+        backend="dask",
+        workers=2,
+        chunk_bytes=1 << 20,
+        storage_options=s3_storage_options,
+    )
+    assert got.rows == REFERENCE.rows * 41
+    assert sum(fetched) < 2 << 20 < len(compressed) // 2
+    result = csv_to_parquet(
+        f"{s3_sales}/gz/a.csv.gz",
+        tmp_path / "ds",
+        backend="dask",
+        workers=2,
+        chunk_bytes=4 << 20,
+        storage_options=s3_storage_options,
+    )
+    names = sorted(p.name for p in (tmp_path / "ds").glob("part-*"))
+    assert names[:2] == ["part-00000-00000.parquet", "part-00000-00001.parquet"]
+    assert result["rows"] == pq.read_table(tmp_path / "ds").num_rows == REFERENCE.rows * 40

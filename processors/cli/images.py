@@ -61,9 +61,10 @@ def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser.add_argument(
         "src",
         metavar="SRC",
-        nargs="?",
-        help="an image, a folder of images, or a URL (s3://bucket/photos/: listed recursively; "
-        "each worker reads its own objects)",
+        nargs="*",
+        help="an image, a folder of images, a glob (quoted: 'photos/2024-*/*.jpg'), or a URL "
+        "(s3://bucket/photos/: listed recursively; each worker reads its own objects); "
+        "several are one run",
     )
     parser.add_argument(
         "-o",
@@ -144,7 +145,7 @@ def run_images_command(args: argparse.Namespace) -> int:
         )
     summary = run_job(
         lambda: run_images(
-            args.src,
+            args.src[0] if len(args.src) == 1 else args.src,
             args.out,
             args.filters,
             backend=args.backend,
@@ -157,7 +158,7 @@ def run_images_command(args: argparse.Namespace) -> int:
             grouped=args.grouped,
             storage_options=storage_options(args) or None,
         ),
-        args.src,
+        ", ".join(args.src),
     )
     for result in summary.failed:
         print(f"{PROG}: failed [{result.filter}]: {result.reason}", file=sys.stderr)

@@ -316,8 +316,8 @@ def csv_stats(
 
 # --- Parquet -----------------------------------------------------------------------------------
 
-PART = "part-{index:05d}.parquet"
-REMOTE_PART = "part-{index:05d}-{run}.parquet"
+PART = "part-{index}.parquet"  # index: the range's, 00012; or 00012-00003, a compressed file's
+REMOTE_PART = "part-{index}-{run}.parquet"  # 4th chunk, when its worker decompressed it (Dask)
 SUCCESS = "_SUCCESS"
 log = logging.getLogger("batchcore")
 
@@ -383,12 +383,12 @@ class ParquetNode(CSVBatchNode):
         rng = self.current_range
         assert rng is not None
         if self.remote is not None:  # encoded whole in memory, then one PUT: no rename there
-            name = REMOTE_PART.format(index=rng.index, run=self.remote.run)
+            name = REMOTE_PART.format(index=_part_index(rng), run=self.remote.run)
             buffer = pa.BufferOutputStream()
             pq.write_table(table, buffer)
             self.remote.put_part(name, buffer.getvalue().to_pybytes())
             return name, table.num_rows
-        final = self.part_dir / PART.format(index=rng.index)
+        final = self.part_dir / PART.format(index=_part_index(rng))
         write_atomically(final, lambda temporary: pq.write_table(table, str(temporary)))
         return final.name, table.num_rows
 
@@ -416,6 +416,11 @@ class ParquetNode(CSVBatchNode):
             "skipped_lines": list(self.csv_report.skipped_lines),
         }
         return "done"
+
+
+def _part_index(rng: CsvRange) -> str:
+    """A part's number in its name: in file order, as the ranges are."""
+    return f"{rng.index:05d}" + (f"-{rng.chunk:05d}" if rng.chunk is not None else "")
 
 
 def _written_by_us(name: str) -> bool:

@@ -97,6 +97,13 @@ class _RangeResult:
     skipped_lines: list[tuple[str, int]]
 
 
+@dataclass
+class _FileResult:
+    """What a whole compressed file's item returns: one result per chunk, in order."""
+
+    parts: list[_RangeResult]
+
+
 Span = tuple[int, int, int]  # a block to scan: (input file, start, end)
 STREAM_READ = 8 << 20  # compressed bytes fetched at a time: few round trips to a remote store
 PREFETCH = 2  # decompressed chunks ready ahead of the batch
@@ -177,6 +184,17 @@ class _ParsesRange(Node):
             return super()._exec(prep_res)
         assert self.csv_plans, "prep must call self.split(path)"
         plan = self.csv_plans[prep_res.file]
+        if prep_res.whole:  # a compressed file, decompressed here, run chunk by chunk
+            chunks = _stream_ranges(plan, prep_res.file)
+            return _FileResult(
+                [
+                    self._exec_range(plan, replace(chunk, index=prep_res.index, chunk=number))
+                    for number, chunk in enumerate(chunks)
+                ]
+            )
+        return self._exec_range(plan, prep_res)
+
+    def _exec_range(self, plan: CsvPlan, prep_res: CsvRange) -> _RangeResult:
         data: RangeData = read_range(plan, prep_res)
         table: Any = data.table
         if plan.options.output == "pandas":
@@ -320,11 +338,19 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         ahead = default_workers()  # one stream per core at most
         started: dict[int, _Prefetch[CsvRange]] = {}
         compressed = [file for file, plan in enumerate(plans) if plan.compression is not None]
+        # On Dask the client must not read the data: each compressed file is one item that its
+        # worker decompresses and runs chunk by chunk (parallel across files, not within one).
+        whole = resolve_options(self, None).backend.name == "dask"
         index = 0
         try:
             for file, (plan, found) in enumerate(zip(plans, ranges, strict=True)):
                 if plan.compression is None:
                     chunks: Iterator[CsvRange] = iter(found)
+                elif whole:
+                    self.csv_report.ranges += 1
+                    yield CsvRange(index, plan.data_start, plan.size, file=file, whole=True)
+                    index += 1
+                    continue
                 else:
                     upcoming = [f for f in compressed if f >= file][:ahead]
                     for next_file in upcoming:
@@ -374,14 +400,19 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         report = self.csv_report
         values = []
         for result in results:
-            if isinstance(result, _RangeResult):
-                report.rows += result.rows
-                report.skipped += result.skipped
-                room = MAX_REPORTED_LINES - len(report.skipped_lines)
-                report.skipped_lines.extend(result.skipped_lines[: max(room, 0)])
-                values.append(result.value)
-            else:
-                values.append(result)
+            parts: list[Any] = [result]
+            if isinstance(result, _FileResult):  # a whole compressed file: its chunks
+                report.ranges += len(result.parts) - 1
+                parts = list(result.parts)
+            for part in parts:
+                if isinstance(part, _RangeResult):
+                    report.rows += part.rows
+                    report.skipped += part.skipped
+                    room = MAX_REPORTED_LINES - len(report.skipped_lines)
+                    report.skipped_lines.extend(part.skipped_lines[: max(room, 0)])
+                    values.append(part.value)
+                else:
+                    values.append(part)
         return values
 
 

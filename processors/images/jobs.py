@@ -26,9 +26,11 @@ in one PUT; ``skip_existing`` checks OUT's objects, from one listing.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,7 @@ from .io import (
     decode_frames,
     discover_images,
     discover_remote_images,
+    is_image_name,
     load_frames,
     output_format,
     save_image,
@@ -482,6 +485,8 @@ def _find_sources(src: str, out: str, options: StorageOptions) -> tuple[list[_Fo
             )
         found = discover_remote_images(src, options, exclude=out if same_store else None)
         return [(source, folder) for source, folder in found], src
+    if GLOB.search(src):
+        return _glob_sources(src, out), src
     src_path = Path(src)
     if not src_path.exists():
         raise FileNotFoundError(2, "no such file or folder", str(src_path))
@@ -497,12 +502,37 @@ def _find_sources(src: str, out: str, options: StorageOptions) -> tuple[list[_Fo
     return [(path, relative.as_posix()) for path, relative in local], src_path
 
 
+GLOB = re.compile(r"[*?\[]")
+
+
+def _glob_sources(pattern: str, out: str) -> list[_Found]:
+    """The images a local glob matches (``photos/2024-*/*.jpg``), each with its folder relative
+    to the pattern's fixed part (``photos``), the output folder left out."""
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if GLOB.search(part))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    excluded = os.path.realpath(out) if not is_remote(out) else None
+    found: list[_Found] = []
+    for name in sorted(glob.glob(pattern, recursive=True)):
+        path = Path(name)
+        hidden = any(part.startswith(".") for part in path.relative_to(base).parts)
+        if not path.is_file() or hidden or not is_image_name(path.name):
+            continue
+        real = os.path.realpath(path)
+        if excluded is not None and (real + os.sep).startswith(excluded + os.sep):
+            continue
+        found.append((path, path.parent.relative_to(base).as_posix()))
+    if not found:
+        raise FileNotFoundError(2, "no image matches this pattern", pattern)
+    return found
+
+
 def _name_of(source: Path | Source) -> str:
     return source.name if isinstance(source, Path) else source.url.rsplit("/", 1)[-1]
 
 
 def plan_images(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     filters: str | Iterable[str],
     *,
@@ -526,12 +556,21 @@ def plan_images(
     if ext is not None:
         output_format(ext)
     options = protect_options(storage_options)
-    src_text, out_text = local_part(os.fspath(src)), local_part(os.fspath(out))
+    srcs = [src] if isinstance(src, str | os.PathLike) else list(src)
+    if not srcs:
+        raise ImagesUsageError("no source given")
+    out_text = local_part(os.fspath(out))
     remote_out = is_remote(out_text)
     out_path = Path(out_text)
     if not remote_out and out_path.exists() and not out_path.is_dir():
         raise NotADirectoryError(20, "exists and is not a folder", str(out_path))
-    sources, src_as_given = _find_sources(src_text, out_text, options)
+    sources: list[_Found] = []
+    given: list[Path | str] = []
+    for each in srcs:
+        found, as_given = _find_sources(local_part(os.fspath(each)), out_text, options)
+        sources += found
+        given.append(as_given)
+    src_as_given = given[0] if len(given) == 1 else ", ".join(map(str, given))
     if not sources:
         raise ImagesUsageError(
             f"{src_as_given}: no images found (looked for {', '.join(sorted(FORMATS))}, "
@@ -664,7 +703,7 @@ class ImagesSummary:
 
 
 def run_images(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     filters: str | Iterable[str],
     *,
