@@ -13,6 +13,8 @@ an error naming the extra. fsspec was chosen over pyarrow's filesystems because 
 protocol the jobs accept (pyarrow has no ``memory://``, ``https://`` or any third-party store)
 with one API, and its ``storage_options`` are what pandas, Dask and polars users already write.
 
+Every remote read and listing goes through ``storage_errors.retrying``: transient failures are
+tried again with backoff a bounded number of times, then a ``StorageError`` names the URL.
 Options with secret-looking names (``secret``, ``token``, ``password``, ``key``...) are kept as
 ``batchcore.Secret``: masked in every message and sealed when pickled to a worker.
 """
@@ -23,29 +25,36 @@ import glob
 import os
 import re
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from batchcore.sealed import Secret, reveal
 
 from .errors import MissingExtraError
+from .storage_errors import S3FS_RETRIES, retrying, with_s3_defaults
 
 __all__ = [
+    "InputFile",
     "MissingExtraError",
     "Source",
+    "SourceLike",
     "StorageOptions",
+    "describe",
     "expand",
+    "filesystem",
     "is_url",
+    "open_input",
     "parse_storage_option",
-    "protocol_of",
     "protect_options",
+    "protocol_of",
+    "secrets_in",
 ]
 
 StorageOptions = dict[str, Any]
+T = TypeVar("T")
 
 
 class InputFile(Protocol):
@@ -150,7 +159,12 @@ def _cached_filesystem(protocol: str, frozen: tuple[tuple[str, Any], ...]) -> An
     import fsspec
 
     options = reveal(_thaw(frozen))
-    return fsspec.filesystem(protocol, **options)
+    if protocol in ("s3", "s3a"):
+        options = with_s3_defaults(options)  # botocore's own retries off: ``retrying`` retries
+    fs = fsspec.filesystem(protocol, **options)
+    if protocol in ("s3", "s3a"):
+        fs.retries = S3FS_RETRIES  # s3fs takes its retry count as an attribute, not an option
+    return fs
 
 
 def _freeze(value: Any) -> Any:
@@ -209,10 +223,10 @@ class Source:
             return open(self.url, "rb", buffering=0)
         fs = filesystem(self.url, self.options)
         cache = "readahead" if readahead else "none"
-        handle: InputFile = fs.open(
-            self.url, "rb", block_size=block_size, cache_type=cache, size=self.size
+        handle = self._retrying(
+            lambda: fs.open(self.url, "rb", block_size=block_size, cache_type=cache, size=self.size)
         )
-        return handle
+        return _RetryingFile(handle, self)
 
     def read(self, start: int, end: int) -> bytes:
         """Bytes ``start..end-1``: one positioned read, or one ranged GET."""
@@ -220,16 +234,49 @@ class Source:
             with open(self.url, "rb", buffering=0) as handle:
                 return os.pread(handle.fileno(), end - start, start)
         fs = filesystem(self.url, self.options)
-        data: bytes = fs.cat_file(self.url, start=start, end=end)
+        data: bytes = self._retrying(lambda: fs.cat_file(self.url, start=start, end=end))
         return data
 
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """``call()``, transient failures retried with backoff; else a ``StorageError`` that
+        names this URL and shows no secret of the options."""
+        return retrying(call, self.url, secrets=secrets_in(self.options))
 
-def as_source(path: Source | str | os.PathLike[str]) -> Source:
-    """``path`` as a ``Source`` (a local file's size read now)."""
-    if isinstance(path, Source):
-        return path
-    text = os.fspath(path)
-    return Source(text, os.stat(text).st_size)
+
+class _RetryingFile:
+    """A remote file whose reads are retried (a failed ranged GET leaves the position as it
+    was, so the same read can be made again) and whose errors name the URL."""
+
+    def __init__(self, handle: Any, source: Source) -> None:
+        self.handle = handle
+        self.source = source
+
+    def read(self, size: int = -1, /) -> bytes:
+        data: bytes = self.source._retrying(lambda: self.handle.read(size))
+        return data
+
+    def readinto(self, buffer: Any, /) -> int | None:
+        got: int | None = self.source._retrying(lambda: self.handle.readinto(buffer))
+        return got
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        position: int = self.handle.seek(offset, whence)
+        return position
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __getattr__(self, name: str) -> Any:  # tell, seekable, size...: the file's own
+        return getattr(self.handle, name)
+
+    def __enter__(self) -> _RetryingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # --- many inputs -------------------------------------------------------------------------------
@@ -264,6 +311,10 @@ def _local_sources(pattern: str) -> list[Source]:
 def _remote_sources(url: str, options: StorageOptions) -> list[Source]:
     fs = filesystem(url, options)
     protocol = protocol_of(url)
+    secrets = secrets_in(options)
+
+    def listing(call: Callable[[], T]) -> T:
+        return retrying(call, url, secrets=secrets)
 
     def full(path: str) -> str:
         return path if is_url(path) else f"{protocol}://{path}"
@@ -272,15 +323,15 @@ def _remote_sources(url: str, options: StorageOptions) -> list[Source]:
         return Source(full(path), int(info.get("size") or 0), options)
 
     if _GLOB.search(url.split("://", 1)[1]):
-        matches = fs.glob(url, detail=True)
+        matches = listing(lambda: fs.glob(url, detail=True))
         files = [source(p, i) for p, i in sorted(matches.items()) if i.get("type") != "directory"]
         if not files:
             raise FileNotFoundError(2, "no object matches this pattern", url)
         return files
-    info = fs.info(url)  # FileNotFoundError for a missing key
+    info = listing(lambda: fs.info(url))  # StorageNotFoundError for a missing key
     if info.get("type") != "directory":
         return [source(url, info)]
-    found = fs.find(url, detail=True)
+    found = listing(lambda: fs.find(url, detail=True))
     files = [
         source(path, item)
         for path, item in sorted(found.items())
@@ -322,11 +373,6 @@ def describe(inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) 
     return ", ".join(os.fspath(item) for item in inputs)
 
 
-def local_path(source: Source) -> Path:
-    """A local source's path (for code that only works on local files)."""
-    return Path(source.url)
-
-
 SourceLike = Source | str
 
 
@@ -335,8 +381,3 @@ def open_input(source: SourceLike, block_size: int = 1 << 20) -> InputFile:
     if isinstance(source, str):
         return open(source, "rb", buffering=0)
     return source.open(block_size)
-
-
-def url_of(source: SourceLike) -> str:
-    """What error messages call ``source``: its path or URL."""
-    return source if isinstance(source, str) else source.url

@@ -178,3 +178,30 @@ def test_the_cli_reads_a_gzip_file_it_used_to_misread(
     assert main(["csv", "stats", str(broken), "--sum", "amount"]) == 1
     err = capsys.readouterr().err
     assert str(broken) in err and "gzip" in err and "truncated" in err
+
+
+def test_several_parts_are_decompressed_at_once_and_stopped_with_the_batch(
+    tmp_path: Path,
+) -> None:
+    """Each compressed part has its decompressing thread; a batch that fails stops them all."""
+    import threading
+
+    for number in range(6):
+        data = HEADER + b"".join(ROWS[number * 800 : (number + 1) * 800])
+        write_bytes(tmp_path / f"part-{number}.csv.gz", gzip.compress(data))
+    got = csv_stats(tmp_path, ["amount", "qty"], group_by="region", chunk_bytes=5_000)
+    assert got.rows == 4800
+
+    seen_threads: list[int] = []
+
+    class Fails(CSVBatchNode):
+        def exec(self, table: Any) -> None:
+            seen_threads.append(
+                sum(t.name == "batchcore-decompress" for t in threading.enumerate())
+            )
+            raise RuntimeError("stop here")
+
+    with pytest.raises(RuntimeError, match="stop here"):
+        Fails(str(tmp_path), chunk_bytes=5_000, backend="thread").run({})
+    assert max(seen_threads) >= 2  # the next part was decompressing already
+    assert not [t for t in threading.enumerate() if t.name == "batchcore-decompress"]

@@ -219,9 +219,20 @@ def test_a_missing_url_is_not_found(memory_parts: str) -> None:
         csv_stats(f"{memory_parts}/nope.csv", ["amount"])
 
 
-def test_an_unknown_protocol_names_what_to_install() -> None:
+def test_an_unknown_protocol_names_what_to_install(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(MissingExtraError, match="nosuchfs"):
         expand("nosuchfs://bucket/key.csv")
+    for url, extra, package in (
+        ("gs://b/x.csv", "gcs", "gcsfs"),
+        ("az://c/x.csv", "azure", "adlfs"),
+    ):
+        try:
+            __import__(package)
+        except ImportError:
+            with pytest.raises(MissingExtraError, match=rf"batchcore\[{extra}\]"):
+                expand(url)
+            assert main(["csv", "stats", url, "--sum", "amount"]) == 2
+            assert f"{url}: reading" in capsys.readouterr().err
 
 
 # --- options and secrets ------------------------------------------------------------------------

@@ -174,3 +174,158 @@ def test_a_secret_never_shows(
         assert SECRET not in text
     for blob in blobs:
         assert SECRET.encode() not in blob
+
+
+# --- what goes wrong: missing, denied, a server that stops --------------------------------------
+
+
+def test_a_missing_key_or_bucket_is_named(
+    s3_sales: str, s3_storage_options: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchcore.processors.storage_errors import StorageNotFoundError
+
+    for url, said in (
+        (f"{s3_sales}/nope.csv", f"{s3_sales}/nope.csv: no such key"),
+        ("s3://no-such-bucket-here/sales.csv", "s3://no-such-bucket-here: no such bucket"),
+    ):
+        with pytest.raises(StorageNotFoundError) as info:
+            csv_stats(url, ["amount"], storage_options=s3_storage_options)
+        assert str(info.value) == said
+    flags = [f"--storage-option={k}={v}" for k, v in s3_storage_options.items()]
+    assert main(["csv", "stats", f"{s3_sales}/nope.csv", "--sum", "amount", *flags]) == 2
+    assert f"{s3_sales}/nope.csv: no such key" in capsys.readouterr().err
+
+
+def test_wrong_credentials_are_denied_naming_the_url_never_the_secret(
+    s3_auth_server: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uuid
+
+    import s3fs
+
+    from batchcore.processors.storage_errors import StoragePermissionError
+
+    right = s3_auth_server.storage_options()
+    bucket = f"auth-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(**right)
+    fs.mkdir(bucket)
+    fs.pipe(f"{bucket}/sales.csv", SALES.read_bytes())
+    url = f"s3://{bucket}/sales.csv"
+    assert csv_stats(url, ["amount"], storage_options=right).rows == REFERENCE.rows
+    wrong = {**right, "secret": SECRET}
+    with pytest.raises(StoragePermissionError) as info:
+        csv_stats(url, ["amount"], storage_options=wrong)
+    assert str(info.value).startswith(f"{url}: access denied")
+    flags = [f"--storage-option={k}={v}" for k, v in wrong.items()]
+    assert main(["csv", "stats", url, "--sum", "amount", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "access denied" in err and url in err and SECRET not in err
+    fs.rm(bucket, recursive=True)
+
+
+def test_a_server_stopped_mid_run_fails_the_ranges_it_could_not_serve(
+    stoppable_s3_server: Any,
+) -> None:
+    """Each range that cannot be read after its retries fails as its own item, naming the URL;
+    ranges read before the outage succeed; the run ends within the retries' bound."""
+    import time
+    import uuid
+
+    import s3fs
+
+    from batchcore.processors.storage_errors import StorageConnectionError, failure_bound
+
+    options = stoppable_s3_server.storage_options()
+    bucket = f"stop-{uuid.uuid4().hex[:12]}"
+    fs = s3fs.S3FileSystem(**options)
+    fs.mkdir(bucket)
+    fs.pipe(f"{bucket}/sales.csv", SALES.read_bytes())
+    url = f"s3://{bucket}/sales.csv"
+    outcomes: list[Any] = []
+
+    class StopsTheServer(CSVBatchNode):
+        def exec(self, table: Any) -> int:
+            rng = self.current_range
+            assert rng is not None
+            if rng.index == 1:
+                stoppable_s3_server.kill()
+            return int(table.num_rows)
+
+        def post(self, shared: Any, prep_res: Any, exec_res: list[Any]) -> None:
+            outcomes.extend(exec_res)
+
+    node = StopsTheServer(
+        url,
+        chunk_bytes=50_000,
+        storage_options=options,
+        backend="thread",
+        workers=1,
+        on_error="collect",
+    )
+    began = time.monotonic()
+    node.run({})
+    assert time.monotonic() - began < failure_bound() + 30
+    failed = node.batch_stats.failures
+    assert outcomes and failed  # ranges read before the outage, and those after
+    assert sum(outcomes) < REFERENCE.rows
+    assert len(outcomes) + len(failed) == node.csv_report.ranges
+    for failure in failed:
+        assert isinstance(failure.exception, StorageConnectionError)
+        assert str(failure.exception).startswith(url)
+
+
+def test_on_dask_workers_decompress_compressed_objects_the_client_reads_their_head(
+    s3_sales: str,
+    s3_storage_options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A compressed object on Dask is one item per file, decompressed by its worker; the client
+    reads its first bytes (header and the inference head) only."""
+    pytest.importorskip("distributed")
+    import gzip
+
+    import s3fs
+
+    body = b"".join(ROWS) * 40  # ~17 MB of CSV, ~4 MB of gzip
+    compressed = gzip.compress(HEADER + body, compresslevel=1)
+    fs = s3fs.S3FileSystem(**s3_storage_options)
+    fs.pipe(f"{s3_sales[5:]}/gz/a.csv.gz", compressed)
+    fs.pipe(f"{s3_sales[5:]}/gz/b.csv", HEADER + b"".join(ROWS))  # plain, beside it
+    fetched: list[int] = []
+    real_open = storage.Source.open
+
+    def counting_open(self: storage.Source, *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(self, *args, **kwargs)
+        real_read = handle.read
+
+        def read(size: int = -1) -> bytes:
+            data: bytes = real_read(size)
+            fetched.append(len(data))
+            return data
+
+        handle.read = read
+        return handle
+
+    monkeypatch.setattr(storage.Source, "open", counting_open)
+    got = csv_stats(
+        f"{s3_sales}/gz/",
+        ["amount"],
+        backend="dask",
+        workers=2,
+        chunk_bytes=1 << 20,
+        storage_options=s3_storage_options,
+    )
+    assert got.rows == REFERENCE.rows * 41
+    assert sum(fetched) < 2 << 20 < len(compressed) // 2
+    result = csv_to_parquet(
+        f"{s3_sales}/gz/a.csv.gz",
+        tmp_path / "ds",
+        backend="dask",
+        workers=2,
+        chunk_bytes=4 << 20,
+        storage_options=s3_storage_options,
+    )
+    names = sorted(p.name for p in (tmp_path / "ds").glob("part-*"))
+    assert names[:2] == ["part-00000-00000.parquet", "part-00000-00001.parquet"]
+    assert result["rows"] == pq.read_table(tmp_path / "ds").num_rows == REFERENCE.rows * 40

@@ -639,3 +639,28 @@ def test_many_images_through_one_worker_under_a_low_file_limit(
     assert "ResourceWarning" not in result.stderr  # raised in __del__, only printed
     assert json.loads(result.stdout) == {"ok": 600, "failed": []}
     assert len(files_under(out)) == 600
+
+
+def test_globs_and_several_sources_are_one_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchcore.processors.cli import main
+
+    src = copy_samples(tmp_path / "src")
+    (src / "nested" / ".hidden").mkdir()
+    Image.new("RGB", (4, 4)).save(src / "nested" / ".hidden" / "skip.png")
+    summary = images_jobs.run_images(
+        [str(src / "gray.png"), str(src / "**" / "*.webp")], tmp_path / "out", "grayscale"
+    )
+    assert summary.failed == [] and summary.ok == 2
+    # a glob's matches keep their folders below its fixed part; hidden folders are skipped
+    assert files_under(tmp_path / "out") == ["gray_grayscale.png", "nested/shapes_grayscale.webp"]
+    argv = ["images", str(src / "*.jpg"), str(src / "nested"), "-o", str(tmp_path / "o2")]
+    assert main([*argv, "-f", "grayscale"]) == 0
+    assert files_under(tmp_path / "o2") == [
+        "gradient_grayscale.jpg",
+        "rotated_grayscale.jpg",
+        "shapes_grayscale.webp",
+    ]
+    assert main(["images", str(src / "*.tiff"), "-o", str(tmp_path / "o3"), "-f", "grayscale"]) == 2
+    assert "no image matches this pattern" in capsys.readouterr().err

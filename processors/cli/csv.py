@@ -161,7 +161,12 @@ def add_csv_to_parquet(commands: argparse._SubParsersAction[argparse.ArgumentPar
         ),
     )
     parser.add_argument("paths", metavar="PATH", nargs="+", help=INPUTS_HELP)
-    parser.add_argument("out_dir", metavar="OUT_DIR", help="folder for the dataset")
+    parser.add_argument(
+        "out_dir",
+        metavar="OUT_DIR",
+        help="folder for the dataset, or a URL prefix (s3://bucket/ds/: each part one PUT, "
+        "_SUCCESS naming them written last)",
+    )
     parser.add_argument(
         "--columns",
         type=lambda text: text.split(","),

@@ -6,9 +6,9 @@ exit code   when
 0           success
 1           some items failed, bad data (``DataError``), any other ``BatchcoreError``,
             an I/O error (disk full, ...)
-2           usage: bad arguments (argparse), ``UsageError``, a path that cannot be used
-            (missing, wrong kind, already there, not permitted), an option's
-            ``ValueError``/``TypeError``
+2           usage: bad arguments (argparse), ``UsageError``, a path or URL that cannot be
+            used (missing, wrong kind, already there, not permitted: access denied), an
+            option's ``ValueError``/``TypeError``
 130         interrupted (Ctrl-C)
 141         stdout closed early (``batchcore ... | head``)
 143         terminated (SIGTERM, as a supervisor stops a job): stopped as for Ctrl-C
@@ -26,6 +26,7 @@ from typing import TypeVar
 import batchcore
 
 from ..errors import DataError, FilterError, ImageWriteError, UsageError
+from ..storage_errors import StorageError, StorageNotFoundError, StoragePermissionError
 from .options import PROG
 
 __all__ = [
@@ -59,7 +60,7 @@ PATH_ERRORS = (
     PermissionError,
 )
 # Our own errors already name their file; batchcore's core errors get the command's input.
-NAMED_ERRORS = (UsageError, DataError, FilterError, ImageWriteError)
+NAMED_ERRORS = (UsageError, DataError, FilterError, ImageWriteError, StorageError)
 
 T = TypeVar("T")
 
@@ -83,8 +84,8 @@ def exit_code(exc: BaseException) -> int | None:
         return EXIT_TERMINATED
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED
-    if isinstance(exc, UsageError):
-        return EXIT_USAGE
+    if isinstance(exc, UsageError | StorageNotFoundError | StoragePermissionError):
+        return EXIT_USAGE  # a URL that cannot be used as given, like a missing path
     if isinstance(exc, batchcore.BatchcoreError):
         return EXIT_FAILED
     if isinstance(exc, BrokenPipeError):

@@ -6,6 +6,8 @@ stderr, one per output whose format could not hold every frame (or their timing)
 summary (or one JSON object with ``--json``, whose ``dropped`` lists the latter). Exit codes
 (``errors``): 0 every job succeeded, 1 some failed (all the others were written), 2 usage
 (bad filter, no images, an output path that leaves OUT...), 130 interrupted.
+SRC and OUT may be URLs (``s3://bucket/photos/``, ``--storage-option KEY=VALUE`` for the store):
+workers read their own objects and write each output in one PUT.
 Pillow is imported by the handler, not here, so ``batchcore --help`` stays fast.
 """
 
@@ -17,7 +19,14 @@ import sys
 from typing import Any
 
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, fail, run_job
-from .options import PROG, add_batch_options, positive_int, show_progress
+from .options import (
+    PROG,
+    add_batch_options,
+    add_storage_options,
+    positive_int,
+    show_progress,
+    storage_options,
+)
 
 __all__ = ["add_images_command", "format_filters", "run_images_command"]
 
@@ -49,8 +58,20 @@ def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
             "once for all its filters, EXIF orientation applied; outputs are written atomically."
         ),
     )
-    parser.add_argument("src", metavar="SRC", nargs="?", help="an image, or a folder of images")
-    parser.add_argument("-o", "--out", metavar="OUT", help="output folder (created if needed)")
+    parser.add_argument(
+        "src",
+        metavar="SRC",
+        nargs="*",
+        help="an image, a folder of images, a glob (quoted: 'photos/2024-*/*.jpg'), or a URL "
+        "(s3://bucket/photos/: listed recursively; each worker reads its own objects); "
+        "several are one run",
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        metavar="OUT",
+        help="output folder (created if needed), or a URL prefix (each output one PUT)",
+    )
     parser.add_argument(
         "-f",
         "--filter",
@@ -102,6 +123,7 @@ def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "job, decoding each image once per filter, instead of once per image",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_storage_options(parser)
     add_batch_options(parser)
     parser.set_defaults(handler=run_images_command)
 
@@ -123,7 +145,7 @@ def run_images_command(args: argparse.Namespace) -> int:
         )
     summary = run_job(
         lambda: run_images(
-            args.src,
+            args.src[0] if len(args.src) == 1 else args.src,
             args.out,
             args.filters,
             backend=args.backend,
@@ -134,8 +156,9 @@ def run_images_command(args: argparse.Namespace) -> int:
             max_pixels=args.max_pixels,
             progress=show_progress(args),
             grouped=args.grouped,
+            storage_options=storage_options(args) or None,
         ),
-        args.src,
+        ", ".join(args.src),
     )
     for result in summary.failed:
         print(f"{PROG}: failed [{result.filter}]: {result.reason}", file=sys.stderr)

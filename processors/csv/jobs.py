@@ -14,11 +14,18 @@ When every part and ``_SUCCESS`` are in staging, the staging folder is fsynced a
 ``out/ds`` (one rename, or one ``RENAME_EXCHANGE``; details in ``processors.files``), the parent
 folder is fsynced and the previous dataset removed. A run that fails removes its staging folder;
 one killed leaves it, hidden, for the next run (which holds the lock, so the writer is gone).
+
+To a URL (``s3://bucket/ds/``), where there is no rename and no lock, each worker writes its part
+as ``part-NNNNN-RUN.parquet`` in one PUT (RUN: an id per run, so a run never replaces a part of
+the dataset being read), the parent writes ``_SUCCESS`` naming them (``files``) when all are
+written, then deletes the previous dataset's parts; a failed run deletes its own parts. Who sees
+what, and when: ``processors.outputs``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +38,7 @@ import pyarrow.compute as pc
 
 from ..errors import CsvFormatError
 from ..files import StagedFolder, is_temp_name, write_atomically
+from ..outputs import RemoteDataset, is_remote, local_part
 from .node import CSVBatchNode
 from .split import CsvRange
 
@@ -308,13 +316,17 @@ def csv_stats(
 
 # --- Parquet -----------------------------------------------------------------------------------
 
-PART = "part-{index:05d}.parquet"
+PART = "part-{index}.parquet"  # index: the range's, 00012; or 00012-00003, a compressed file's
+REMOTE_PART = "part-{index}-{run}.parquet"  # 4th chunk, when its worker decompressed it (Dask)
 SUCCESS = "_SUCCESS"
+log = logging.getLogger("batchcore")
 
 
 class ParquetNode(CSVBatchNode):
-    """Writes each range as one Parquet part into a hidden staging folder beside ``out_dir``;
-    ``post`` adds ``_SUCCESS`` and swaps the folder in whole (``processors.files.StagedFolder``)."""
+    """Writes each range as one Parquet part. Into a local ``out_dir``: into a hidden staging
+    folder beside it, which ``post`` completes with ``_SUCCESS`` and swaps in whole
+    (``processors.files.StagedFolder``). To a URL: each part is one PUT from its worker and
+    ``post`` writes ``_SUCCESS`` last (``processors.outputs.RemoteDataset``)."""
 
     releases_gil = True  # parsing and Parquet encoding run in pyarrow's C++, without the GIL
 
@@ -325,25 +337,43 @@ class ParquetNode(CSVBatchNode):
         self.out_dir = out_dir
         self.overwrite = overwrite
         self.staged: StagedFolder | None = None
+        self.remote: RemoteDataset | None = None
 
     def _run(self, shared: Any) -> Any:
         try:
             return super()._run(shared)
+        except BaseException as exc:
+            if self.remote is not None:  # no _SUCCESS was written: remove this run's parts
+                left = self.remote.abort()
+                if left:
+                    note = f"these parts of the failed run remain: {', '.join(left)}"
+                    exc.add_note(note)
+                    log.warning("%s: %s", self.out_dir, note)
+            raise
         finally:  # a failed run leaves no staging folder and no lock
+            self.remote = None
             if self.staged is not None:
                 self.staged.close()
                 self.staged = None
 
     def prep(self, shared: dict[str, Any]) -> list[CsvRange] | Iterator[CsvRange]:
         ranges = super().prep(shared)  # a bad input fails here, before anything is written
-        self.staged = StagedFolder.begin(
-            self.out_dir, lambda out_dir: check_out_dir(out_dir, self.overwrite)
-        )
+        if is_remote(self.out_dir):
+            self.remote = RemoteDataset.begin(
+                self.out_dir,
+                overwrite=self.overwrite,
+                options=self.storage_options,
+                ours=_written_by_us,
+            )
+        else:
+            self.staged = StagedFolder.begin(
+                local_part(self.out_dir), lambda out_dir: check_out_dir(out_dir, self.overwrite)
+            )
         return ranges
 
     @property
     def part_dir(self) -> Path:
-        """Where ``exec`` writes the parts: the staging folder of this run."""
+        """Where ``exec`` writes the parts of a local dataset: the staging folder of this run."""
         assert self.staged is not None, "parts are written between prep and post"
         return self.staged.staging
 
@@ -352,17 +382,33 @@ class ParquetNode(CSVBatchNode):
 
         rng = self.current_range
         assert rng is not None
-        final = self.part_dir / PART.format(index=rng.index)
+        if self.remote is not None:  # encoded whole in memory, then one PUT: no rename there
+            name = REMOTE_PART.format(index=_part_index(rng), run=self.remote.run)
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer)
+            self.remote.put_part(name, buffer.getvalue().to_pybytes())
+            return name, table.num_rows
+        final = self.part_dir / PART.format(index=_part_index(rng))
         write_atomically(final, lambda temporary: pq.write_table(table, str(temporary)))
         return final.name, table.num_rows
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> str:
         rows = sum(count for _, count in exec_res)
         summary = {"source": self.csv_report.path, "rows": rows, "parts": len(exec_res)}
-        text = json.dumps(summary) + "\n"
-        write_atomically(self.part_dir / SUCCESS, lambda temporary: temporary.write_text(text))
-        assert self.staged is not None
-        self.staged.commit()
+        if self.remote is not None:
+            left = self.remote.commit(summary, [name for name, _ in exec_res])
+            if left:  # the new dataset is whole; a listing reader would also see these
+                log.warning(
+                    "%s: written, but these parts of the previous dataset remain (delete them, "
+                    "or rerun with --overwrite): %s",
+                    self.out_dir,
+                    ", ".join(left),
+                )
+        else:
+            text = json.dumps(summary) + "\n"
+            write_atomically(self.part_dir / SUCCESS, lambda temporary: temporary.write_text(text))
+            assert self.staged is not None
+            self.staged.commit()
         shared["parquet"] = {
             **summary,
             "out_dir": self.out_dir,
@@ -372,8 +418,14 @@ class ParquetNode(CSVBatchNode):
         return "done"
 
 
+def _part_index(rng: CsvRange) -> str:
+    """A part's number in its name: in file order, as the ranges are."""
+    return f"{rng.index:05d}" + (f"-{rng.chunk:05d}" if rng.chunk is not None else "")
+
+
 def _written_by_us(name: str) -> bool:
-    """A part, ``_SUCCESS``, or a part's temporary file (earlier versions wrote them here)."""
+    """A part (``part-NNNNN.parquet``, ``part-NNNNN-RUN.parquet`` on a store), ``_SUCCESS``, or a
+    part's temporary file (earlier versions wrote them here)."""
     part = name.startswith("part-") and name.endswith(".parquet")
     return part or name == SUCCESS or (name.startswith(".part-") and is_temp_name(name))
 
@@ -412,7 +464,9 @@ def csv_to_parquet(
     The dataset appears whole or not at all: parts and ``_SUCCESS`` are written into a hidden
     staging folder beside ``out_dir`` and swapped in when all are written (with ``overwrite``,
     the old dataset stays in place until then). A second run writing ``out_dir`` at the same time
-    is refused (``UsageError``). Returns ``{"source", "rows", "parts", "out_dir",
+    is refused (``UsageError``). ``out_dir`` may be a URL (``storage_options`` reach it): parts
+    are then PUT by the workers and ``_SUCCESS``, naming them, written last; the guarantees are
+    ``processors.outputs``'. Returns ``{"source", "rows", "parts", "out_dir",
     "skipped_rows", "schema"}``.
     """
     node = ParquetNode(_inputs(path), os.fspath(out_dir), overwrite, **options)

@@ -15,7 +15,6 @@ and parses only its range, so the parent never parses or pickles the data.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import threading
@@ -28,6 +27,7 @@ from typing import Any, TypeVar
 import pyarrow as pa
 
 from batchcore import Backend, BatchNode, Node
+from batchcore.backends.base import default_workers
 from batchcore.options import resolve_options
 
 from ..compression import open_decompressed
@@ -95,6 +95,13 @@ class _RangeResult:
     rows: int
     skipped: int
     skipped_lines: list[tuple[str, int]]
+
+
+@dataclass
+class _FileResult:
+    """What a whole compressed file's item returns: one result per chunk, in order."""
+
+    parts: list[_RangeResult]
 
 
 Span = tuple[int, int, int]  # a block to scan: (input file, start, end)
@@ -177,6 +184,17 @@ class _ParsesRange(Node):
             return super()._exec(prep_res)
         assert self.csv_plans, "prep must call self.split(path)"
         plan = self.csv_plans[prep_res.file]
+        if prep_res.whole:  # a compressed file, decompressed here, run chunk by chunk
+            chunks = _stream_ranges(plan, prep_res.file)
+            return _FileResult(
+                [
+                    self._exec_range(plan, replace(chunk, index=prep_res.index, chunk=number))
+                    for number, chunk in enumerate(chunks)
+                ]
+            )
+        return self._exec_range(plan, prep_res)
+
+    def _exec_range(self, plan: CsvPlan, prep_res: CsvRange) -> _RangeResult:
         data: RangeData = read_range(plan, prep_res)
         table: Any = data.table
         if plan.options.output == "pandas":
@@ -314,15 +332,42 @@ class CSVBatchNode(BatchNode, _ParsesRange):
 
     def _in_order(self, plans: list[CsvPlan], ranges: list[list[CsvRange]]) -> Iterator[CsvRange]:
         """Every file's ranges, numbered in file order; a compressed file's are the chunks of its
-        decompressed stream, cut here as the batch asks for them (never all in memory)."""
+        decompressed stream, cut as the batch asks for them (never all in memory). The next
+        compressed files, one per core, are decompressed at the same time, each a chunk or two
+        ahead, so several files use several cores."""
+        ahead = default_workers()  # one stream per core at most
+        started: dict[int, _Prefetch[CsvRange]] = {}
+        compressed = [file for file, plan in enumerate(plans) if plan.compression is not None]
+        # On Dask the client must not read the data: each compressed file is one item that its
+        # worker decompresses and runs chunk by chunk (parallel across files, not within one).
+        whole = resolve_options(self, None).backend.name == "dask"
         index = 0
-        for file, (plan, found) in enumerate(zip(plans, ranges, strict=True)):
-            chunks = found if plan.compression is None else _prefetched(_stream_ranges(plan, file))
-            for rng in chunks:
-                if plan.compression is not None:
+        try:
+            for file, (plan, found) in enumerate(zip(plans, ranges, strict=True)):
+                if plan.compression is None:
+                    chunks: Iterator[CsvRange] = iter(found)
+                elif whole:
                     self.csv_report.ranges += 1
-                yield replace(rng, index=index)
-                index += 1
+                    yield CsvRange(index, plan.data_start, plan.size, file=file, whole=True)
+                    index += 1
+                    continue
+                else:
+                    upcoming = [f for f in compressed if f >= file][:ahead]
+                    for next_file in upcoming:
+                        if next_file not in started:
+                            stream = _stream_ranges(plans[next_file], next_file)
+                            started[next_file] = _Prefetch(stream)
+                    chunks = started[file]
+                for rng in chunks:
+                    if plan.compression is not None:
+                        self.csv_report.ranges += 1
+                    yield replace(rng, index=index)
+                    index += 1
+                if file in started:
+                    started.pop(file).close()
+        finally:
+            for prefetch in started.values():
+                prefetch.close()
 
     def _scan(
         self, sources: list[Source], spans: list[Span], quote: int | None, lines: bool
@@ -355,14 +400,19 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         report = self.csv_report
         values = []
         for result in results:
-            if isinstance(result, _RangeResult):
-                report.rows += result.rows
-                report.skipped += result.skipped
-                room = MAX_REPORTED_LINES - len(report.skipped_lines)
-                report.skipped_lines.extend(result.skipped_lines[: max(room, 0)])
-                values.append(result.value)
-            else:
-                values.append(result)
+            parts: list[Any] = [result]
+            if isinstance(result, _FileResult):  # a whole compressed file: its chunks
+                report.ranges += len(result.parts) - 1
+                parts = list(result.parts)
+            for part in parts:
+                if isinstance(part, _RangeResult):
+                    report.rows += part.rows
+                    report.skipped += part.skipped
+                    room = MAX_REPORTED_LINES - len(report.skipped_lines)
+                    report.skipped_lines.extend(part.skipped_lines[: max(room, 0)])
+                    values.append(part.value)
+                else:
+                    values.append(part)
         return values
 
 
@@ -401,44 +451,52 @@ def _stream_ranges(plan: CsvPlan, file: int) -> Iterator[CsvRange]:
         raise CsvFormatError(plan.path, exc.line, UNTERMINATED) from None
 
 
-def _prefetched(items: Iterator[T], depth: int = PREFETCH) -> Iterator[T]:
-    """``items`` made by a thread of their own, at most ``depth`` ahead of the consumer: the
-    parent decompresses the next chunks (pyarrow frees the GIL) while it hands out work."""
-    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
-    stop = threading.Event()
+class _Prefetch(Iterator[T]):
+    """``items`` made by a thread of their own, started at once and at most ``depth`` ahead of
+    the consumer: the parent decompresses the next chunks, of this file and of the next few
+    (pyarrow and zlib free the GIL), while it hands out work. ``close`` stops the thread."""
 
-    def produce() -> None:
+    def __init__(self, items: Iterator[T], depth: int = PREFETCH) -> None:
+        self.items = items
+        self.ready: queue.Queue[tuple[bool, Any]] = queue.Queue(depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, name="batchcore-decompress")
+        self.thread.daemon = True
+        self.thread.start()
+
+    def _put(self, entry: tuple[bool, Any]) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
         try:
-            for item in items:
-                while not stop.is_set():
-                    try:
-                        ready.put((True, item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+            for item in self.items:
+                if not self._put((True, item)):
                     return
-            ready.put((False, None))
+            self._put((False, None))
         except BaseException as exc:  # handed to the consumer, raised there
-            ready.put((False, exc))
+            self._put((False, exc))
 
-    thread = threading.Thread(target=produce, name="batchcore-decompress", daemon=True)
-    thread.start()
-    try:
-        while True:
-            more, value = ready.get()
-            if not more:
-                if value is not None:
-                    raise value
-                return
-            yield value
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting for room, then let it end
-            with contextlib.suppress(queue.Empty):
-                ready.get_nowait()
-            thread.join(0.05)
-        close = getattr(items, "close", None)
+    def __next__(self) -> T:
+        more, value = self.ready.get()
+        if more:
+            item: T = value
+            return item
+        self.close()
+        if value is not None:
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the chunk in hand) and close the source."""
+        self.stop.set()
+        self.thread.join()
+        close = getattr(self.items, "close", None)
         if close is not None:
             close()
 

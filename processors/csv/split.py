@@ -61,6 +61,10 @@ class CsvRange:
     # The bytes themselves (bytes or a pyarrow Buffer), for a chunk of a compressed file
     # (decompressed by the parent).
     data: Any = field(default=None, compare=False, repr=False)
+    # A whole compressed file, for its worker to decompress (``start``/``end``: its data part
+    # and its compressed size); ``chunk``: a chunk's number within such a file.
+    whole: bool = False
+    chunk: int | None = None
 
     @property
     def size(self) -> int:

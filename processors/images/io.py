@@ -7,7 +7,11 @@ atomic saves.
     save_image:  working mode -> mode the format can hold (alpha on white for JPEG/BMP) -> ICC
                  profile if it fits -> every frame if the format holds them, else the first
                  and a note of what was dropped -> hidden temporary file in the target folder,
-                 opened without following symlinks -> os.replace
+                 opened without following symlinks -> os.replace; to a URL: encoded in memory
+                 -> one PUT (an object store has no rename; a PUT appears whole)
+
+Images may also be read from URLs (a ``storage.Source``: ranged GETs of 8 MiB through fsspec,
+one for most images) and listed under a URL prefix (``discover_remote_images``: listing only).
 
 Mode rules: 1 -> L; P/PA -> RGBA when transparent, else RGB; L or RGB with a transparent colour
 -> LA/RGBA; CMYK -> RGB through its ICC profile (naive formula without one); 16- and 32-bit
@@ -42,6 +46,8 @@ from PIL import Image, ImageCms, ImageFile, ImageOps, JpegImagePlugin, Unidentif
 
 from ..errors import ImageDecodeError, ImageWriteError
 from ..files import write_atomically_in
+from ..outputs import is_remote, local_part, put_object, scrub
+from ..storage import Source, StorageOptions, expand, protocol_of
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -49,9 +55,11 @@ __all__ = [
     "FORMATS",
     "IMAGE_EXTENSIONS",
     "Frames",
+    "ImageInput",
     "decode_frames",
     "decode_image",
     "discover_images",
+    "discover_remote_images",
     "load_frames",
     "load_image",
     "output_format",
@@ -84,6 +92,10 @@ TIMED_FORMATS = frozenset({"GIF", "PNG", "WEBP"})  # TIFF pages have no duration
 # background, previous); WebP's encoder takes none. Converted when the format changes.
 _GIF_TO_APNG = {0: 0, 1: 0, 2: 1, 3: 2}
 _APNG_TO_GIF = {0: 1, 1: 2, 2: 3}
+
+# Where an image is read from: a local path, or a ``Source`` (a URL, its size and its options).
+ImageInput = str | os.PathLike[str] | Source
+READ_BLOCK = 8 << 20  # bytes per ranged GET of a remote image
 
 # The limit of the decode running in this context; None: not ours, Pillow's own check applies.
 _LIMIT: ContextVar[tuple[int | None] | None] = ContextVar("max_pixels", default=None)
@@ -123,6 +135,38 @@ def discover_images(src: Path, exclude: Path | None = None) -> list[tuple[Path, 
     return found
 
 
+def discover_remote_images(
+    src: str, options: StorageOptions, exclude: str | None = None
+) -> list[tuple[Source, str]]:
+    """``(object, key folder relative to src)`` for every image under the URL ``src`` (a prefix,
+    listed recursively; one object; or a glob), sorted; ``exclude`` (the output prefix when it
+    lies inside ``src``) is left out. Listing only: no image byte is read here."""
+    sources = expand(src, options)  # FileNotFoundError naming src when nothing is there
+    scheme = f"{protocol_of(src)}://"
+    body = src.split("://", 1)[1]
+    glob_at = min((body.find(c) for c in "*?[" if c in body), default=-1)
+    base = body[:glob_at].rsplit("/", 1)[0] if glob_at >= 0 else body
+    base_key = _key(scheme + base)
+    excluded = _key(exclude) + "/" if exclude is not None else None
+    found: list[tuple[Source, str]] = []
+    for source in sources:
+        key = _key(source.url)
+        if excluded is not None and key.startswith(excluded):
+            continue
+        name = key.rsplit("/", 1)[-1]
+        if not is_image_name(name):
+            continue
+        below = key[len(base_key) + 1 :] if key.startswith(base_key + "/") else name
+        found.append((source, below.rpartition("/")[0] or "."))
+    return found
+
+
+def _key(url: str) -> str:
+    """``url``'s bucket and key without the scheme or a trailing ``/`` (``memory://`` keys start
+    with ``/`` in fsspec: stripped too, so that listed and given URLs compare)."""
+    return url.split("://", 1)[-1].strip("/")
+
+
 def output_format(ext: str) -> str:
     """The Pillow format for an extension (``jpg``, ``.PNG``...); ``ValueError`` if unknown."""
     fmt = FORMATS.get(ext.lower().lstrip("."))
@@ -160,7 +204,7 @@ class Frames:
 
 
 def load_image(
-    path: str | os.PathLike[str],
+    path: ImageInput,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
@@ -172,48 +216,69 @@ def load_image(
     ``draft_size``, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale, no smaller than it.
     ``ImageDecodeError`` names the file for every way a file can be bad.
     """
-    return _decode(os.fspath(path), max_pixels, draft_size, all_frames=False)[0].first
+    return _decode(_input(path), max_pixels, draft_size, all_frames=False)[0].first
 
 
 def load_frames(
-    path: str | os.PathLike[str],
+    path: ImageInput,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
 ) -> Frames:
     """``load_image`` for every frame or page; ``max_pixels`` bounds their sum."""
-    return _decode(os.fspath(path), max_pixels, draft_size, all_frames=True)[0]
+    return _decode(_input(path), max_pixels, draft_size, all_frames=True)[0]
 
 
 def decode_image(
-    path: str | os.PathLike[str],
+    path: ImageInput,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
 ) -> tuple[Image.Image, bool]:
     """``load_image``, also saying whether the file is a JPEG (whose decode ``draft_size`` can
     change; any other file decodes the same whatever ``draft_size`` is)."""
-    frames, jpeg = _decode(os.fspath(path), max_pixels, draft_size, all_frames=False)
+    frames, jpeg = _decode(_input(path), max_pixels, draft_size, all_frames=False)
     return frames.first, jpeg
 
 
 def decode_frames(
-    path: str | os.PathLike[str],
+    path: ImageInput,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: tuple[int, int] | None = None,
 ) -> tuple[Frames, bool]:
     """``load_frames``, also saying whether the file is a JPEG (as ``decode_image``)."""
-    return _decode(os.fspath(path), max_pixels, draft_size, all_frames=True)
+    return _decode(_input(path), max_pixels, draft_size, all_frames=True)
+
+
+def _input(path: ImageInput) -> str | Source:
+    """A local path as text, or a remote ``Source`` (``file://`` sources are local paths)."""
+    if isinstance(path, Source):
+        return path if is_remote(path.url) else local_part(path.url)
+    return os.fspath(path)
 
 
 def _decode(
-    name: str, max_pixels: int | None, draft_size: tuple[int, int] | None, *, all_frames: bool
+    path: str | Source,
+    max_pixels: int | None,
+    draft_size: tuple[int, int] | None,
+    *,
+    all_frames: bool,
 ) -> tuple[Frames, bool]:
+    name = path if isinstance(path, str) else path.url
     try:
-        if os.stat(name).st_size == 0:
+        size = os.stat(path).st_size if isinstance(path, str) else path.size
+        if size == 0:
             raise ImageDecodeError(name, "empty file (0 bytes)")
-        with _pixel_limit(max_pixels), Image.open(name) as file:
+        with contextlib.ExitStack() as stack:
+            # a remote object is read by ranged GETs of READ_BLOCK: one for most images
+            opened = (
+                path
+                if isinstance(path, str)
+                else stack.enter_context(path.open(READ_BLOCK, readahead=True))
+            )
+            stack.enter_context(_pixel_limit(max_pixels))
+            file = stack.enter_context(Image.open(opened))
             jpeg = isinstance(file, JpegImagePlugin.JpegImageFile)
             if draft_size is not None and jpeg:
                 width, height = draft_size
@@ -408,6 +473,7 @@ def save_image(
     quality: int = DEFAULT_QUALITY,
     icc_profile: bytes | None = None,
     root: str | os.PathLike[str] | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> str:
     """Write ``image`` (one image, or ``Frames``) to ``path`` atomically: a hidden temporary file
     in the same folder, renamed over ``path`` when complete, removed on any failure
@@ -417,9 +483,11 @@ def save_image(
     WebP; ``icc_profile`` is embedded where the format and the saved mode can use it. Folders
     from ``root`` (default: ``path``'s folder) down are opened without following symlinks, and
     a symlink at ``path`` is refused: nothing is ever written outside ``root``.
+
+    A URL ``path`` (``storage_options`` reach its store) is encoded in memory and written in
+    one PUT, which makes the object appear whole: no temporary name on a store without rename.
     """
-    final = Path(path)
-    fmt = fmt or output_format(final.suffix)
+    fmt = fmt or output_format(os.path.splitext(os.fspath(path))[1])
     frames = image if isinstance(image, Frames) else Frames((image,))
     kept, dropped = _what_fits(frames, fmt)
     images = [for_format(frame, fmt) for frame in kept.images]
@@ -434,8 +502,23 @@ def save_image(
     def write(handle: Any) -> None:
         images[0].save(handle, format=fmt, **options)
 
+    if isinstance(path, str) and is_remote(path):
+        try:
+            if root is not None and not path.startswith(os.fspath(root).rstrip("/") + "/"):
+                raise ValueError(f"{path} is not an object below {root}")
+            buffer = io.BytesIO()
+            write(buffer)
+            put_object(path, buffer.getvalue(), storage_options)
+        except Exception as exc:
+            text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            reason = scrub(f"{type(exc).__name__}: {text}", storage_options)
+            raise ImageWriteError(path, reason) from None
+        return dropped
+    final = Path(local_part(os.fspath(path)))
     try:
-        write_atomically_in(final.parent if root is None else root, final, write)
+        write_atomically_in(
+            final.parent if root is None else local_part(os.fspath(root)), final, write
+        )
     except Exception as exc:
         raise ImageWriteError(str(final), f"{type(exc).__name__}: {exc}") from exc
     return dropped

@@ -18,13 +18,19 @@ outputs are capped by ``max_pixels`` like inputs, and outputs are written under 
 following symlinks (``io.save_image`` with ``root``).
 ``plan_images`` checks everything before any work: filter specs, the output format, output
 paths that would leave OUT, two jobs writing one file, an output that would overwrite an input.
+
+SRC and OUT may be URLs (``s3://bucket/photos/``): the parent lists SRC (keys keep their
+relative folders, as local paths do), each worker reads its own objects and writes each output
+in one PUT; ``skip_existing`` checks OUT's objects, from one listing.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,8 @@ from batchcore import (
 
 from ..errors import FilterError, ImageDecodeError, ImagesUsageError, ImageWriteError
 from ..files import remove_stale_temps
+from ..outputs import check_key, existing_objects, is_remote, join_url, key_of, local_part
+from ..storage import Source, StorageOptions, expand, protect_options, protocol_of
 from .filters import FilterChain, Size, check_output_size, parse_chain, parse_chains
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -49,6 +57,8 @@ from .io import (
     Frames,
     decode_frames,
     discover_images,
+    discover_remote_images,
+    is_image_name,
     load_frames,
     output_format,
     save_image,
@@ -79,17 +89,29 @@ __all__ = [
 @dataclass(frozen=True)
 class ImageJob:
     """One output: ``source`` through ``chain`` into ``output`` (a Pillow ``format``), never
-    written outside the folder ``root`` ("": ``output``'s own folder)."""
+    written outside the folder ``root`` ("": ``output``'s own folder). ``source`` and ``output``
+    may be URLs: ``size`` is then the source object's and ``options`` reach both stores."""
 
     source: str
     chain: FilterChain
     output: str
     format: str
     root: str = ""
+    size: int = -1
+    options: StorageOptions = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def filter(self) -> str:
         return self.chain.spec
+
+    @property
+    def input(self) -> str | Source:
+        """What the worker decodes: the local path, or the object (read there, by ranged GETs)."""
+        if not is_remote(self.source):
+            return self.source
+        if self.size < 0:  # a job made by hand: its size is read here (one HEAD)
+            return expand(self.source, self.options)[0]
+        return Source(self.source, self.size, self.options)
 
 
 @dataclass(frozen=True)
@@ -164,7 +186,7 @@ class _Decoder:
     """Decodes of one source, made on demand and kept for its other chains: one full decode,
     plus one reduced-size decode per thumbnail size when the source is a JPEG."""
 
-    def __init__(self, source: str, max_pixels: int | None) -> None:
+    def __init__(self, source: str | Source, max_pixels: int | None) -> None:
         self.source = source
         self.max_pixels = max_pixels
         self.jpeg: bool | None = None  # unknown until the first decode
@@ -215,6 +237,7 @@ def run_job(
             quality=quality,
             icc_profile=frames.first.info.get("icc_profile"),
             root=job.root or None,
+            storage_options=job.options,
         )
     except Exception as exc:  # one bad file, filter or write fails only this job
         return JobResult.failed(job, failure_reason(job.source, exc))
@@ -254,7 +277,7 @@ class ImageJobsNode(BatchNode):
         return group_jobs(self.jobs)
 
     def exec(self, group: ImageGroup) -> list[JobResult]:
-        decoder = _Decoder(group.source, self.max_pixels)
+        decoder = _Decoder(group.jobs[0].input, self.max_pixels)
         return [run_job(job, decoder.image, self.quality, self.max_pixels) for job in group.jobs]
 
     def post(
@@ -291,10 +314,11 @@ class LoadImage(Node):
         super().__init__()
         self.max_pixels = max_pixels
 
-    def prep(self, shared: dict[str, Any]) -> tuple[str, Size | None]:
-        return self.params["input"], as_chain(self.params["filter"]).draft_size
+    def prep(self, shared: dict[str, Any]) -> tuple[str | Source, Size | None]:
+        path = self.params.get("read", self.params["input"])  # "read": a URL's Source
+        return path, as_chain(self.params["filter"]).draft_size
 
-    def exec(self, inputs: tuple[str, Size | None]) -> Frames:
+    def exec(self, inputs: tuple[str | Source, Size | None]) -> Frames:
         path, draft_size = inputs
         return load_frames(path, max_pixels=self.max_pixels, draft_size=draft_size)
 
@@ -345,6 +369,7 @@ class SaveImage(Node):
             quality=self.quality,
             icc_profile=profile,
             root=params.get("root") or None,
+            storage_options=params.get("storage_options"),
         )
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: str) -> str:
@@ -398,6 +423,8 @@ class ImageBatchFlow(BatchFlow):
                 "output": job.output,
                 "format": job.format,
                 "root": job.root,
+                "read": job.input,
+                "storage_options": job.options,
             }
             for job in self.jobs
         ]
@@ -421,33 +448,106 @@ class ImageBatchFlow(BatchFlow):
 
 @dataclass
 class ImagesPlan:
-    """Every job of a run, checked; ``skipped`` are those whose output already exists."""
+    """Every job of a run, checked; ``skipped`` are those whose output already exists.
+    ``src`` and ``out`` are paths, or URLs (text)."""
 
-    src: Path
-    out: Path
+    src: Path | str
+    out: Path | str
     chains: list[FilterChain]
     jobs: list[ImageJob] = field(default_factory=list)
     skipped: list[ImageJob] = field(default_factory=list)
 
     @property
+    def remote_out(self) -> bool:
+        return isinstance(self.out, str)
+
+    @property
     def folders(self) -> list[Path]:
-        """The output folders of the plan's jobs (skipped ones included)."""
+        """The local output folders of the plan's jobs (skipped ones included); none for a URL."""
+        if self.remote_out:
+            return []
         return sorted({Path(job.output).parent for job in [*self.jobs, *self.skipped]})
 
 
+# An image found: a local file or an object, and its folder relative to SRC ("/"-separated).
+_Found = tuple[Path | Source, str]
+
+
+def _find_sources(src: str, out: str, options: StorageOptions) -> tuple[list[_Found], Path | str]:
+    """The images under ``src`` (a path or a URL), each with its relative folder; the output
+    folder (or prefix) is left out when it lies inside ``src``, and refused when it is ``src``."""
+    same_store = is_remote(out) and protocol_of(out) == protocol_of(src)
+    if is_remote(src):
+        if same_store and key_of(src, options) == key_of(out, options):
+            raise ImagesUsageError(
+                f"the output prefix {out} is the source prefix; choose another one "
+                "(a prefix inside it is fine: it is left out of the inputs)"
+            )
+        found = discover_remote_images(src, options, exclude=out if same_store else None)
+        return [(source, folder) for source, folder in found], src
+    if GLOB.search(src):
+        return _glob_sources(src, out), src
+    src_path = Path(src)
+    if not src_path.exists():
+        raise FileNotFoundError(2, "no such file or folder", str(src_path))
+    if is_remote(out):
+        local = discover_images(src_path)
+    else:
+        if src_path.is_dir() and Path(os.path.realpath(src_path)) == Path(os.path.realpath(out)):
+            raise ImagesUsageError(
+                f"the output folder {out} is the source folder; choose another one "
+                "(a folder inside it is fine: it is left out of the inputs)"
+            )
+        local = discover_images(src_path, exclude=Path(out))
+    return [(path, relative.as_posix()) for path, relative in local], src_path
+
+
+GLOB = re.compile(r"[*?\[]")
+
+
+def _glob_sources(pattern: str, out: str) -> list[_Found]:
+    """The images a local glob matches (``photos/2024-*/*.jpg``), each with its folder relative
+    to the pattern's fixed part (``photos``), the output folder left out."""
+    parts = Path(pattern).parts
+    fixed = next(i for i, part in enumerate(parts) if GLOB.search(part))
+    base = Path(*parts[:fixed]) if fixed else Path(".")
+    excluded = os.path.realpath(out) if not is_remote(out) else None
+    found: list[_Found] = []
+    for name in sorted(glob.glob(pattern, recursive=True)):
+        path = Path(name)
+        hidden = any(part.startswith(".") for part in path.relative_to(base).parts)
+        if not path.is_file() or hidden or not is_image_name(path.name):
+            continue
+        real = os.path.realpath(path)
+        if excluded is not None and (real + os.sep).startswith(excluded + os.sep):
+            continue
+        found.append((path, path.parent.relative_to(base).as_posix()))
+    if not found:
+        raise FileNotFoundError(2, "no image matches this pattern", pattern)
+    return found
+
+
+def _name_of(source: Path | Source) -> str:
+    return source.name if isinstance(source, Path) else source.url.rsplit("/", 1)[-1]
+
+
 def plan_images(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     filters: str | Iterable[str],
     *,
     fmt: str | None = None,
     skip_existing: bool = False,
+    storage_options: StorageOptions | None = None,
 ) -> ImagesPlan:
     """Every (image, chain) job with its output path, checked before any work; writes nothing.
 
+    ``src`` and ``out`` may be URLs (``storage_options`` reach them): a source prefix is listed
+    (no image is read), and an output prefix is listed once for ``skip_existing``.
     Raises ``FilterSpecError`` (a bad filter), ``FileNotFoundError`` (no SRC),
     ``NotADirectoryError`` (OUT is a file) or ``ImagesUsageError`` (no images; a path that
-    would leave OUT; two jobs writing one file; an output overwriting an input).
+    would leave OUT, ``..`` in a key included; two jobs writing one file; an output overwriting
+    an input).
     """
     chains = parse_chains([filters] if isinstance(filters, str) else filters)
     if not chains:
@@ -455,55 +555,90 @@ def plan_images(
     ext = None if fmt is None else fmt.lower().lstrip(".")
     if ext is not None:
         output_format(ext)
-    src_path, out_path = Path(src), Path(out)
-    if not src_path.exists():
-        raise FileNotFoundError(2, "no such file or folder", str(src_path))
-    if out_path.exists() and not out_path.is_dir():
+    options = protect_options(storage_options)
+    srcs = [src] if isinstance(src, str | os.PathLike) else list(src)
+    if not srcs:
+        raise ImagesUsageError("no source given")
+    out_text = local_part(os.fspath(out))
+    remote_out = is_remote(out_text)
+    out_path = Path(out_text)
+    if not remote_out and out_path.exists() and not out_path.is_dir():
         raise NotADirectoryError(20, "exists and is not a folder", str(out_path))
-    real_out = Path(os.path.realpath(out_path))
-    if src_path.is_dir() and Path(os.path.realpath(src_path)) == real_out:
-        raise ImagesUsageError(
-            f"the output folder {out_path} is the source folder; choose another one "
-            "(a folder inside it is fine: it is left out of the inputs)"
-        )
-    sources = discover_images(src_path, exclude=out_path)
+    sources: list[_Found] = []
+    given: list[Path | str] = []
+    for each in srcs:
+        found, as_given = _find_sources(local_part(os.fspath(each)), out_text, options)
+        sources += found
+        given.append(as_given)
+    src_as_given = given[0] if len(given) == 1 else ", ".join(map(str, given))
     if not sources:
         raise ImagesUsageError(
-            f"{src_path}: no images found (looked for {', '.join(sorted(FORMATS))}, "
+            f"{src_as_given}: no images found (looked for {', '.join(sorted(FORMATS))}, "
             "skipping hidden files)"
         )
-    inputs = {os.path.realpath(source) for source, _ in sources}
+    inputs = {
+        os.path.realpath(source) if isinstance(source, Path) else source.url
+        for source, _ in sources
+    }
+    existing = existing_objects(out_text, options) if remote_out and skip_existing else set()
+    real_out = Path(os.path.realpath(out_path))
     claimed: dict[str, ImageJob] = {}
-    plan = ImagesPlan(src_path, out_path, chains)
+    plan = ImagesPlan(src_as_given, out_text if remote_out else out_path, chains)
     for source, relative in sources:
-        suffix = ext or source.suffix[1:]
-        folder = out_path / relative
-        real_folder = Path(os.path.realpath(folder))
-        if not real_folder.is_relative_to(real_out):
-            raise ImagesUsageError(
-                f"{folder} resolves to {real_folder}, outside the output folder {out_path} "
-                "(a symlink?); refusing to write there"
-            )
+        name = _name_of(source)
+        source_text = str(source) if isinstance(source, Path) else source.url
+        stem, dot_suffix = os.path.splitext(name)
+        suffix = ext or dot_suffix[1:]
+        if relative != ".":
+            try:
+                check_key(relative, source_text)
+            except ValueError as exc:
+                raise ImagesUsageError(f"{exc}: its outputs would leave {out_text}") from None
+        if not remote_out:
+            folder = out_path / relative
+            real_folder = Path(os.path.realpath(folder))
+            if not real_folder.is_relative_to(real_out):
+                raise ImagesUsageError(
+                    f"{folder} resolves to {real_folder}, outside the output folder {out_path} "
+                    "(a symlink?); refusing to write there"
+                )
         for chain in chains:
-            output = folder / f"{source.stem}_{chain.label}.{suffix}"
-            real = real_folder / output.name
-            if output.is_symlink():
-                real = Path(os.path.realpath(output))
-                if not real.is_relative_to(real_out):
-                    raise ImagesUsageError(
-                        f"{output} is a symlink to {real}, outside the output folder {out_path}"
-                    )
-            job = ImageJob(str(source), chain, str(output), output_format(suffix), str(out_path))
-            key = str(real).casefold()  # names differing only in case collide on macOS/Windows
+            file_name = f"{stem}_{chain.label}.{suffix}"
+            if remote_out:
+                output = join_url(out_text, relative, file_name)
+                key = real = output  # keys are case-sensitive on object stores
+            else:
+                local_output = folder / file_name
+                output = str(local_output)
+                real_path = real_folder / file_name
+                if local_output.is_symlink():
+                    real_path = Path(os.path.realpath(local_output))
+                    if not real_path.is_relative_to(real_out):
+                        raise ImagesUsageError(
+                            f"{output} is a symlink to {real_path}, outside the output folder "
+                            f"{out_path}"
+                        )
+                real = str(real_path)
+                key = real.casefold()  # names differing only in case collide on macOS/Windows
+            job = ImageJob(
+                source_text,
+                chain,
+                output,
+                output_format(suffix),
+                out_text if remote_out else str(out_path),
+                source.size if isinstance(source, Source) else -1,
+                options,
+            )
             if key in claimed:
                 raise ImagesUsageError(
-                    f"{claimed[key].source} and {source} would both be written to {output} "
+                    f"{claimed[key].source} and {source_text} would both be written to {output} "
                     f"(filter {chain.spec!r}); rename one, or choose another --format"
                 )
-            if str(real) in inputs:
+            if real in inputs:
                 raise ImagesUsageError(f"{output} would overwrite the input image {real}")
             claimed[key] = job
-            if skip_existing and os.path.isfile(output):
+            exists = output in existing if remote_out else os.path.isfile(output)
+            if skip_existing and exists:
                 plan.skipped.append(job)
             else:
                 plan.jobs.append(job)
@@ -512,7 +647,7 @@ def plan_images(
 
 def prepare_outputs(plan: ImagesPlan) -> int:
     """Create the output folders and remove temporary files interrupted runs left in them;
-    returns how many were removed."""
+    returns how many were removed. Nothing to do for a URL: objects need no folders."""
     removed = 0
     for folder in plan.folders:
         folder.mkdir(parents=True, exist_ok=True)
@@ -568,7 +703,7 @@ class ImagesSummary:
 
 
 def run_images(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     out: str | os.PathLike[str],
     filters: str | Iterable[str],
     *,
@@ -580,6 +715,7 @@ def run_images(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     progress: bool = False,
     grouped: bool = True,
+    storage_options: StorageOptions | None = None,
 ) -> ImagesSummary:
     """Apply every filter chain to every image under ``src``, writing into ``out``.
 
@@ -587,13 +723,19 @@ def run_images(
     unless ``fmt``). Usage problems raise before any work (see ``plan_images``); a bad image,
     filter or write fails only its own jobs, reported in the summary. ``grouped=False`` runs
     the per-job ``ImageBatchFlow`` (one decode per job) instead of ``ImageJobsNode``.
+
+    ``src`` and ``out`` may be URLs (``s3://bucket/photos/``; ``storage_options`` reach them):
+    the parent only lists the source prefix; each worker reads its own objects (ranged GETs)
+    and writes each output in one PUT, so an output object appears whole or not at all.
     """
     began = time.perf_counter()
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be a whole number from 1 to 100, got {quality!r}")
     if max_pixels is not None and (isinstance(max_pixels, bool) or max_pixels < 1):
         raise ValueError(f"max_pixels must be >= 1 or None (no limit), got {max_pixels!r}")
-    plan = plan_images(src, out, filters, fmt=fmt, skip_existing=skip_existing)
+    plan = plan_images(
+        src, out, filters, fmt=fmt, skip_existing=skip_existing, storage_options=storage_options
+    )
     prepare_outputs(plan)
     options: dict[str, Any] = {"backend": backend, "workers": workers, "progress": progress}
     shared: dict[str, Any] = {}

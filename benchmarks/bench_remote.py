@@ -1,0 +1,774 @@
+"""``batchcore csv stats`` on data where it lives: (a) an object on a local S3-compatible server
+against the same file on local disk, and (b) the sales file gzip-compressed, as one file and as
+32 gzip parts, against pandas, polars and DuckDB reading the same compressed files.
+
+The job is the sales job of ``bench_wide.py``: ``--sum amount --sum qty --group-by region``.
+
+(a) remote: moto's standalone server (``python -m moto.server``) is started on loopback for the
+run and stopped after; the script creates a bucket and uploads the 300 MB file with s3fs. The
+CLI reaches it with ``--storage-option endpoint_url=...`` and moto's fake credentials in
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (the provider's way, so no secret is on a
+command line). moto is a Python server on the same cores as the job, so its CPU seconds in every
+run are read with psutil and reported beside the job's. ``--endpoint URL`` uses another
+S3-compatible server instead (credentials from the caller's environment; its CPU is not seen).
+
+(b) compressed: ``sales-1g.csv.gz`` (``gzip -6``) and ``sales-1g-gz32/part-NN.csv.gz`` (the same
+rows cut into 32 parts, each with the header), made once beside the plain file and kept.
+
+Every run is a fresh process (the ``batchcore`` CLI, or ``bench_remote.py --one ENGINE``), timed
+by the parent from start to exit, its process tree's RSS sampled, its results checked::
+
+    parent --upload--> moto (127.0.0.1:PORT)  <--ranged GETs-- batchcore CLI (+ its workers)
+       \\-- per run: wall, CPU of the child tree, CPU of moto, peak tree RSS, rows/sums/groups
+
+    python benchmarks/bench_remote.py                     # results/remote.md (+ .png)
+    python benchmarks/bench_remote.py --quick             # smoke test: 20 MB files, 1 repeat
+    python benchmarks/bench_remote.py --parts compressed --engines default,process,polars
+    python benchmarks/bench_remote.py --one polars --path DIR   # one child run, JSON out
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import itertools
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from bench_wide import (
+    JOBS,
+    close,
+    common_result,
+    ensure_file,
+    from_cli,
+    run_duckdb,
+    run_pandas,
+    run_polars,
+    wall_spread,
+)
+from harness import (
+    DATA_DIR,
+    Cell,
+    Measured,
+    Session,
+    add_child_options,
+    bar_chart,
+    default_output,
+    emit,
+    env_line,
+    fmt,
+    leftover_problems,
+    package_versions,
+    parse_env,
+    parse_list,
+    progress,
+    run_child,
+    sampler_line,
+    table,
+    take_turns,
+    times,
+    write_report,
+)
+
+JOB = JOBS["sales"]
+PACKAGES = ["batchcore", "pyarrow", "fsspec", "s3fs", "moto", "pandas", "polars", "duckdb"]
+BUCKET = "bench-remote"
+# moto accepts any credentials; these are passed the provider's way, in the environment.
+MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+PARTS = 32
+REQUEST_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours some request lines
+GZIP_LEVEL = 6  # gzip's default, what a user's files most likely have
+
+BATCHCORE = {"default": None, "sequential": "sequential", "process": "process"}
+PEERS = ["pandas", "polars", "duckdb"]
+ENGINES = {
+    "default": "batchcore CLI, default backend (no `--backend`: auto)",
+    "sequential": "batchcore CLI `--backend sequential`",
+    "process": "batchcore CLI `--backend process`",
+    "pandas": "pandas",
+    "polars": "polars `scan_csv` streaming",
+    "duckdb": "DuckDB `read_csv`",
+}
+INPUTS = {
+    "disk": "local disk (page cache)",
+    "s3": "S3 server",
+    "gzip": "one .csv.gz",
+    "gzip-parts": f"{PARTS} .csv.gz parts",
+}
+REMOTE_INPUTS = ["disk", "s3"]
+COMPRESSED_INPUTS = ["gzip", "gzip-parts"]
+
+Cells = dict[tuple[str, str], Cell]  # (input, engine) -> runs
+
+# --- the child: one peer engine on compressed input --------------------------------------------
+
+
+def pandas_parts(folder: str) -> list[dict[str, Any]]:
+    """pandas on a folder of parts: ``read_csv`` of each part (a part fits in memory)."""
+    import pandas as pd
+
+    aggregations: dict[str, Any] = {"count": (JOB.key, "size")}
+    aggregations |= {name: (name, "sum") for name in JOB.sums}
+    partials = [
+        pd.read_csv(part).groupby(JOB.key).agg(**aggregations)
+        for part in sorted(Path(folder).glob("*.csv.gz"))
+    ]
+    combined = pd.concat(partials).groupby(level=0).sum()
+    return [{JOB.key: key, **row} for key, row in combined.to_dict("index").items()]
+
+
+def one(engine: str, path: str) -> int:
+    """Child side: one peer on a .csv.gz file or a folder of parts; prints one JSON line."""
+    folder = os.path.isdir(path)
+    pattern = os.path.join(path, "*.csv.gz") if folder else path  # polars and DuckDB take globs
+    began = time.perf_counter()
+    if engine == "pandas":
+        rows = pandas_parts(path) if folder else run_pandas(JOB, path)
+    elif engine == "polars":
+        rows = run_polars(JOB, pattern)
+    else:
+        rows = run_duckdb(JOB, pattern)
+    seconds = time.perf_counter() - began
+    groups = {
+        str(row[JOB.key]): {"count": int(row["count"])}
+        | {name: float(row[name] or 0) for name in JOB.sums}
+        for row in rows
+    }
+    emit(Measured(seconds, result=common_result(JOB, groups)), engine=engine)
+    return 0
+
+
+# --- the data: compressed variants made once ---------------------------------------------------
+
+
+def ensure_gzip(plain: Path) -> Path:
+    """``PLAIN.gz`` beside ``plain`` (``gzip -6``), made once and kept."""
+    path = plain.with_name(plain.name + ".gz")
+    if path.exists():
+        return path
+    print(f"compressing {plain} -> {path.name} (gzip -{GZIP_LEVEL})", flush=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as out:
+        subprocess.run(["gzip", f"-{GZIP_LEVEL}", "-c", str(plain)], stdout=out, check=True)
+    os.replace(partial, path)
+    return path
+
+
+def cut_points(plain: Path, parts: int) -> list[int]:
+    """Byte offsets splitting ``plain``'s data rows into ``parts`` runs of whole lines (every
+    record of the sales file is one line)."""
+    size = plain.stat().st_size
+    with open(plain, "rb") as handle:
+        header_end = len(handle.readline())
+        points = [header_end]
+        for index in range(1, parts):
+            handle.seek(max(header_end, size * index // parts))
+            handle.readline()  # to the start of the next whole line
+            points.append(max(handle.tell(), points[-1]))
+    return [*points, size]
+
+
+def ensure_gzip_parts(plain: Path, parts: int) -> Path:
+    """``STEM-gzPARTS/part-NN.csv.gz`` beside ``plain``: its rows in ``parts`` gzip files, each
+    with the header; built in a ``.partial`` folder renamed when complete, then kept."""
+    folder = plain.with_name(f"{plain.name.removesuffix('.csv')}-gz{parts}")
+    if folder.is_dir():
+        return folder
+    print(f"splitting {plain} into {parts} gzip parts in {folder.name}/", flush=True)
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    points = cut_points(plain, parts)
+    with open(plain, "rb") as source:
+        header = source.readline()
+        for index, (start, end) in enumerate(itertools.pairwise(points)):
+            source.seek(start)
+            name = partial / f"part-{index:02d}.csv.gz"
+            with gzip.GzipFile(name, "wb", compresslevel=GZIP_LEVEL, mtime=0) as out:
+                out.write(header)
+                left = end - start
+                while left > 0:
+                    block = source.read(min(left, 16 << 20))
+                    out.write(block)
+                    left -= len(block)
+    os.replace(partial, folder)
+    return folder
+
+
+# --- the S3-compatible server ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class Server:
+    """The S3 endpoint of the run: moto started here (``process`` set), or one given."""
+
+    endpoint: str
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def cpu_seconds(self) -> float:
+        """moto's CPU seconds so far (user + system, all its threads); NaN for a server not
+        started here."""
+        if self.process is None:
+            return math.nan
+        with contextlib.suppress(psutil.Error):
+            used = psutil.Process(self.process.pid).cpu_times()
+            return used.user + used.system + used.children_user + used.children_system
+        return math.nan
+
+    def requests(self) -> tuple[int, int]:
+        """GET and HEAD requests moto has logged so far (0, 0 for a server not started here)."""
+        if self.log is None:
+            return 0, 0
+        text = REQUEST_COLOURS.sub("", self.log.read_text(errors="replace"))
+        return text.count('"GET /'), text.count('"HEAD /')
+
+    def rss_mib(self) -> float:
+        if self.process is None:
+            return math.nan
+        with contextlib.suppress(psutil.Error):
+            return psutil.Process(self.process.pid).memory_info().rss / (1 << 20)
+        return math.nan
+
+    def stop(self) -> None:
+        """Stop moto and wait for it (killed after 10 s), so no process is left behind."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, 9)
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def s3_server(endpoint: str | None) -> Iterator[Server]:
+    """moto's standalone server on a free loopback port for the block (or ``endpoint``, with
+    the caller's credentials), stopped after it."""
+    if endpoint:
+        yield Server(endpoint, env={})
+        return
+    port = free_port()
+    log = DATA_DIR / "moto-server.log"
+    with open(log, "wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: stopped as a whole, never by a Ctrl-C race
+        )
+    server = Server(f"http://127.0.0.1:{port}", dict(MOTO_CREDENTIALS), process, log)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start on port {port}; see {log}")
+            time.sleep(0.2)
+        yield server
+    finally:
+        server.stop()
+
+
+def upload(server: Server, plain: Path) -> tuple[str, float]:
+    """Create the bucket and put ``plain`` in it with s3fs; the URL and the seconds it took."""
+    import s3fs
+
+    env = server.env
+    fs = s3fs.S3FileSystem(
+        key=env.get("AWS_ACCESS_KEY_ID"),
+        secret=env.get("AWS_SECRET_ACCESS_KEY"),
+        endpoint_url=server.endpoint,
+        skip_instance_cache=True,
+    )
+    began = time.perf_counter()
+    if not fs.exists(BUCKET):
+        fs.mkdir(BUCKET)
+    key = f"{BUCKET}/{plain.name}"
+    if not fs.exists(key) or fs.info(key)["size"] != plain.stat().st_size:
+        # One PUT: moto's multipart completion can fail with a 500 that s3fs then retries.
+        fs.put_file(str(plain), key, chunksize=plain.stat().st_size)
+    size = fs.info(key)["size"]
+    if size != plain.stat().st_size:
+        raise RuntimeError(f"s3://{key} holds {size} bytes, {plain} has {plain.stat().st_size}")
+    return f"s3://{key}", time.perf_counter() - began
+
+
+# --- the parent: runs and checks -----------------------------------------------------------------
+
+
+def command(engine: str, source: str, endpoint: str | None) -> list[str]:
+    """The child's command line: the CLI itself, or this script's ``--one``."""
+    if engine in BATCHCORE:
+        cli = Path(sys.executable).with_name("batchcore")
+        backend = BATCHCORE[engine]
+        chosen = ["--backend", backend] if backend else []
+        remote = ["--storage-option", f"endpoint_url={endpoint}"] if endpoint else []
+        return [str(cli), "csv", "stats", source, *JOB.cli_args(), *remote, *chosen, "--json"]
+    return [sys.executable, str(Path(__file__).resolve()), "--one", engine, "--path", source]
+
+
+def run_part(
+    args: argparse.Namespace,
+    sources: dict[str, str],
+    engines: dict[str, list[str]],
+    server: Server | None,
+) -> Cells:
+    """Every (input, engine) of one part, all of them taking turns within each repeat; with a
+    server, its CPU seconds during each run go into the run's ``details['server_cpu']``."""
+    combos = [(name, engine) for name in sources for engine in engines[name]]
+    cells: Cells = {combo: Cell() for combo in combos}
+    for repeat in range(args.repeats):
+        for name, engine in take_turns(combos, repeat):
+            time.sleep(args.pause)
+            remote = name == "s3" and server is not None
+            env = {**args.env, **(server.env if remote and server else {})}
+            endpoint = server.endpoint if remote and server else None
+            before = server.cpu_seconds() if server else math.nan
+            asked = server.requests() if server else (0, 0)
+            run = run_child(
+                command(engine, sources[name], endpoint),
+                timeout=args.timeout,
+                extra_env=env,
+                interval=args.interval,
+            )
+            run.details["server_cpu"] = (server.cpu_seconds() if server else math.nan) - before
+            run.error = printable(run.error)
+            if server is not None:
+                done = server.requests()
+                run.details["gets"] = done[0] - asked[0]
+                run.details["heads"] = done[1] - asked[1]
+            if not run.error and engine in BATCHCORE:
+                try:
+                    run.result = from_cli(JOB, run.report)
+                except (KeyError, TypeError, ValueError) as exc:
+                    run.error = f"unexpected CLI output: {exc!r}"
+            cells[name, engine].runs.append(run)
+            notes = [f"wall {run.wall:.2f} s", f"CPU {run.cpu_seconds:.2f} s"]
+            if server is not None and name == "s3":
+                notes.append(f"server CPU {run.details['server_cpu']:.2f} s")
+            progress(f"{name} {engine} #{repeat + 1}", run, *notes)
+    return cells
+
+
+def printable(error: str, limit: int = 300) -> str:
+    """An error as one readable line: a child that printed binary garbage (a gzip file's bytes
+    taken for a CSV header) would fill the terminal and the results file."""
+    text = " ".join(error.split())
+    head, sep, rest = text.partition(": ")
+    odd = sum(1 for c in rest if not (c.isascii() and c.isprintable()))
+    if sep and odd > len(rest) // 10:
+        text = f"{head}: {len(rest)} characters of mostly non-text output (not shown)"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_results(cells: Cells) -> list[str]:
+    """Every run's rows, sums and per-group counts and sums against the first successful run
+    (all inputs of a part hold the same rows)."""
+    problems: list[str] = []
+    base: tuple[str, dict[str, Any]] | None = None
+    for (name, engine), cell in cells.items():
+        for run in cell.ok:
+            if base is None:
+                base = (f"{engine} on {name}", run.result)
+                continue
+            tag = f"{engine} on {name} vs {base[0]}"
+            want, got = base[1], run.result
+            if got["rows"] != want["rows"]:
+                problems.append(f"{tag}: rows {got['rows']} != {want['rows']}")
+            for column, value in want["sums"].items():
+                if not close(got["sums"][column], value):
+                    problems.append(f"{tag}: sum {column} {got['sums'][column]} != {value}")
+            if set(got["groups"]) != set(want["groups"]):
+                problems.append(
+                    f"{tag}: groups {sorted(got['groups'])} != {sorted(want['groups'])}"
+                )
+                continue
+            for key, group in want["groups"].items():
+                mine = got["groups"][key]
+                if mine["count"] != group["count"]:
+                    problems.append(f"{tag}: group {key} count {mine['count']} != {group['count']}")
+                for column in JOB.sums:
+                    if not close(mine[column], group[column]):
+                        problems.append(f"{tag}: group {key} {column} {mine[column]} != ...")
+    return problems
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def wall(cells: Cells, name: str, engine: str) -> float:
+    cell = cells.get((name, engine))
+    return cell.median("wall") if cell is not None and cell.ok else math.nan
+
+
+def server_cpu(cell: Cell) -> float:
+    return cell.median_detail("server_cpu")
+
+
+def verdict(value: float, wanted: float) -> str:
+    if math.isnan(value):
+        return "no result"
+    return "**pass**" if value >= wanted else "**FAIL**"
+
+
+def remote_table(cells: Cells, engines: list[str]) -> list[str]:
+    head = ["input", "engine", "wall s (min-max)", "job s", "CPU s (job tree)"]
+    head += ["server CPU s", "server cores", "GETs / HEADs", "peak tree RSS MiB"]
+    head += ["others' cores", "x disk"]
+    rows = []
+    for name in REMOTE_INPUTS:
+        for engine in engines:
+            cell = cells.get((name, engine))
+            if cell is None:
+                continue
+            cpu = server_cpu(cell)
+            spent = wall(cells, name, engine)
+            others = cell.median("other_cores") - (cpu / spent if spent > 0 else 0)
+            rows.append(
+                [
+                    INPUTS[name],
+                    ENGINES[engine],
+                    wall_spread(cell),
+                    fmt(cell.median()),
+                    fmt(cell.median("cpu_seconds")),
+                    fmt(cpu),
+                    fmt(cpu / spent if spent > 0 else math.nan),
+                    f"{fmt(cell.median_detail('gets'), 0)} / {fmt(cell.median_detail('heads'), 0)}",
+                    fmt(cell.peak(), 0),
+                    fmt(max(others, 0.0), 1),
+                    times(wall(cells, "disk", engine) / spent),
+                ]
+            )
+    return table(head, rows, align="ll" + "r" * (len(head) - 2))
+
+
+def compressed_table(cells: Cells, name: str, engines: list[str]) -> list[str]:
+    peers = [p for p in PEERS if (name, p) in cells]
+    head = ["engine", "wall s (min-max)", "job s", "CPU s", "peak tree RSS MiB", "others' cores"]
+    head += [f"x {p}" for p in peers]
+    rows = []
+    for engine in engines:
+        cell = cells.get((name, engine))
+        if cell is None:
+            continue
+        row = [ENGINES[engine], wall_spread(cell), fmt(cell.median())]
+        row += [fmt(cell.median("cpu_seconds")), fmt(cell.peak(), 0)]
+        row += [fmt(cell.median("other_cores"), 1)]
+        row += [times(wall(cells, name, p) / wall(cells, name, engine)) for p in peers]
+        rows.append(row)
+    return table(head, rows)
+
+
+def targets(remote: Cells, compressed: Cells) -> tuple[list[str], int, int]:
+    """The issue's targets: rows, passes and how many were judged."""
+    rows: list[list[str]] = []
+    judged = passed = 0
+
+    def add(what: str, value: float, wanted: float, note: str = "") -> None:
+        nonlocal judged, passed
+        said = verdict(value, wanted)
+        judged += not math.isnan(value)
+        passed += said == "**pass**"
+        rows.append([what, times(value), f">= {wanted:.2f}x", said + note])
+
+    if remote:
+        seq, proc = wall(remote, "s3", "sequential"), wall(remote, "s3", "process")
+        add("S3: process vs its sequential", seq / proc, 1.6)
+        add("S3: process vs process on local disk", wall(remote, "disk", "process") / proc, 0.7)
+    for name in COMPRESSED_INPUTS if compressed else []:
+        peers = {p: wall(compressed, name, p) for p in PEERS}
+        found = {p: s for p, s in peers.items() if not math.isnan(s)}
+        fastest = min(found, key=found.__getitem__) if found else ""
+        for engine in ("default", "process"):
+            if (name, engine) not in compressed:
+                continue
+            value = found[fastest] / wall(compressed, name, engine) if found else math.nan
+            what = f"{INPUTS[name]}: {engine} vs the fastest peer ({fastest or '-'})"
+            add(what, value, 1.0)
+    lines = table(["target", "measured", "wanted", "verdict"], rows, align="lrrl")
+    return lines, passed, judged
+
+
+def server_notes(remote: Cells) -> list[str]:
+    """What the server's share says about the S3 rows: its CPU against the job's, per GET."""
+    found = []
+    for engine in ("sequential", "process"):
+        cell = remote.get(("s3", engine))
+        if cell is None or not cell.ok:
+            continue
+        cpu, job_cpu = server_cpu(cell), cell.median("cpu_seconds")
+        gets, spent = cell.median_detail("gets"), cell.median("wall")
+        if math.isnan(cpu):
+            continue
+        found.append(
+            f"- S3 `{engine}`: the server used {cpu:.1f} CPU s per run ({cpu / spent:.2f} of "
+            f"the 2 cores over the run), {cpu / max(job_cpu, 1e-9):.1f}x the CLI tree's "
+            f"{job_cpu:.1f} s; {cpu / max(gets, 1):.2f} s per GET over {gets:.0f} GETs"
+        )
+    if found:
+        found.append(
+            "- moto reads the whole object for every ranged GET and slices it (`FakeKey.value`, "
+            "`moto/s3/models.py`; py-spy: ~80% of its samples in `SpooledTemporaryFile.read`), "
+            "so a GET costs it about one read of the object whatever the range: where its CPU "
+            "exceeds the job's, the S3 rows measure moto more than batchcore"
+        )
+    return found
+
+
+def report(
+    args: argparse.Namespace,
+    header: list[str],
+    remote: Cells,
+    compressed: Cells,
+    files: dict[str, Path],
+    notes: list[str],
+    problems: list[str],
+) -> str:
+    lines = ["# CSV stats on an S3-compatible server and on gzip-compressed files, cold", ""]
+    lines += header
+    target_lines, passed, judged = targets(remote, compressed)
+    lines += ["", "## The issue's targets", ""]
+    if args.quick:
+        lines += ["Smoke test (`--quick`): small files and one repeat; indicative only.", ""]
+    lines += target_lines
+    lines += [
+        "",
+        f"{passed} of {judged} pass. Ratios are medians of wall seconds (the whole fresh process, "
+        "as a user waits for it). Speed on S3 vs local disk is disk wall / S3 wall. Not tuned: "
+        "batchcore runs as shipped.",
+    ]
+    if remote:
+        plain = files["disk"]
+        lines += ["", f"## (a) {plain.stat().st_size / 1e6:.0f} MB: local disk vs S3 server", ""]
+        lines += [f"`{plain}`, and the same bytes on the server. `{' '.join(JOB.cli_args())}`.", ""]
+        lines += remote_table(remote, args.engines_remote)
+        lines += [
+            "",
+            "Server CPU: user + system seconds of the server process (all its threads) during "
+            "the run, read with psutil; server cores = that / wall. GETs / HEADs: requests in "
+            "moto's log during the run. Others' cores: the rest of "
+            "the machine, without the server. CPU s (job tree): the CLI and the workers it "
+            "reaped. x disk: the same engine's wall on local disk / this row's.",
+        ]
+    if compressed:
+        size = files["gzip-plain"].stat().st_size / 1e6
+        lines += ["", f"## (b) {size:.0f} MB of CSV, gzip-compressed", ""]
+        for name in COMPRESSED_INPUTS:
+            path = files[name]
+            packed = (
+                sum(p.stat().st_size for p in path.glob("*.csv.gz"))
+                if path.is_dir()
+                else path.stat().st_size
+            )
+            lines += ["", f"### {INPUTS[name]}: `{path}` ({packed / 1e6:.0f} MB compressed)", ""]
+            lines += compressed_table(compressed, name, args.engines_compressed)
+    lines += [
+        "",
+        "Wall: the child process from start to exit (interpreter, imports, job), median "
+        "(min-max). Job: the time the child measured around the work. CPU: user + system of the "
+        "child and the workers it reaped. Peak tree RSS: the highest sum of the RSS of the child "
+        f"and its descendants, sampled every {args.interval * 1000:.0f} ms. `x ENGINE`: that "
+        "engine's median wall / this row's (above 1.00x: this row is faster).",
+        "",
+        "## How each engine runs",
+        "",
+        f"- batchcore: `batchcore csv stats INPUT {' '.join(JOB.cli_args())} --json "
+        "[--backend B]`, INPUT a path, a folder of parts or an `s3://` URL; for S3 also "
+        "`--storage-option endpoint_url=http://127.0.0.1:PORT`, and the credentials in "
+        "`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (moto accepts any pair).",
+        "- pandas: one file: `read_csv(path, chunksize=1_000_000)` loop (gzip by the extension), "
+        "per-chunk `groupby().agg()`, partials summed; parts: `read_csv(part)` of each part, the "
+        "same aggregation.",
+        "- polars: `pl.scan_csv(path or 'DIR/*.csv.gz').group_by(key).agg(pl.len(), sums)"
+        ".collect(engine='streaming')`.",
+        "- DuckDB: `select key, count(*), sum(...) from read_csv('path' or 'DIR/*.csv.gz') "
+        "group by key`, default threads.",
+    ]
+    lines += ["", "## Notes", "", *server_notes(remote), *[f"- {note}" for note in notes]]
+    if problems:
+        lines += ["", "## Errors and mismatches", "", *[f"- {p}" for p in problems]]
+    return "\n".join(lines) + "\n"
+
+
+def chart(args: argparse.Namespace, remote: Cells, compressed: Cells) -> str:
+    panels: dict[str, dict[str, float]] = {}
+    for (name, engine), cell in [*remote.items(), *compressed.items()]:
+        if not cell.ok:
+            continue
+        if name in REMOTE_INPUTS:
+            title, label = "(a) local disk vs S3 server: wall s", f"{name} {engine}"
+        else:
+            title, label = f"(b) {INPUTS[name]}: wall s", engine
+        panels.setdefault(title, {})[label] = cell.median("wall")
+    return bar_chart(args.output.with_suffix(".png"), panels, "seconds (lower is better)")
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", default="remote,compressed", help="remote,compressed")
+    parser.add_argument("--remote-size", default=None, help="the object's size (default 300MB)")
+    parser.add_argument("--compressed-size", default=None, help="uncompressed (default 1GB)")
+    parser.add_argument("--engines", default=",".join(ENGINES), help="engines to run")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3)")
+    parser.add_argument(
+        "--endpoint",
+        default=None,
+        help="an S3-compatible server to use instead of starting moto (credentials from "
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; its CPU is not measured)",
+    )
+    add_child_options(parser, pause=2.0, interval=0.01, env_example="AWS_MAX_ATTEMPTS=3")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="files go here")
+    parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
+    parser.add_argument("--quick", action="store_true", help="20MB files, 1 repeat")
+    parser.add_argument("--one", choices=PEERS, help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        if not args.path:
+            parser.error("--one needs --path")
+        return args
+    args.env = parse_env(args.env, parser)
+    args.parts = parse_list(parser, "--parts", args.parts, ["remote", "compressed"])
+    engines = parse_list(parser, "--engines", args.engines, ENGINES)
+    args.engines_remote = [e for e in engines if e in BATCHCORE]
+    args.engines_compressed = engines
+    args.remote_size = args.remote_size or ("20MB" if args.quick else "300MB")
+    args.compressed_size = args.compressed_size or ("20MB" if args.quick else "1GB")
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.pause = args.pause if args.pause is not None else (0.3 if args.quick else 2.0)
+    args.timeout = args.timeout or (180.0 if args.quick else 900.0)
+    if args.repeats < 1 or args.pause < 0 or args.interval <= 0:
+        parser.error("--repeats must be >= 1, --pause >= 0 and --interval > 0")
+    partial = args.parts != ["remote", "compressed"] or engines != list(ENGINES)
+    args.output = args.output or default_output("remote", args.quick, args.env, partial)
+    return args
+
+
+def inflate_floor(path: Path) -> str:
+    """How fast this Python's zlib inflates ``path`` (a .gz file or a folder of them) in one
+    thread: the floor for any reader that decompresses one gzip stream in one thread."""
+    began = time.perf_counter()
+    inflated = 0
+    for part in sorted(path.glob("*.csv.gz")) if path.is_dir() else [path]:
+        with gzip.open(part, "rb") as stream:
+            while block := stream.read(16 << 20):
+                inflated += len(block)
+    seconds = time.perf_counter() - began
+    return (
+        f"`{path.name}`: {inflated / 1e6:.0f} MB inflated in {seconds:.2f} s "
+        f"({inflated / 1e6 / seconds:.0f} MB/s)"
+    )
+
+
+def warm_page_cache(paths: list[Path]) -> None:
+    """Read every input once, so each engine reads cached files."""
+    for path in paths:
+        for part in sorted(path.iterdir()) if path.is_dir() else [path]:
+            with open(part, "rb") as handle:
+                while handle.read(16 << 20):
+                    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.one:
+        return one(args.one, args.path)
+    session = Session.start()
+    files: dict[str, Path] = {}
+    notes: list[str] = []
+    remote: Cells = {}
+    compressed: Cells = {}
+    parent_cpu = time.process_time()
+    try:
+        if "compressed" in args.parts and args.engines_compressed:
+            plain = ensure_file("sales", args.compressed_size, args.data_dir)
+            files["gzip-plain"] = plain
+            files["gzip"] = ensure_gzip(plain)
+            files["gzip-parts"] = ensure_gzip_parts(plain, PARTS)
+        if "remote" in args.parts and args.engines_remote:
+            files["disk"] = ensure_file("sales", args.remote_size, args.data_dir)
+            with s3_server(args.endpoint) as server:
+                url, seconds = upload(server, files["disk"])
+                notes.append(f"The object: `{url}`")
+                what = "moto's standalone server (`python -m moto.server`), started here"
+                notes.append(
+                    f"Server: {what if server.process else 'given with --endpoint'} at "
+                    f"{server.endpoint}; the upload of {files['disk'].name} with s3fs took "
+                    f"{seconds:.1f} s"
+                )
+                warm_page_cache([files["disk"]])
+                sources = {"disk": str(files["disk"]), "s3": url}
+                engines = {name: args.engines_remote for name in sources}
+                remote = run_part(args, sources, engines, server)
+                if server.process is not None:
+                    notes.append(f"Server RSS at the end: {server.rss_mib():.0f} MiB")
+        if "compressed" in args.parts and args.engines_compressed:
+            warm_page_cache([files["gzip"], files["gzip-parts"]])
+            floors = [inflate_floor(files[name]) for name in COMPRESSED_INPUTS]
+            notes.append(
+                "Decompression floor (Python's `gzip`/zlib, one thread, in the parent before "
+                "the runs): " + "; ".join(floors)
+            )
+            sources = {name: str(files[name]) for name in COMPRESSED_INPUTS}
+            engines = {name: args.engines_compressed for name in sources}
+            compressed = run_part(args, sources, engines, None)
+    except KeyboardInterrupt:
+        print("interrupted: the running child and its workers were killed", file=sys.stderr)
+        return 130
+    parent_cpu = time.process_time() - parent_cpu
+    problems = check_results(remote) + check_results(compressed)
+    problems += [
+        f"{INPUTS[name]} {ENGINES[engine]}: {run.error}"
+        for (name, engine), cell in [*remote.items(), *compressed.items()]
+        for run in cell.runs
+        if run.error
+    ]
+    problems += leftover_problems()
+    header = session.header(package_versions(PACKAGES))
+    header += [
+        "- **The machine is 2 cores, shared and noisy**: compare ratios within this run, not "
+        "seconds across runs.",
+        f"- Method: every run a fresh process after a {args.pause:g} s pause; {args.repeats} "
+        "repeat(s), medians; within each part every (input, engine) takes turns in each "
+        "repeat; local files read once before, so they are in the page cache",
+        f"- Children's extra environment: {env_line(args.env)}",
+        sampler_line([*remote.values(), *compressed.values()], args.interval, parent_cpu),
+        "- Results: every run's rows, sums (1e-6 relative) and per-group counts and sums "
+        "checked against the first run of its part (all inputs of a part hold the same rows); "
+        + (f"{len(problems)} problem(s), see the end" if problems else "all agree"),
+        chart(args, remote, compressed),
+    ]
+    text = report(args, header, remote, compressed, files, notes, problems)
+    write_report(args.output, text)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
