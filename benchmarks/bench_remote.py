@@ -83,7 +83,7 @@ from harness import (
 )
 
 JOB = JOBS["sales"]
-PACKAGES = ["batchcore", "pyarrow", "fsspec", "s3fs", "moto", "pandas", "polars", "duckdb"]
+PACKAGES = ["batchcore", "pyarrow", "isal", "fsspec", "s3fs", "moto", "pandas", "polars", "duckdb"]
 BUCKET = "bench-remote"
 # moto accepts any credentials; these are passed the provider's way, in the environment.
 MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
@@ -91,12 +91,15 @@ PARTS = 32
 REQUEST_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours some request lines
 GZIP_LEVEL = 6  # gzip's default, what a user's files most likely have
 
-BATCHCORE = {"default": None, "sequential": "sequential", "process": "process"}
+BATCHCORE = {"default": None, "sequential": "sequential", "process": "process", "zlib": None}
+# Engines run as if ``isal`` (batchcore[gzip]) were not installed: gzip through pyarrow's zlib.
+WITHOUT_ISAL = {"zlib"}
 PEERS = ["pandas", "polars", "duckdb"]
 ENGINES = {
     "default": "batchcore CLI, default backend (no `--backend`: auto)",
     "sequential": "batchcore CLI `--backend sequential`",
     "process": "batchcore CLI `--backend process`",
+    "zlib": "batchcore CLI, default backend, without `isal` (pyarrow's zlib)",
     "pandas": "pandas",
     "polars": "polars `scan_csv` streaming",
     "duckdb": "DuckDB `read_csv`",
@@ -320,6 +323,15 @@ def upload(server: Server, plain: Path) -> tuple[str, float]:
 # --- the parent: runs and checks -----------------------------------------------------------------
 
 
+def no_isal(folder: Path) -> Path:
+    """A folder whose ``isal`` package fails to import: on ``PYTHONPATH`` it hides the real one,
+    so batchcore inflates gzip as it does without the ``batchcore[gzip]`` extra."""
+    shim = folder / "no-isal"
+    (shim / "isal").mkdir(parents=True, exist_ok=True)
+    (shim / "isal" / "__init__.py").write_text('raise ImportError("hidden by bench_remote")\n')
+    return shim
+
+
 def command(engine: str, source: str, endpoint: str | None) -> list[str]:
     """The child's command line: the CLI itself, or this script's ``--one``."""
     if engine in BATCHCORE:
@@ -346,6 +358,8 @@ def run_part(
             time.sleep(args.pause)
             remote = name == "s3" and server is not None
             env = {**args.env, **(server.env if remote and server else {})}
+            if engine in WITHOUT_ISAL:
+                env["PYTHONPATH"] = str(no_isal(args.data_dir))
             endpoint = server.endpoint if remote and server else None
             before = server.cpu_seconds() if server else math.nan
             asked = server.requests() if server else (0, 0)
@@ -657,7 +671,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.env = parse_env(args.env, parser)
     args.parts = parse_list(parser, "--parts", args.parts, ["remote", "compressed"])
     engines = parse_list(parser, "--engines", args.engines, ENGINES)
-    args.engines_remote = [e for e in engines if e in BATCHCORE]
+    args.engines_remote = [e for e in engines if e in BATCHCORE and e not in WITHOUT_ISAL]
     args.engines_compressed = engines
     args.remote_size = args.remote_size or ("20MB" if args.quick else "300MB")
     args.compressed_size = args.compressed_size or ("20MB" if args.quick else "1GB")

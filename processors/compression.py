@@ -3,7 +3,8 @@ streaming reader of its decompressed bytes.
 
 ::
 
-    raw bytes --sniff(head)--> "gzip" | "zstd" ------- pyarrow CompressedInputStream (C++) ---+
+    raw bytes --sniff(head)--> "gzip" --------------- ISA-L (batchcore[gzip]), else pyarrow --+
+                               "zstd" --------------- pyarrow CompressedInputStream (C++) ---+
                                "xz" | "bz2" ---------- stdlib lzma / bz2, stream by stream ---+
                                None (plain)                                                   |
                                zip, Parquet: NotCsvError                                      v
@@ -11,7 +12,10 @@ streaming reader of its decompressed bytes.
 
 pyarrow decompresses gzip and zstd in C++ with the GIL released, so a thread can parse while
 another decompresses; it reads every member of a multi-member gzip and every frame of a
-concatenated zstd stream (what ``cat a.gz b.gz`` makes). xz (no pyarrow codec) and bz2 (pyarrow
+concatenated zstd stream (what ``cat a.gz b.gz`` makes). When the optional ``isal`` package is
+installed (``pip install batchcore[gzip]``), gzip goes through Intel's ISA-L instead, member by
+member, which inflates about 3x faster than zlib (measured: ~1.1 GB/s against ~0.35 GB/s per
+core) and also frees the GIL. xz (no pyarrow codec) and bz2 (pyarrow
 fails on an empty member, and is no faster: the same libbz2) go through the stdlib's
 decompressors, driven here stream by stream because ``lzma.open`` and ``bz2.open`` silently stop
 at trailing garbage after a stream. A stream that ends early or does not decode is a
@@ -25,11 +29,19 @@ import bz2
 import io
 import lzma
 from collections.abc import Callable
+from types import ModuleType
 from typing import BinaryIO, Protocol
 
 import pyarrow as pa
 
 from .errors import CompressedDataError, NotCsvError
+
+igzip_lib: ModuleType | None
+try:  # the optional fast gzip inflater (batchcore[gzip])
+    from isal import igzip_lib
+except ImportError:  # without it gzip goes through pyarrow; tests force that path too
+    igzip_lib = None
+
 
 __all__ = [
     "FORMATS",
@@ -42,7 +54,8 @@ __all__ = [
 
 FORMATS = ("bz2", "gzip", "xz", "zstd")
 MAGIC_BYTES = 6  # the longest signature below (xz); read this many bytes to sniff
-RAW_READ = 1 << 16  # compressed bytes read at a time by the xz loop (pyarrow reads 64 KiB too)
+RAW_READ = 1 << 16  # compressed bytes read at a time by the stream loop (pyarrow reads 64 KiB too)
+FAST_GZIP = igzip_lib is not None  # whether gzip goes through ISA-L; tests turn it off
 BUFFER = 1 << 20  # the buffered reader's size; parse chunks are far larger and bypass it
 
 # Not CSV, and often handed over as if they were: what each is, and what to do instead.
@@ -111,6 +124,28 @@ def _xz() -> _Decompressor:
     return lzma.LZMADecompressor(lzma.FORMAT_XZ)
 
 
+def _gzip() -> _Decompressor:
+    assert igzip_lib is not None
+    decompressor: _Decompressor = igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)
+    return decompressor
+
+
+class TrailingBytesError(Exception):
+    """What follows a complete stream is neither another stream nor allowed padding."""
+
+
+# What a decoder raises on bad data; ISA-L's error is neither an OSError nor a ValueError.
+_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    TrailingBytesError,
+    lzma.LZMAError,
+    pa.ArrowException,
+)
+if igzip_lib is not None:
+    _DATA_ERRORS += (igzip_lib.IsalError,)
+
+
 class _StreamsReader(io.RawIOBase):
     """The decompressed bytes of one or more concatenated streams, one stdlib decompressor each;
     an early end, or anything but a next stream (or xz's null padding) after one, is an error.
@@ -118,11 +153,14 @@ class _StreamsReader(io.RawIOBase):
     The stdlib's own file classes stop silently at trailing garbage, and pyarrow's bz2 fails on
     an empty member of a concatenation, hence this loop (the decompressors release the GIL)."""
 
-    def __init__(self, raw: _Source, new: Callable[[], _Decompressor], padding: bool) -> None:
+    def __init__(
+        self, raw: _Source, new: Callable[[], _Decompressor], padding: bool, magic: bytes
+    ) -> None:
         super().__init__()
         self.raw = raw
         self.new = new
         self.padding = padding
+        self.magic = magic  # how every stream starts
         self.decompressor = new()
 
     def readable(self) -> bool:
@@ -154,7 +192,10 @@ class _StreamsReader(io.RawIOBase):
                 return out
 
     def _between(self, data: bytes) -> bytes:
-        return data.lstrip(b"\x00") if self.padding else data
+        data = data.lstrip(b"\x00") if self.padding else data
+        if not self.magic.startswith(data[: len(self.magic)]):
+            raise TrailingBytesError("bytes after the end of a stream are not another stream")
+        return data
 
 
 class DecompressedReader(io.RawIOBase):
@@ -174,7 +215,7 @@ class DecompressedReader(io.RawIOBase):
     def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
         try:
             got = self.inner.readinto(buffer)
-        except (OSError, EOFError, lzma.LZMAError, pa.ArrowException) as exc:
+        except _DATA_ERRORS as exc:
             if exc is self.source.failure:
                 raise  # the file failed, not the data
             raise CompressedDataError(self.kind, _reason(exc), self.position) from exc
@@ -207,9 +248,12 @@ def open_decompressed(raw: BinaryIO, kind: str) -> BinaryIO:
     source = _Source(raw)
     inner: io.RawIOBase | pa.NativeFile
     if kind == "xz":
-        inner = _StreamsReader(source, _xz, padding=True)
+        inner = _StreamsReader(source, _xz, padding=True, magic=b"\xfd7zXZ\x00")
+    elif kind == "gzip" and FAST_GZIP:
+        # no zero padding after a member: pyarrow refuses it too, so both inflaters agree
+        inner = _StreamsReader(source, _gzip, padding=False, magic=b"\x1f\x8b")
     elif kind == "bz2":
-        inner = _StreamsReader(source, bz2.BZ2Decompressor, padding=False)
+        inner = _StreamsReader(source, bz2.BZ2Decompressor, padding=False, magic=b"BZh")
     elif pa.Codec.is_available(kind):
         inner = pa.CompressedInputStream(source, kind)
     else:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from batchcore.processors import compression
 from batchcore.processors.compression import (
     FORMATS,
     MAGIC_BYTES,
@@ -272,3 +273,54 @@ def test_streams_are_closed_with_their_reader() -> None:
     stream: BinaryIO = open_decompressed(io.BytesIO(gzip.compress(DATA)), "gzip")
     stream.close()
     assert stream.closed
+
+
+# --- gzip: ISA-L (batchcore[gzip]) and pyarrow's zlib read and fail alike ---
+
+
+def gzip_outcome(blob: bytes) -> object:
+    """What reading ``blob`` gives: its bytes, or the error's class and the words after "is"."""
+    try:
+        return read_in_pieces(blob)
+    except CompressedDataError as exc:
+        return (type(exc), exc.kind, str(exc).split(":")[0])
+
+
+def flipped(blob: bytes, position: int) -> bytes:
+    changed = bytearray(blob)
+    changed[position] ^= 0x04
+    return bytes(changed)
+
+
+BLOB = gzip.compress(DATA)
+GZIP_CASES = {
+    "whole": BLOB,
+    "members": gzip.compress(DATA[:1000]) + gzip.compress(b"") + gzip.compress(DATA[1000:]),
+    "cut in the body": BLOB[: len(BLOB) // 2],
+    "cut in the trailer": BLOB[:-4],
+    "crc flipped": flipped(BLOB, len(BLOB) - 6),
+    "size flipped": flipped(BLOB, len(BLOB) - 2),
+    "trailing garbage": BLOB + b"trailing garbage",
+    "trailing zeros": BLOB + bytes(8),
+    **{f"body flipped at {at}": flipped(BLOB, len(BLOB) * at // 7) for at in range(1, 7)},
+}
+
+
+def test_isal_is_installed_for_the_tests() -> None:
+    # without it the test below would compare pyarrow with itself
+    assert compression.igzip_lib is not None, "pip install -e '.[test]' installs isal"
+
+
+@pytest.mark.parametrize("case", GZIP_CASES)
+def test_both_gzip_inflaters_give_the_same_bytes_or_the_same_error(
+    case: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = GZIP_CASES[case]
+    monkeypatch.setattr(compression, "FAST_GZIP", True)
+    fast = gzip_outcome(blob)
+    monkeypatch.setattr(compression, "FAST_GZIP", False)
+    assert gzip_outcome(blob) == fast
+    if case in ("whole", "members"):
+        assert fast == DATA
+    else:
+        assert isinstance(fast, tuple) and fast[:2] == (CompressedDataError, "gzip"), fast

@@ -180,10 +180,48 @@ def test_the_cli_reads_a_gzip_file_it_used_to_misread(
     assert str(broken) in err and "gzip" in err and "truncated" in err
 
 
+class WhereChunksRun(CSVBatchNode):
+    def exec(self, table: Any) -> tuple[int, str | None, int | None, int]:
+        import os
+        import threading
+
+        rng = self.current_range
+        assert rng is not None
+        return os.getpid(), self.current_file, rng.chunk, threading.get_ident()
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> None:
+        shared["where"] = exec_res
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_as_many_compressed_parts_as_workers_are_each_inflated_by_one_worker(
+    tmp_path: Path, backend: str
+) -> None:
+    """With a part per worker or more, each part is one item: its worker inflates it and runs
+    its chunks in order, so no decompressed byte travels and every worker inflates."""
+    for number in range(4):
+        data = HEADER + b"".join(ROWS[number * 800 : (number + 1) * 800])
+        write_bytes(tmp_path / f"part-{number}.csv.gz", gzip.compress(data))
+    shared: dict[str, Any] = {}
+    node = WhereChunksRun(str(tmp_path), chunk_bytes=5_000, backend=backend, workers=2)
+    node.run(shared)
+    by_file: dict[str | None, list[tuple[int, int | None, int]]] = {}
+    for pid, file, chunk, thread in shared["where"]:
+        by_file.setdefault(file, []).append((pid, chunk, thread))
+    assert sorted(by_file) == [str(tmp_path / f"part-{n}.csv.gz") for n in range(4)]
+    for runs in by_file.values():
+        assert len(runs) > 1  # several chunks per part
+        assert [chunk for _, chunk, _ in runs] == list(range(len(runs)))
+        assert len({(pid, thread) for pid, _, thread in runs}) == 1  # one worker per part
+    assert node.csv_report.ranges == len(shared["where"])
+    assert node.csv_report.rows == 3200
+
+
 def test_several_parts_are_decompressed_at_once_and_stopped_with_the_batch(
     tmp_path: Path,
 ) -> None:
-    """Each compressed part has its decompressing thread; a batch that fails stops them all."""
+    """In the parent (here: the sequential backend), the next compressed part is decompressing
+    while this one's chunks run; a batch that fails stops every such thread."""
     import threading
 
     for number in range(6):
@@ -202,6 +240,6 @@ def test_several_parts_are_decompressed_at_once_and_stopped_with_the_batch(
             raise RuntimeError("stop here")
 
     with pytest.raises(RuntimeError, match="stop here"):
-        Fails(str(tmp_path), chunk_bytes=5_000, backend="thread").run({})
+        Fails(str(tmp_path), chunk_bytes=5_000, backend="sequential").run({})
     assert max(seen_threads) >= 2  # the next part was decompressing already
     assert not [t for t in threading.enumerate() if t.name == "batchcore-decompress"]

@@ -338,9 +338,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         ahead = default_workers()  # one stream per core at most
         started: dict[int, _Prefetch[CsvRange]] = {}
         compressed = [file for file, plan in enumerate(plans) if plan.compression is not None]
-        # On Dask the client must not read the data: each compressed file is one item that its
-        # worker decompresses and runs chunk by chunk (parallel across files, not within one).
-        whole = resolve_options(self, None).backend.name == "dask"
+        whole = _whole_files(resolve_options(self, None).backend, len(compressed))
         index = 0
         try:
             for file, (plan, found) in enumerate(zip(plans, ranges, strict=True)):
@@ -414,6 +412,20 @@ class CSVBatchNode(BatchNode, _ParsesRange):
                 else:
                     values.append(part)
         return values
+
+
+def _whole_files(backend: Backend, compressed: int) -> bool:
+    """Whether each compressed file is one item that its worker decompresses and runs chunk by
+    chunk, rather than chunks the parent decompresses and hands out.
+
+    On Dask always: the client must not read the data. Elsewhere when there are at least as
+    many compressed files as workers: every worker then inflates a stream of its own and no
+    bytes travel, where the parent alone would inflate for all of them (measured in
+    ``benchmarks/results/remote.md``: 32 gzip parts). Fewer files than workers (one big file)
+    leave workers idle that way, so the parent inflates and the workers parse."""
+    if backend.name == "dask":
+        return True
+    return backend.parallel and compressed >= backend.workers
 
 
 def _stream_ranges(plan: CsvPlan, file: int) -> Iterator[CsvRange]:
