@@ -10,7 +10,10 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterable
+from dataclasses import replace
 
+import pyarrow as pa
 import pytest
 from csv_helpers import ROOT, csv_text
 from hypothesis import given, settings
@@ -50,7 +53,7 @@ def chunks(
     data: bytes, chunk_bytes: int, quote: int | None = QUOTE, most: int = 0
 ) -> list[StreamChunk]:
     stream = Trickle(data, most) if most else io.BytesIO(data)
-    return list(
+    return as_bytes(
         record_chunks(
             stream,  # type: ignore[arg-type]
             quote=quote,
@@ -58,6 +61,14 @@ def chunks(
             max_record_bytes=1 << 16,
         )
     )
+
+
+def as_bytes(found: Iterable[StreamChunk]) -> list[StreamChunk]:
+    """The chunks with their data as ``bytes``, to compare; each must be an Arrow buffer, which
+    reaches a worker uncopied."""
+    found = list(found)
+    assert all(isinstance(chunk.data, pa.Buffer) for chunk in found)
+    return [replace(chunk, data=memoryview(chunk.data).tobytes()) for chunk in found]
 
 
 def parse(data: bytes) -> list[list[str]]:
@@ -162,7 +173,7 @@ def test_any_bytes_give_the_first_long_record_or_the_open_quote_or_whole_records
             list(run)
         assert unterminated.value.position == spans[-1][0]
     else:
-        found = list(run)
+        found = as_bytes(run)
         assert b"".join(chunk.data for chunk in found) == data
         ends = {end for _, end in spans}
         assert all(chunk.offset + len(chunk.data) in ends for chunk in found)
@@ -217,7 +228,7 @@ def test_a_record_longer_than_max_record_bytes_is_an_error_where_it_starts(
     assert isinstance(error, RecordTooLong)
     assert (error.position, error.limit, error.line) == (data.index(b"3,"), 64, 4)
     assert pickle.loads(pickle.dumps(error)).line == 4
-    ok = list(
+    ok = as_bytes(
         record_chunks(io.BytesIO(data), quote=QUOTE, chunk_bytes=chunk_bytes, max_record_bytes=65)
     )
     check(data, ok)
@@ -263,7 +274,9 @@ def test_split_header_gives_the_header_and_the_rest_with_its_line() -> None:
 def test_a_gzip_stream_is_chunked_like_the_plain_text() -> None:
     data = b"".join(b'%d,"note %d\nsecond line"\n' % (i, i) for i in range(50_000))
     kind, stream = open_input(io.BytesIO(gzip.compress(data)))
-    found = list(record_chunks(stream, quote=QUOTE, chunk_bytes=64 << 10, max_record_bytes=1024))
+    found = as_bytes(
+        record_chunks(stream, quote=QUOTE, chunk_bytes=64 << 10, max_record_bytes=1024)
+    )
     assert kind == "gzip"
     check(data, found)
 

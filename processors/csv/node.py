@@ -442,19 +442,15 @@ def _stream_ranges(plan: CsvPlan, file: int) -> Iterator[CsvRange]:
                 max_record_bytes=options.max_record_bytes,
             )
             for chunk in chunks:
+                # an Arrow buffer: a process worker gets it through shared memory, uncopied
                 data, offset, line = chunk.data, chunk.offset, chunk.line
                 if offset < plan.data_start:  # the first chunk: drop the BOM and the header
                     skip = plan.data_start - offset
-                    data, offset, line = (
-                        data[skip:],
-                        plan.data_start,
-                        line + data[:skip].count(b"\n"),
-                    )
-                if data:
+                    header = memoryview(data)[:skip].tobytes()
+                    data, offset, line = data[skip:], plan.data_start, line + header.count(b"\n")
+                if len(data):
                     end = offset + len(data)
-                    # an Arrow buffer: a process worker gets it through shared memory, uncopied
-                    buffer = pa.py_buffer(data)
-                    yield CsvRange(0, offset, end, line=line, file=file, data=buffer)
+                    yield CsvRange(0, offset, end, line=line, file=file, data=data)
     except CompressedDataError as exc:
         raise exc.with_path(plan.path) from None
     except StreamRecordTooLong as exc:

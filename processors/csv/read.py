@@ -299,9 +299,9 @@ def _compressed_head(source: Source, options: CsvOptions) -> tuple[bytes, int, b
         raise CsvFormatError(source.url, exc.line, UNTERMINATED) from None
     if chunk is None:
         return b"", 0, b""
-    begin = len(BOM) if chunk.data.startswith(BOM) else 0
-    if begin:
-        chunk = StreamChunk(chunk.index, chunk.data[begin:], begin, chunk.line)
+    data = memoryview(chunk.data).tobytes()  # the head only (``infer_bytes``)
+    begin = len(BOM) if data.startswith(BOM) else 0
+    chunk = StreamChunk(chunk.index, data[begin:], begin, chunk.line)
     first, rest = split_header(chunk, options.quote_byte)
     return first, begin, rest.data if rest is not None else b""
 
