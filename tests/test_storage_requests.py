@@ -61,3 +61,27 @@ def test_local_expiry_check_keeps_the_head(
     with source.open(1 << 12) as handle:
         assert handle.read(100) == DATA[:100]
     assert len(heads) == listed + 1, heads  # the file's own
+
+
+def test_a_remote_block_is_scanned_with_one_ranged_get(
+    s3_put: Any, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quote count of a remote block reads it in one GET, not one per file-object block."""
+    from batchcore.processors.csv.split import scan_block
+
+    data = DATA * 20  # 6 MiB: more than one 4 MiB file-object block
+    url = s3_put("scan.csv", data)
+    [source] = storage.expand(url, s3_storage_options)
+    fs = storage.filesystem(url, source.options)  # cached: its methods were bound already
+    gets: list[tuple[int, int]] = []
+    real = fs.cat_file
+
+    def counting(path: str, start: Any = None, end: Any = None, **kw: Any) -> Any:
+        gets.append((start, end))
+        return real(path, start=start, end=end, **kw)
+
+    monkeypatch.setattr(fs, "cat_file", counting)
+    scan = scan_block(source, 10, len(data) - 10, ord(","), lines=True)
+    assert gets == [(10, len(data) - 10)]
+    body = data[10:-10]
+    assert (scan.quotes, scan.newlines) == (body.count(b","), body.count(b"\n"))
