@@ -53,18 +53,23 @@ def run_script(tmp_path: Path, code: str, timeout: float = 100) -> dict[str, Any
 
 
 HUNG_SIBLING = """
-import json, sys, time
+import json, os, sys, time
 import batchcore
 from batchcore import BatchNode
+
+STARTED = {started!r}  # item 1 creates it: the hung sibling is under way
 
 class OneFailsOneHangs(BatchNode):
     def prep(self, shared):
         return shared["items"]
     def exec(self, item):
         if item == 0:
-            time.sleep(0.5)  # the sibling is under way by now
+            deadline = time.monotonic() + 30
+            while not os.path.exists(STARTED) and time.monotonic() < deadline:
+                time.sleep(0.01)
             raise ValueError("item 0 is bad")
         if item == 1:
+            open(STARTED, "w").close()
             time.sleep(600)
         return item
 
@@ -99,7 +104,9 @@ if __name__ == "__main__":
 def test_fail_fast_does_not_wait_for_a_hung_sibling(tmp_path: Path, backend: str) -> None:
     """No ``timeout=``: the failure still reaches the caller at once; the next batch on the same
     backend runs on a full pool (the hung item's thread was abandoned and replaced)."""
-    report = run_script(tmp_path, HUNG_SIBLING.format(backend=backend))
+    started = tmp_path / "item-1-started"
+    report = run_script(tmp_path, HUNG_SIBLING.format(backend=backend, started=str(started)))
+    assert started.exists()
     assert report["error"] == "item 0 is bad"
     assert report["stopped"] < PROMPT, f"fail-fast waited {report['stopped']:.1f} s"
     assert report["out"] == [x * x for x in range(20)]
