@@ -153,7 +153,7 @@ class WhereFallback(BatchNode):
 
     def exec(self, item: str) -> Any:
         if item == "hang":
-            time.sleep(5)
+            time.sleep(2)  # 4 times the timeout; an abandoned thread is a leak until it ends
         if item == "raise":
             raise ValueError("bad")
         return ("ok", os.getpid(), threading.get_ident())
@@ -168,7 +168,7 @@ class WhereFallback(BatchNode):
 def test_exec_fallback_placement(parallel_backend: str) -> None:
     """The README's table: after a timeout (or a crash) the fallback runs in the caller, on every
     backend; after ``exec`` raised, it runs where ``exec`` ran (the worker)."""
-    node = WhereFallback(backend=parallel_backend, workers=2, chunksize=1, timeout=1.0)
+    node = WhereFallback(backend=parallel_backend, workers=2, chunksize=1, timeout=0.5)
     shared: dict[str, Any] = {"items": ["hang", "raise", "fine"]}
     node.run(shared)
     timed_out, raised, fine = shared["out"]
@@ -189,7 +189,7 @@ def test_a_failing_fallback_after_a_timeout_fails_the_item(backend: str) -> None
         def exec_fallback(self, prep_res: Any, exc: Exception) -> Any:
             raise exc
 
-    node = NoRescue(backend=backend, workers=2, chunksize=1, timeout=1.0)
+    node = NoRescue(backend=backend, workers=2, chunksize=1, timeout=0.5)
     with pytest.raises(ItemTimeoutError, match=r"item 1 \('hang'\)"):
         node.run({"items": ["fine", "hang", "fine"]})
 
