@@ -117,6 +117,8 @@ def test_fail_fast_does_not_wait_for_a_hung_sibling(tmp_path: Path, backend: str
 def test_an_abandoned_thread_runs_no_further_item() -> None:
     """The abandoned thread finishes the item it is on, then runs nothing else of its job."""
     ran: list[int] = []
+    threads: list[threading.Thread] = []
+    started = threading.Event()
     release = threading.Event()
 
     class Gated(BatchNode):
@@ -125,9 +127,11 @@ def test_an_abandoned_thread_runs_no_further_item() -> None:
 
         def exec(self, item: int) -> int:
             if item == 0:
-                time.sleep(0.3)  # item 3, on the other thread, is under way by now
+                started.wait(30)  # until item 3, on the other thread, is under way
                 raise ValueError("item 0 is bad")
             ran.append(item)
+            threads.append(threading.current_thread())
+            started.set()
             release.wait(30)  # held past the stop's grace: its thread is abandoned
             return item
 
@@ -137,7 +141,7 @@ def test_an_abandoned_thread_runs_no_further_item() -> None:
     assert time.monotonic() - began < PROMPT
     assert ran == [3]
     release.set()
-    time.sleep(0.5)
+    threads[0].join(10)  # it finishes item 3 and ends (were it to run 4 and 5, they are quick)
     assert ran == [3]  # items 4 and 5, behind it in its job, never ran
 
 
