@@ -71,9 +71,10 @@ def parallel_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def pool_worker_pids() -> set[int]:
+def pool_worker_pids(descendants: list[psutil.Process] | None = None) -> set[int]:
     """Pids of the warm workers that live backends keep on purpose (process pools and their
-    zygotes, and the processes of a Dask LocalCluster a Dask backend started)."""
+    zygotes, and the processes of a Dask LocalCluster a Dask backend started). ``descendants``:
+    this process's, when the caller has just listed them (a listing reads every /proc/PID)."""
     pids: set[int] = set()
     live = list(base._LIVE)
     for backend in live:
@@ -84,7 +85,9 @@ def pool_worker_pids() -> set[int]:
                     pids.add(pool.zygote.proc.pid)
     if HAS_DASK:
         if any(getattr(b, "_cluster", None) is not None for b in live if b.name == "dask"):
-            for child in psutil.Process().children(recursive=True):
+            if descendants is None:
+                descendants = psutil.Process().children(recursive=True)
+            for child in descendants:
                 try:
                     command = " ".join(child.cmdline())
                     if "multiprocessing" in command and "resource_tracker" not in command:
@@ -97,10 +100,10 @@ def pool_worker_pids() -> set[int]:
 def _stray_children(
     before: set[int], descendants: list[psutil.Process] | None = None
 ) -> list[psutil.Process]:
-    allowed = before | pool_worker_pids()
-    strays = []
     if descendants is None:
         descendants = psutil.Process().children(recursive=True)
+    allowed = before | pool_worker_pids(descendants)
+    strays = []
     for child in descendants:
         try:
             if child.pid in allowed or child.status() == psutil.STATUS_ZOMBIE:
@@ -240,9 +243,9 @@ def _stray_threads(before: set[int]) -> list[threading.Thread]:
     ]
 
 
-def _warm_state() -> frozenset[Any]:
+def _warm_state(descendants: list[psutil.Process] | None = None) -> frozenset[Any]:
     """What warm components exist: any change excuses new pipes and sockets (they are theirs)."""
-    state: set[Any] = set(pool_worker_pids())
+    state: set[Any] = set(pool_worker_pids(descendants))
     for backend in list(base._LIVE):
         state.update(id(pool) for pool in getattr(backend, "_idle", ()))
         if getattr(backend, "_client", None) is not None:
@@ -334,11 +337,12 @@ class Resources:
 
     @classmethod
     def now(cls, temp_dir: Path) -> Resources:
+        descendants = psutil.Process().children(recursive=True)  # listed once: see leaks()
         return cls(
-            children={child.pid for child in psutil.Process().children(recursive=True)},
+            children={child.pid for child in descendants},
             threads={t.ident or 0 for t in threading.enumerate()},
             fds=_open_fds(),
-            warm=_warm_state(),
+            warm=_warm_state(descendants),
             shm=_shm_files(),
             temps=_temp_files(temp_dir),
         )
@@ -353,13 +357,15 @@ class Resources:
 
     def leaks(self, temp_dir: Path) -> dict[str, list[Any]]:
         """Everything left behind since ``self``, by kind (empty lists when clean)."""
+        # One listing of this process's descendants for every check below: each listing reads
+        # every /proc/PID/stat on the machine, and this runs after every test.
         descendants = psutil.Process().children(recursive=True)
         return {
             "child processes": _stray_children(self.children, descendants),
             "escaped grandchildren": _escaped_grandchildren(descendants),
             "threads": _stray_threads(self.threads),
             "file descriptors": _leaked_fds(
-                self.fds, _warm_state() != self.warm or self.started_dask()
+                self.fds, _warm_state(descendants) != self.warm or self.started_dask()
             ),
             "shared-memory files": sorted(
                 p for p in _shm_files() - self.shm if not _kept_for_a_live_worker(p)

@@ -143,7 +143,10 @@ class CrashingParquetNode(ParquetNode):
 
 class FailingParquetNode(ParquetNode):
     """A ParquetNode whose range ``fail_index`` fails (after ``fail_after`` s) while every other
-    range takes ``delay`` seconds before it writes: a failure with writes still in flight."""
+    range takes ``delay`` seconds before it writes: a failure with writes still in flight. With
+    ``marker_dir``, each other range leaves ``INDEX-PID.started`` there as it starts and
+    ``INDEX-PID.ended`` once it is done (written, or failed), so a test can tell when every
+    write under way has ended (``writes_in_flight``)."""
 
     def __init__(
         self,
@@ -152,12 +155,14 @@ class FailingParquetNode(ParquetNode):
         fail_index: int,
         fail_after: float,
         delay: float,
+        marker_dir: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(path, out_dir, **options)
         self.fail_index = fail_index
         self.fail_after = fail_after
         self.delay = delay
+        self.marker_dir = marker_dir
 
     def exec(self, table: pa.Table) -> tuple[str, int]:
         rng = self.current_range
@@ -165,8 +170,34 @@ class FailingParquetNode(ParquetNode):
         if rng.index == self.fail_index:
             time.sleep(self.fail_after)
             raise OSError(28, "No space left on device")
-        time.sleep(self.delay)
-        return super().exec(table)
+        mark = Path(self.marker_dir or os.devnull) / f"{rng.index}-{os.getpid()}"
+        if self.marker_dir:
+            mark.with_suffix(".started").touch()
+        try:
+            time.sleep(self.delay)
+            return super().exec(table)
+        finally:
+            if self.marker_dir:
+                mark.with_suffix(".ended").touch()
+
+
+def writes_in_flight(marker_dir: Path) -> list[str]:
+    """The ranges of a FailingParquetNode that started and have not ended, in a process that
+    is still running (a killed worker writes nothing more)."""
+    in_flight = []
+    for started in marker_dir.glob("*.started"):
+        pid = int(started.stem.split("-")[1])
+        if not started.with_suffix(".ended").exists() and _running(pid):
+            in_flight.append(started.stem)
+    return in_flight
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False  # gone
 
 
 # --- data ------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import os
 import select
@@ -65,6 +66,20 @@ AWS_SANDBOX: dict[str, str | None] = {
 }
 
 
+_SESSION_LOCK = threading.Lock()
+
+
+@functools.cache
+def _botocore_session() -> Any:
+    """One botocore session for every client the tests make: a new session loads the service
+    models from disk again (about 0.1 s a client), one session loads them once. Credentials and
+    the endpoint are given to each client, so nothing a session could read from the environment
+    is used (and ``AWS_SANDBOX`` is set before the first server starts)."""
+    import botocore.session
+
+    return botocore.session.get_session()
+
+
 @dataclass
 class S3Server:
     """A running server: where it listens, the credentials it accepts, and its process."""
@@ -87,17 +102,17 @@ class S3Server:
     def client(self, service: str = "s3", **credentials: str) -> Any:
         """A plain (synchronous) botocore client for setting up and checking data; close it."""
         import botocore.config
-        import botocore.session
 
         config = botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=5)
-        return botocore.session.get_session().create_client(
-            service,
-            region_name=REGION,
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=credentials.get("key", self.key),
-            aws_secret_access_key=credentials.get("secret", self.secret),
-            config=config,
-        )
+        with _SESSION_LOCK:  # a botocore session is not safe to share between threads
+            return _botocore_session().create_client(
+                service,
+                region_name=REGION,
+                endpoint_url=self.endpoint_url,
+                aws_access_key_id=credentials.get("key", self.key),
+                aws_secret_access_key=credentials.get("secret", self.secret),
+                config=config,
+            )
 
     def running(self) -> bool:
         return self.process.poll() is None

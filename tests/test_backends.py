@@ -154,12 +154,12 @@ def test_close_stops_the_run_early(parallel_backend: str) -> None:
     """Closing the stream after its first chunk cancels the queued jobs: it costs at most the
     jobs already running (or a worker's exit), far less than finishing the batch undisturbed."""
     node = FaultyNode()
-    node.set_params({"kind": "raise", "bad": (), "delay": 0.05})  # 120 items: ~3 s on 2 workers
+    node.set_params({"kind": "raise", "bad": (), "delay": 0.05})
     backend = get_backend(parallel_backend, 2)
     assert len(list(backend.map(NodeTask(node), range(4), chunksize=2))) == 2  # workers up
-    began = time.monotonic()
-    assert len(list(backend.map(NodeTask(node), range(120), chunksize=2))) == 60
-    undisturbed = time.monotonic() - began
+    # Undisturbed, the batch takes at least this long: 120 items that sleep 0.05 s each, on 2
+    # workers (a bound, so it is not run just to be timed).
+    undisturbed = 120 * 0.05 / 2
     chunks = backend.map(NodeTask(node), range(120), chunksize=2)
     next(chunks)
     began = time.monotonic()
@@ -167,7 +167,7 @@ def test_close_stops_the_run_early(parallel_backend: str) -> None:
     closing = time.monotonic() - began
     # Processes get up to a second to exit after SIGTERM; threads finish their current item.
     assert closing < undisturbed / 2, (
-        f"close took {closing:.2f} s; the whole batch takes {undisturbed:.2f} s undisturbed"
+        f"close took {closing:.2f} s; the whole batch takes {undisturbed:.2f} s or more undisturbed"
     )
     shared: dict[str, Any] = {"items": range(10)}
     Square(backend=parallel_backend, workers=2).run(shared)

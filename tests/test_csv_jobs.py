@@ -25,6 +25,7 @@ from csv_helpers import (
     nulls_sales,
     pandas_stats,
     write_bytes,
+    writes_in_flight,
 )
 
 import batchcore
@@ -525,18 +526,32 @@ def test_a_failed_write_leaves_no_partial_part(
     assert list(tmp_path.iterdir()) == []  # no dataset, no staging folder, no temp file, no lock
 
 
-def test_nothing_is_written_after_a_failed_run_returns(backend: str, tmp_path: Path) -> None:
+def test_nothing_is_written_after_a_failed_run_returns(
+    backend: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """When one range fails, the job must not return while other ranges are still writing: a
     part that appears later could land in the next run's dataset (``overwrite=True`` right after
     a failure) and silently replace one of its parts."""
     out = tmp_path / "ds"
+    marks = tmp_path_factory.mktemp("marks")
     node = FailingParquetNode(
-        str(SALES), str(out), 0, 0.1, 0.5, chunk_bytes=50_000, backend=backend, workers=2
+        str(SALES),
+        str(out),
+        0,
+        0.1,
+        0.5,
+        marker_dir=str(marks),
+        chunk_bytes=50_000,
+        backend=backend,
+        workers=2,
     )
     with pytest.raises(OSError, match="No space left"):
         node.run({})
     right_after = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    time.sleep(0.8)  # longer than any in-flight write takes
+    deadline = time.monotonic() + 10  # every write under way ends (or its process is gone)
+    while writes_in_flight(marks) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert writes_in_flight(marks) == []
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == right_after
     assert right_after == []
 

@@ -256,7 +256,7 @@ def test_a_server_stopped_mid_run_fails_the_ranges_it_could_not_serve(
 
     node = StopsTheServer(
         url,
-        chunk_bytes=50_000,
+        chunk_bytes=110_000,  # 4 ranges: 2 read, then 2 that fail (each after its retries)
         storage_options=options,
         backend="thread",
         workers=1,

@@ -4,6 +4,7 @@ and the old one intact, and a second writer is refused without touching anything
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -328,24 +329,39 @@ def test_the_cli_refuses_a_held_lock_with_exit_2(
     assert tree(tmp_path) == before
 
 
-class SlowParquetNode(ParquetNode):
-    """A ParquetNode whose every range waits ``delay`` seconds before writing."""
+class GatedParquetNode(ParquetNode):
+    """A ParquetNode whose ranges after the first wait (on any backend) for the file ``gate``
+    to exist before writing."""
 
-    def __init__(self, path: str, out_dir: str, delay: float, **options: Any) -> None:
+    def __init__(self, path: str, out_dir: str, gate: str, **options: Any) -> None:
         super().__init__(path, out_dir, **options)
-        self.delay = delay
+        self.gate = gate
 
     def exec(self, table: pa.Table) -> tuple[str, int]:
-        time.sleep(self.delay)
+        rng = self.current_range
+        assert rng is not None
+        deadline = time.monotonic() + 60
+        while rng.index > 0 and not os.path.exists(self.gate) and time.monotonic() < deadline:
+            time.sleep(0.01)
         return super().exec(table)
 
 
-def test_a_second_run_does_not_disturb_a_running_one(backend: str, tmp_path: Path) -> None:
-    """While one run writes (its staging folder has parts), a second run into the same folder is
-    refused, and the first one completes its whole dataset."""
+def test_a_second_run_does_not_disturb_a_running_one(
+    backend: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """While one run writes (its staging folder has parts, and the others wait until the
+    second run is refused), a second run into the same folder is refused, and the first one
+    completes its whole dataset."""
     out = tmp_path / "ds"
-    node = SlowParquetNode(
-        str(SALES), str(out), 0.3, overwrite=True, chunk_bytes=OLD_CHUNK, backend=backend, workers=2
+    gate = tmp_path_factory.mktemp("gate") / "open"
+    node = GatedParquetNode(
+        str(SALES),
+        str(out),
+        str(gate),
+        overwrite=True,
+        chunk_bytes=OLD_CHUNK,
+        backend=backend,
+        workers=2,
     )
     errors: list[BaseException] = []
 
@@ -365,6 +381,7 @@ def test_a_second_run_does_not_disturb_a_running_one(backend: str, tmp_path: Pat
         with pytest.raises(UsageError, match="another run is writing"):
             csv_to_parquet(SALES, out, chunk_bytes=NEW_CHUNK, overwrite=True)
     finally:
+        gate.touch()
         thread.join(120)
     assert errors == []
     assert_whole_sales(out, 11)
@@ -467,6 +484,21 @@ CHILD = textwrap.dedent(
 )
 
 
+def group_alive(group: int) -> bool:
+    """Whether a process of process group ``group`` is still running (zombies are not)."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == group and fields[0] != "Z":  # fields 3 and 5 of proc(5): state, pgrp
+            return True
+    return False
+
+
 def run_child(
     tmp_path: Path, backend: str, overwrite: bool, mode: str
 ) -> subprocess.CompletedProcess[str]:
@@ -489,16 +521,15 @@ def run_child(
     try:
         stdout, stderr = child.communicate(timeout=180)
     finally:
-        with_pool = 0.0
-        while with_pool < 10:  # the workers of a killed parent notice and exit; make sure
-            try:
-                os.killpg(child.pid, 0)
-            except ProcessLookupError:
+        # The workers of a killed parent notice and exit; make sure. An exited process that is
+        # still a zombie counts as gone: orphans are reaped by init, which may take its time.
+        deadline = time.monotonic() + 10
+        while group_alive(child.pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.pid, signal.SIGKILL)
                 break
-            time.sleep(0.1)
-            with_pool += 0.1
-        else:
-            os.killpg(child.pid, signal.SIGKILL)
+            time.sleep(0.02)
         if child.poll() is None:
             child.kill()
             child.wait()

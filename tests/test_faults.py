@@ -26,6 +26,7 @@ from batchcore.errors import RemoteTraceback
 
 ITEMS = list(range(8))
 BAD = 3
+TIMEOUT = 0.5  # seconds per item: what the hang cases wait out (the others take milliseconds)
 
 # kind, backends it applies to, expected exception type, text the message must contain
 CASES: list[tuple[str, tuple[str, ...], type[BaseException], str]] = [
@@ -33,8 +34,8 @@ CASES: list[tuple[str, tuple[str, ...], type[BaseException], str]] = [
     ("exit", ("process",), WorkerCrashedError, "exited with code 3"),
     ("sigkill", ("process",), WorkerCrashedError, "SIGKILL"),
     ("segfault", ("process",), WorkerCrashedError, "SIGSEGV"),
-    ("hang", ("thread", "process", "dask"), ItemTimeoutError, "timeout=1"),
-    ("hang_ignoring_sigterm", ("process",), ItemTimeoutError, "timeout=1"),
+    ("hang", ("thread", "process", "dask"), ItemTimeoutError, f"timeout={TIMEOUT}"),
+    ("hang_ignoring_sigterm", ("process",), ItemTimeoutError, f"timeout={TIMEOUT}"),
     ("return_lock", ("process", "dask"), SerializationError, "_thread.lock"),
     ("return_generator", ("process",), SerializationError, "generator"),
     ("finicky", ("process", "dask"), RemoteItemError, "Finicky"),
@@ -50,7 +51,7 @@ ROWS = [
 
 
 def run_faulty(kind: str, backend: str, on_error: str, **params: Any) -> tuple[FaultyNode, dict]:
-    node = FaultyNode(backend=backend, workers=2, timeout=1, on_error=on_error)
+    node = FaultyNode(backend=backend, workers=2, timeout=TIMEOUT, on_error=on_error)
     node.set_params({"kind": kind, "bad": (BAD,), **params})
     shared: dict[str, Any] = {"items": ITEMS}
     node.run(shared)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ LONG_BATCH = textwrap.dedent(
         pool = backend._idle[0]
         print("pids", *[w.proc.pid for w in pool.workers], flush=True)
     node = FaultyNode(backend={backend!r}, workers=2, chunksize=1)
-    node.set_params({{"kind": "raise", "bad": (), "delay": 30}})
+    node.set_params({{"kind": "raise", "bad": (), "delay": 30, "marker_dir": {marks!r}}})
     print("started", flush=True)
     try:
         node.run({{"items": list(range(20))}})
@@ -60,6 +61,19 @@ def read_until(proc: subprocess.Popen[str], word: str) -> list[str]:
     raise AssertionError(f"no {word!r} line; stderr: {proc.stderr.read() if proc.stderr else ''}")
 
 
+def long_batch(backend: str, marks: Path) -> str:
+    """LONG_BATCH on ``backend``; each item's attempt leaves a file in ``marks`` as it starts."""
+    return LONG_BATCH.format(tests=str(HERE), backend=backend, marks=str(marks))
+
+
+def wait_for_items(marks: Path, count: int) -> None:
+    """Until ``count`` items have started (each then sleeps 30 s): both workers are busy."""
+    deadline = time.monotonic() + 60
+    while len(list(marks.glob("attempt-*"))) < count:
+        assert time.monotonic() < deadline, "the workers never started their items"
+        time.sleep(0.01)
+
+
 def worker_pids(lines: list[str]) -> list[int]:
     for line in lines:
         if line.startswith("pids"):
@@ -80,13 +94,15 @@ def wait_gone(pids: list[int], seconds: float) -> list[int]:
 
 @pytest.mark.crash
 @pytest.mark.parametrize("to_group", [True, False], ids=["terminal-ctrl-c", "sigint-to-parent"])
-def test_ctrl_c_stops_a_process_batch_quickly_and_leaves_no_worker(to_group: bool) -> None:
-    proc = start(LONG_BATCH.format(tests=str(HERE), backend="process"))
+def test_ctrl_c_stops_a_process_batch_quickly_and_leaves_no_worker(
+    to_group: bool, tmp_path: Path
+) -> None:
+    proc = start(long_batch("process", tmp_path))
     try:
         lines = read_until(proc, "started")
         pids = worker_pids(lines)
         assert len(pids) == 2
-        time.sleep(0.5)  # the workers are now inside 30-second items
+        wait_for_items(tmp_path, 2)  # the workers are now inside 30-second items
         sent = time.monotonic()
         if to_group:
             os.killpg(proc.pid, signal.SIGINT)
@@ -105,11 +121,11 @@ def test_ctrl_c_stops_a_process_batch_quickly_and_leaves_no_worker(to_group: boo
 
 
 @pytest.mark.crash
-def test_ctrl_c_stops_a_thread_batch() -> None:
-    proc = start(LONG_BATCH.format(tests=str(HERE), backend="thread"))
+def test_ctrl_c_stops_a_thread_batch(tmp_path: Path) -> None:
+    proc = start(long_batch("thread", tmp_path))
     try:
         read_until(proc, "started")
-        time.sleep(0.3)
+        wait_for_items(tmp_path, 2)
         sent = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=10)
@@ -121,11 +137,11 @@ def test_ctrl_c_stops_a_thread_batch() -> None:
 
 
 @pytest.mark.crash
-def test_workers_exit_when_the_parent_is_killed() -> None:
-    proc = start(LONG_BATCH.format(tests=str(HERE), backend="process"))
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    proc = start(long_batch("process", tmp_path))
     try:
         pids = worker_pids(read_until(proc, "started"))
-        time.sleep(0.3)
+        wait_for_items(tmp_path, 2)
         proc.kill()
         proc.wait()
         assert wait_gone(pids, 5) == []
@@ -182,13 +198,20 @@ def peak_growth(backend: str) -> float:
     return float(report["growth_kib"]) / 1024
 
 
+@functools.cache
+def sequential_peak_growth() -> float:
+    """``peak_growth("sequential")``, measured once for both backends compared with it (the
+    sequential run of a million items is the slowest of the three, about 3 s)."""
+    return peak_growth("sequential")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["thread", "process"])
 def test_a_million_item_generator_costs_the_parent_no_more_than_sequential(backend: str) -> None:
     # post receives the list of 1,000,000 results (8 MiB of pointers) on every backend; what the
     # backend itself adds on top must stay small: the input is never materialised (a list of
     # the million items would add about 38 MiB: 8 MiB of pointers and 30 MiB of ints).
-    sequential = peak_growth("sequential")
+    sequential = sequential_peak_growth()
     assert sequential > 4, f"sequential grew only {sequential:.1f} MiB: the peak was set earlier"
     extra_mib = peak_growth(backend) - sequential
     assert extra_mib < 8, f"{backend} used {extra_mib:.1f} MiB more than sequential"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -82,4 +83,13 @@ def test_a_grandchild_whose_parent_exited_is_seen(session_temp_dir: Path) -> Non
         ]
     finally:
         orphan.kill()
-        orphan.wait(10)
+        # Gone once it is a zombie (exited; nothing of it runs): init reaps an orphan when it
+        # gets to it, which can take a second or more (psutil's wait() waits for that).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if orphan.status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            time.sleep(0.01)

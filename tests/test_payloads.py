@@ -81,6 +81,9 @@ def no_new_files() -> Any:
     assert not left, f"shared-memory files left behind: {sorted(left)}"
 
 
+SLOW = 0.3
+
+
 class Echo(BatchNode):
     """Returns each item with a big array derived from it: results as big as the items."""
 
@@ -104,12 +107,13 @@ class Echo(BatchNode):
             # the state of a worker killed between writing a result's file and sending it
             shm.seal(shm.split([item]))
             os.kill(os.getpid(), signal.SIGKILL)
+        # SLOW seconds: far longer than a big job takes to send, so the stop finds workers busy
         if kind == "slow":
-            time.sleep(1)
+            time.sleep(SLOW)
         if kind == "raise" and isinstance(item, np.ndarray):
             if item[0] == 1:
                 raise ValueError("bad item 1")
-            time.sleep(1)  # when 1 fails, both workers are busy and have their next job queued
+            time.sleep(SLOW)  # when 1 fails, both workers are busy and have their next job queued
         return [item, item * 2 if isinstance(item, np.ndarray) else item]
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> None:

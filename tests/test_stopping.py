@@ -53,18 +53,25 @@ def run_script(tmp_path: Path, code: str, timeout: float = 100) -> dict[str, Any
 
 
 HUNG_SIBLING = """
-import json, sys, time
+import json, os, sys, time
 import batchcore
 from batchcore import BatchNode
+
+STARTED = {started!r}  # item 1 creates it: the hung sibling is under way
 
 class OneFailsOneHangs(BatchNode):
     def prep(self, shared):
         return shared["items"]
     def exec(self, item):
         if item == 0:
-            time.sleep(0.5)  # the sibling is under way by now
+            # Until the sibling is under way on the other worker; 0.5 s at most, as it may also
+            # be queued behind this item on this worker (then it starts once this one failed).
+            deadline = time.monotonic() + 0.5
+            while not os.path.exists(STARTED) and time.monotonic() < deadline:
+                time.sleep(0.01)
             raise ValueError("item 0 is bad")
         if item == 1:
+            open(STARTED, "w").close()
             time.sleep(600)
         return item
 
@@ -99,7 +106,8 @@ if __name__ == "__main__":
 def test_fail_fast_does_not_wait_for_a_hung_sibling(tmp_path: Path, backend: str) -> None:
     """No ``timeout=``: the failure still reaches the caller at once; the next batch on the same
     backend runs on a full pool (the hung item's thread was abandoned and replaced)."""
-    report = run_script(tmp_path, HUNG_SIBLING.format(backend=backend))
+    started = tmp_path / "item-1-started"
+    report = run_script(tmp_path, HUNG_SIBLING.format(backend=backend, started=str(started)))
     assert report["error"] == "item 0 is bad"
     assert report["stopped"] < PROMPT, f"fail-fast waited {report['stopped']:.1f} s"
     assert report["out"] == [x * x for x in range(20)]
@@ -109,6 +117,8 @@ def test_fail_fast_does_not_wait_for_a_hung_sibling(tmp_path: Path, backend: str
 def test_an_abandoned_thread_runs_no_further_item() -> None:
     """The abandoned thread finishes the item it is on, then runs nothing else of its job."""
     ran: list[int] = []
+    threads: list[threading.Thread] = []
+    started = threading.Event()
     release = threading.Event()
 
     class Gated(BatchNode):
@@ -117,9 +127,11 @@ def test_an_abandoned_thread_runs_no_further_item() -> None:
 
         def exec(self, item: int) -> int:
             if item == 0:
-                time.sleep(0.3)  # item 3, on the other thread, is under way by now
+                started.wait(30)  # until item 3, on the other thread, is under way
                 raise ValueError("item 0 is bad")
             ran.append(item)
+            threads.append(threading.current_thread())
+            started.set()
             release.wait(30)  # held past the stop's grace: its thread is abandoned
             return item
 
@@ -129,7 +141,7 @@ def test_an_abandoned_thread_runs_no_further_item() -> None:
     assert time.monotonic() - began < PROMPT
     assert ran == [3]
     release.set()
-    time.sleep(0.5)
+    threads[0].join(10)  # it finishes item 3 and ends (were it to run 4 and 5, they are quick)
     assert ran == [3]  # items 4 and 5, behind it in its job, never ran
 
 
@@ -145,7 +157,7 @@ class WhereFallback(BatchNode):
 
     def exec(self, item: str) -> Any:
         if item == "hang":
-            time.sleep(5)
+            time.sleep(2)  # 4 times the timeout; an abandoned thread is a leak until it ends
         if item == "raise":
             raise ValueError("bad")
         return ("ok", os.getpid(), threading.get_ident())
@@ -160,7 +172,7 @@ class WhereFallback(BatchNode):
 def test_exec_fallback_placement(parallel_backend: str) -> None:
     """The README's table: after a timeout (or a crash) the fallback runs in the caller, on every
     backend; after ``exec`` raised, it runs where ``exec`` ran (the worker)."""
-    node = WhereFallback(backend=parallel_backend, workers=2, chunksize=1, timeout=1.0)
+    node = WhereFallback(backend=parallel_backend, workers=2, chunksize=1, timeout=0.5)
     shared: dict[str, Any] = {"items": ["hang", "raise", "fine"]}
     node.run(shared)
     timed_out, raised, fine = shared["out"]
@@ -181,7 +193,7 @@ def test_a_failing_fallback_after_a_timeout_fails_the_item(backend: str) -> None
         def exec_fallback(self, prep_res: Any, exc: Exception) -> Any:
             raise exc
 
-    node = NoRescue(backend=backend, workers=2, chunksize=1, timeout=1.0)
+    node = NoRescue(backend=backend, workers=2, chunksize=1, timeout=0.5)
     with pytest.raises(ItemTimeoutError, match=r"item 1 \('hang'\)"):
         node.run({"items": ["fine", "hang", "fine"]})
 

@@ -110,7 +110,8 @@ def fake_s3() -> Iterator[tuple[str, Reply]]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever)
+    # shutdown() waits for serve_forever to poll: every 0.05 s, not the default 0.5 s
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}", reply

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 from faulty import FaultyNode
-from test_interrupt import wait_gone
+from test_interrupt import wait_for_items, wait_gone
 
 from batchcore import BatchNode
 from batchcore.backends import process as process_backend
@@ -188,7 +188,7 @@ KILLED_PARENT = textwrap.dedent(
     pool = backend._idle[0]
     print("pids", pool.zygote.proc.pid, *[w.proc.pid for w in pool.workers], flush=True)
     node = FaultyNode(backend="process", workers=2, chunksize=1)
-    node.set_params({{"kind": "raise", "bad": (), "delay": 30}})
+    node.set_params({{"kind": "raise", "bad": (), "delay": 30, "marker_dir": {marks!r}}})
     print("started", flush=True)
     node.run({{"items": list(range(20))}})
     """
@@ -196,10 +196,10 @@ KILLED_PARENT = textwrap.dedent(
 
 
 @pytest.mark.crash
-def test_the_zygote_and_its_workers_exit_when_the_parent_is_killed() -> None:
+def test_the_zygote_and_its_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     env = dict(os.environ)
     proc = subprocess.Popen(
-        [sys.executable, "-c", KILLED_PARENT.format(tests=str(HERE))],
+        [sys.executable, "-c", KILLED_PARENT.format(tests=str(HERE), marks=str(tmp_path))],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -211,7 +211,7 @@ def test_the_zygote_and_its_workers_exit_when_the_parent_is_killed() -> None:
         pids = [int(pid) for pid in proc.stdout.readline().split()[1:]]
         assert len(pids) == 3, proc.stderr.read() if proc.stderr else ""
         assert proc.stdout.readline().startswith("started")
-        time.sleep(0.5)  # the workers are inside 30-second items
+        wait_for_items(tmp_path, 2)  # the workers are inside 30-second items
         proc.kill()
         proc.wait()
         assert wait_gone(pids, 5) == []
