@@ -151,8 +151,9 @@ if igzip_lib is not None:
 
 
 class _StreamsReader(io.RawIOBase):
-    """The decompressed bytes of one or more concatenated streams, one stdlib decompressor each;
-    an early end, or anything but a next stream (or xz's null padding) after one, is an error.
+    """The decompressed bytes of one or more concatenated streams, a new decompressor (stdlib
+    bz2/lzma, or ISA-L's gzip) for each; an early end, or anything but a next stream (or xz's
+    null padding) after one, is an error.
 
     The stdlib's own file classes stop silently at trailing garbage, and pyarrow's bz2 fails on
     an empty member of a concatenation, hence this loop (the decompressors release the GIL)."""

@@ -299,7 +299,7 @@ def _compressed_head(source: Source, options: CsvOptions) -> tuple[bytes, int, b
         raise CsvFormatError(source.url, exc.line, UNTERMINATED) from None
     if chunk is None:
         return b"", 0, b""
-    data = memoryview(chunk.data).tobytes()  # the head only (``infer_bytes``)
+    data = bytes(chunk.data)  # the head only (``infer_bytes``)
     begin = len(BOM) if data.startswith(BOM) else 0
     chunk = StreamChunk(chunk.index, data[begin:], begin, chunk.line)
     first, rest = split_header(chunk, options.quote_byte)

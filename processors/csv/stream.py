@@ -141,7 +141,7 @@ def record_chunks(
     if inside:
         raise UnterminatedQuote(offset, line)
     if carried:
-        yield StreamChunk(index, pa.py_buffer(bytes(carried)), offset, line)
+        yield StreamChunk(index, pa.py_buffer(carried), offset, line)
 
 
 def _fill(stream: BinaryIO, view: memoryview) -> int:
@@ -271,7 +271,7 @@ def _check_lengths(
 def split_header(chunk: StreamChunk, quote: int | None) -> tuple[bytes, StreamChunk | None]:
     """The header record of the first chunk, and the rest of the chunk (``None`` when the
     header is all there is): the head for type inference without reading the stream twice."""
-    data = memoryview(chunk.data).tobytes()  # the head only: small
+    data = bytes(chunk.data)  # the head only: small (and no copy when it is bytes already)
     array = np.frombuffer(data, dtype=np.uint8)
     found = np.flatnonzero(array == NEWLINE)
     if quote is not None:
