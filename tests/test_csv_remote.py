@@ -20,6 +20,7 @@ from batchcore.processors import storage
 from batchcore.processors.cli import main
 from batchcore.processors.csv.jobs import csv_stats, csv_to_parquet
 from batchcore.processors.csv.node import CSVBatchNode
+from batchcore.processors.errors import CsvFormatError
 
 HEADER, *ROWS = SALES.read_bytes().splitlines(keepends=True)
 REFERENCE = csv_stats(SALES, ["amount", "qty"], group_by="region")
@@ -329,3 +330,118 @@ def test_on_dask_workers_decompress_compressed_objects_the_client_reads_their_he
     names = sorted(p.name for p in (tmp_path / "ds").glob("part-*"))
     assert names[:2] == ["part-00000-00000.parquet", "part-00000-00001.parquet"]
     assert result["rows"] == pq.read_table(tmp_path / "ds").num_rows == REFERENCE.rows * 40
+
+
+# --- a plain object is read once: blocks cut by their workers (``CsvBlock``) -----------------
+
+# ``n`` is summed; each note holds newlines and lines that parse as rows of their own, so a
+# block guessed to start outside quotes when it is inside one parses to wrong rows: the parent
+# must drop such a result and cut the block again, or the sums come out wrong.
+TRICKY = b"n,note\n" + b"".join(
+    b'%d,"a\n%d,b\n%d,c ""quoted"", d"\n' % (i, i * 3, i * 5) for i in range(6000)
+)
+
+
+def tricky_reference(tmp_path: Path) -> Any:
+    local = tmp_path / "tricky.csv"
+    local.write_bytes(TRICKY)
+    return csv_stats(local, ["n"], group_by="note", backend="sequential")
+
+
+def test_blocks_cut_by_a_wrong_guess_are_cut_again_on_every_backend(
+    backend: str, s3_put: Any, s3_storage_options: dict[str, Any], tmp_path: Path
+) -> None:
+    reference = tricky_reference(tmp_path)
+    got = csv_stats(
+        s3_put("tricky.csv", TRICKY),
+        ["n"],
+        group_by="note",
+        backend=backend,
+        workers=2,
+        chunk_bytes=2000,
+        storage_options=s3_storage_options,
+    )
+    assert got.rows == reference.rows == 6000
+    assert got.columns["n"].as_dict() == reference.columns["n"].as_dict()
+    assert {key: group.rows for key, group in got.groups.items()} == {
+        key: group.rows for key, group in reference.groups.items()
+    }
+
+
+def test_a_plain_object_is_read_once_and_wrong_guesses_are_dropped(
+    s3_put: Any, s3_storage_options: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each block is one GET of itself and a little more (no quote-count pass first); a block
+    cut by a wrong guess may even parse, and its result is dropped for the rerun's."""
+    from batchcore.processors.csv import node
+    from batchcore.processors.csv.split import TAIL
+
+    fetched: list[int] = []
+    real_read = storage.Source.read
+    runs: list[int] = []
+    real_exec_range = node._ParsesRange._exec_range
+
+    def counting_read(self: storage.Source, start: int, end: int) -> bytes:
+        data = real_read(self, start, end)
+        fetched.append(len(data))
+        return data
+
+    def counting_exec(self: Any, plan: Any, rng: Any) -> Any:
+        runs.append(rng.index)
+        return real_exec_range(self, plan, rng)
+
+    monkeypatch.setattr(storage.Source, "read", counting_read)
+    monkeypatch.setattr(node._ParsesRange, "_exec_range", counting_exec)
+    chunk = 20_000
+    big = HEADER + b"".join(ROWS) * 3  # quoted fields with commas, no newlines: guesses hold
+    got = csv_stats(
+        s3_put("big.csv", big),
+        ["amount"],
+        backend="sequential",
+        chunk_bytes=chunk,
+        storage_options=s3_storage_options,
+    )
+    assert got.rows == REFERENCE.rows * 3
+    blocks = -(-(len(big) - len(HEADER)) // chunk)
+    assert len(fetched) == blocks and sum(fetched) <= len(big) + blocks * TAIL
+
+    reference = tricky_reference(tmp_path)
+    runs.clear()
+    got = csv_stats(
+        s3_put("tricky.csv", TRICKY),
+        ["n"],
+        backend="sequential",
+        chunk_bytes=chunk,
+        storage_options=s3_storage_options,
+    )
+    assert got.rows == reference.rows
+    assert got.columns["n"].as_dict() == reference.columns["n"].as_dict()
+    assert len(runs) > -(-len(TRICKY) // chunk)  # wrong guesses parsed, ran, and ran again
+
+
+@pytest.mark.parametrize("backend", ["sequential", "process"])
+def test_errors_in_blocks_cut_by_their_workers_name_the_line(
+    backend: str, s3_put: Any, s3_storage_options: dict[str, Any]
+) -> None:
+    # past the 1 MiB head that inference reads (and checks), so the workers meet each fault
+    good = b"".join(b'%d,"note %d, with a comma"\n' % (i, i) for i in range(40_000))
+    cases = {
+        "open.csv": (b"n,note\n" + good + b'7,"never closed\n' + good, "never closed"),
+        "bad.csv": (b"n,note\n" + good + b"x,y\n" + good, "does not fit"),
+        "long.csv": (b"n,note\n" + good + b'1,"' + b"z" * 9000 + b'"\n' + good, "longer than"),
+    }
+    line = good.count(b"\n") + 2  # the header, the good rows, then the bad one
+    for name, (data, reason) in cases.items():
+        with pytest.raises(CsvFormatError, match=reason) as caught:
+            csv_stats(
+                s3_put(name, data),
+                ["n"],
+                backend=backend,
+                workers=2,
+                chunk_bytes=100_000,
+                max_record_bytes=5000,
+                column_types={"n": "int64"},
+                storage_options=s3_storage_options,
+            )
+        assert caught.value.line == line, (name, str(caught.value))
+        assert name in str(caught.value)

@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from batchcore.processors.csv.split import (
     STEP,
     WINDOW,
     BlockScan,
+    CsvBlock,
     CsvRange,
+    align_block,
     blocks,
     ends_inside_quotes,
     line_of,
@@ -267,6 +270,78 @@ def test_counted_lines_give_each_range_its_starting_line(
             quote,
         )
         assert all(r.line is None for r in plain)
+
+
+def cut_by_guessing(
+    data: bytes, data_start: int, chunk_bytes: int, limit: int = 1 << 20
+) -> tuple[list[CsvRange], int]:
+    """Blocks cut as CSVBatchNode cuts a remote file: each by its worker after one read, with a
+    guessed quote state, then the wrong guesses redone with the true state (the parent's
+    check). The ranges, and how many guesses were wrong."""
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, end: int) -> bytes:
+        reads.append((start, end))
+        return data[start:end]
+
+    ranges, wrong, inside = [], 0, False
+    for index, (start, end) in enumerate(blocks(data_start, len(data), chunk_bytes)):
+        opens = start == data_start
+        block = CsvBlock(index, start, end, inside=False if opens else None, opens=opens)
+        aligned, view = align_block(read, block, len(data), QUOTE, limit)
+        if aligned.inside != inside:
+            wrong += 1
+            block = replace(block, inside=inside)
+            aligned, view = align_block(read, block, len(data), QUOTE, limit)
+        assert aligned.inside == inside and aligned.too_long is None
+        assert bytes(view) == data[aligned.start : aligned.end]
+        if aligned.end > aligned.start:
+            ranges.append(CsvRange(len(ranges), aligned.start, aligned.end))
+        inside ^= bool(aligned.quotes & 1)
+    assert all(start < end for start, end in reads)
+    return ranges, wrong
+
+
+@settings(max_examples=300)
+@given(data=csv_files(), chunk_bytes=st.integers(1, 40))
+def test_blocks_cut_after_one_read_give_the_ranges_of_the_quote_count(
+    data: bytes, chunk_bytes: int
+) -> None:
+    """Whatever the guesses, the checked blocks are the ranges the two-pass split finds."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_bytes(Path(folder) / "p.csv", data)
+        data_start = min(record_ends(data) | {len(data)})
+        ranges, _ = cut_by_guessing(data, data_start, chunk_bytes)
+        assert ranges == split(path, data_start, chunk_bytes)
+
+
+def test_the_guess_is_right_where_quoted_fields_hold_no_newline() -> None:
+    """Blocks that start inside a quoted field with commas (not newlines) are guessed right, so
+    such files are read once; quoted newlines make wrong guesses, which the check redoes."""
+    notes = ["gift wrap, please", 'size 27" monitor, "rush"', "", "fragile"]
+    rows = [[i, "East", notes[i % 4] * (i % 7)] for i in range(3000)]
+    data = csv_text([["id", "region", "note"], *rows]).encode()
+    start = data.index(b"\n") + 1
+    ranges, wrong = cut_by_guessing(data, start, 997)
+    assert wrong == 0 and len(ranges) > 50
+    lines = csv_text([["id", "note"], *([i, "a\nb\nc\nd"] for i in range(3000))]).encode()
+    ranges, wrong = cut_by_guessing(lines, lines.index(b"\n") + 1, 997)
+    assert wrong > 5
+    check_ranges(lines, lines.index(b"\n") + 1, ranges)
+
+
+def test_a_record_that_runs_past_the_limit_is_reported_not_read_on() -> None:
+    data = b"h\n" + b"a\n" * 10 + b'"' + b"x" * 5000 + b'"\n' + b"b\n" * 10
+    reads: list[tuple[int, int]] = []
+
+    def read(start: int, end: int) -> bytes:
+        reads.append((start, end))
+        return data[start:end]
+
+    block = CsvBlock(0, 2, 30, inside=False, opens=True)
+    aligned, view = align_block(read, block, len(data), QUOTE, limit=1000)
+    assert aligned.too_long == 30 and aligned.start == 2 and not len(view)
+    assert max(end for _, end in reads) < 30 + 1000 + (1 << 16)
 
 
 # --- who counts: the parent only while the pool boots ----------------------------------------

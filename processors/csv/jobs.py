@@ -40,7 +40,7 @@ from ..errors import CsvFormatError
 from ..files import StagedFolder, is_temp_name, write_atomically
 from ..outputs import RemoteDataset, is_remote, local_part
 from .node import CSVBatchNode
-from .split import CsvRange
+from .split import CsvItem, CsvRange
 
 __all__ = ["ColumnStats", "CsvStats", "csv_stats", "csv_to_parquet"]
 
@@ -232,6 +232,7 @@ class StatsNode(CSVBatchNode):
     """Per range: row count and column statistics (and per group); ``post`` merges them in order."""
 
     releases_gil = True  # pyarrow parses and numpy sums without the GIL: auto picks threads
+    speculative_ranges = True  # exec has no effects: a wrongly cut block's result is dropped
 
     def __init__(
         self, path: Inputs | None, sums: Sequence[str], group_by: str | None = None, **options: Any
@@ -243,7 +244,7 @@ class StatsNode(CSVBatchNode):
 
     def split(
         self, inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
-    ) -> list[CsvRange] | Iterator[CsvRange]:
+    ) -> list[CsvItem] | Iterator[CsvItem]:
         ranges = super().split(inputs)
         plan = self.csv_plan
         assert plan is not None
@@ -356,7 +357,7 @@ class ParquetNode(CSVBatchNode):
                 self.staged.close()
                 self.staged = None
 
-    def prep(self, shared: dict[str, Any]) -> list[CsvRange] | Iterator[CsvRange]:
+    def prep(self, shared: dict[str, Any]) -> list[CsvItem] | Iterator[CsvItem]:
         ranges = super().prep(shared)  # a bad input fails here, before anything is written
         if is_remote(self.out_dir):
             self.remote = RemoteDataset.begin(

@@ -48,11 +48,17 @@ from .read import (
     too_long,
 )
 from .split import (
+    WINDOW,
+    Aligned,
     BlockScan,
+    CsvBlock,
+    CsvItem,
     CsvRange,
     RecordTooLong,
+    align_block,
     blocks,
     ends_inside_quotes,
+    last_record_start,
     line_of,
     plan_ranges,
     scan_block,
@@ -95,6 +101,17 @@ class _RangeResult:
     rows: int
     skipped: int
     skipped_lines: list[tuple[str, int]]
+
+
+@dataclass
+class _BlockResult:
+    """What a ``CsvBlock`` item returns: where its worker put the block's records and, unless
+    the range is empty, the range's result (or the parse error, if the guess may be wrong)."""
+
+    block: CsvBlock
+    aligned: Aligned
+    value: _RangeResult | None = None
+    error: CsvFormatError | None = None
 
 
 @dataclass
@@ -180,6 +197,8 @@ class _ParsesRange(Node):
     csv_plans: list[CsvPlan]
 
     def _exec(self, prep_res: Any) -> Any:
+        if isinstance(prep_res, CsvBlock):
+            return self._exec_block(self.csv_plans[prep_res.file], prep_res)
         if not isinstance(prep_res, CsvRange):  # a subclass whose prep yields something else
             return super()._exec(prep_res)
         assert self.csv_plans, "prep must call self.split(path)"
@@ -193,6 +212,25 @@ class _ParsesRange(Node):
                 ]
             )
         return self._exec_range(plan, prep_res)
+
+    def _exec_block(self, plan: CsvPlan, block: CsvBlock) -> _BlockResult:
+        """Find the block's records in one read, then parse and run them like a range. With a
+        guessed quote state a parse error may be the guess's: it goes back to the parent, which
+        knows whether the guess was right (``CSVBatchNode._settle``)."""
+        options = plan.options
+        aligned, data = align_block(
+            plan.source.read, block, plan.size, options.quote_byte, options.max_record_bytes
+        )
+        result = _BlockResult(block, aligned)
+        if aligned.end > aligned.start:
+            rng = CsvRange(block.index, aligned.start, aligned.end, file=block.file, data=data)
+            try:
+                result.value = self._exec_range(plan, rng)
+            except CsvFormatError as exc:
+                if block.inside is not None:
+                    raise
+                result.error = exc
+        return result
 
     def _exec_range(self, plan: CsvPlan, prep_res: CsvRange) -> _RangeResult:
         data: RangeData = read_range(plan, prep_res)
@@ -221,10 +259,16 @@ class CSVBatchNode(BatchNode, _ParsesRange):
     ``encoding`` (ASCII-compatible), ``bad_rows`` ("error", or "skip" to drop ragged rows and
     report them in ``csv_report``), ``max_record_bytes`` (a longer record is an error that names
     its line, not a range as long as itself). Batch options (``backend``, ``workers``, ...) are
-    BatchNode's.
+    BatchNode's. A subclass whose ``exec`` leaves nothing behind may set ``speculative_ranges =
+    True``: its remote plain files are then read once instead of twice (see ``CsvBlock``).
     """
 
     progress_unit = "B"
+    # True: ``exec`` may also run on a block a worker cut by a wrong guess, its result then
+    # dropped and the block rerun (see ``CsvBlock``): so remote files are read once, not twice.
+    # Only for an ``exec`` without effects that such a run would leave (a pure one, or one
+    # whose rerun overwrites them).
+    speculative_ranges = False
 
     def __init__(
         self,
@@ -272,13 +316,13 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         """The first input file's plan: the column names and the schema every file is read with."""
         return self.csv_plans[0] if self.csv_plans else None
 
-    def prep(self, shared: dict[str, Any]) -> list[CsvRange] | Iterator[CsvRange]:
+    def prep(self, shared: dict[str, Any]) -> list[CsvItem] | Iterator[CsvItem]:
         """Split ``self.path`` (or ``shared["input_file"]``) into record-aligned ranges."""
         return self.split(self.path or shared["input_file"])
 
     def split(
         self, inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]
-    ) -> list[CsvRange] | Iterator[CsvRange]:
+    ) -> list[CsvItem] | Iterator[CsvItem]:
         """Plan the inputs (names, one schema) and cut them into ranges; call from ``prep``.
 
         A list, or, when a file is compressed, an iterator that decompresses as it goes."""
@@ -291,10 +335,12 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         quote = options.quote_byte
         lines = options.bad_rows == "skip"  # skipped rows are reported by line: count lines too
         sources = [head.source for head in heads]  # compressed ones now say so
+        guessed = [self._guesses(head, lines) for head in heads]
         spans = [
             (file, start, end)
             for file, head in enumerate(heads)
             if head.compression is None  # a compressed file is read front to back instead
+            and not guessed[file]  # nor is this one's whole data read twice
             for start, end in blocks(head.data_start, head.size, options.chunk_bytes)
         ]
         scans = self._scan(sources, spans, quote, lines)
@@ -310,10 +356,13 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         plans = [first, *(same_header(head, first) for head in heads[1:])]
         self.csv_plans = plans
         limit = options.max_record_bytes
-        ranges: list[list[CsvRange]] = []
+        ranges: list[list[CsvItem]] = []
         for file, (plan, file_scans) in enumerate(zip(plans, per_file, strict=True)):
             if plan.compression is not None:
                 ranges.append([])
+                continue
+            if guessed[file]:
+                ranges.append(_blocks(plan, file))
                 continue
             try:
                 found = plan_ranges(
@@ -321,7 +370,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
                 )
             except RecordTooLong as exc:
                 raise too_long(plan.path, line_of(plan.source, exc.position), limit) from None
-            ranges.append(found)
+            ranges.append([*found])
         files = [source.url for source in sources]
         size = sum(plan.size for plan in plans)
         count = sum(len(found) for found in ranges)
@@ -330,7 +379,20 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             return [replace(rng, index=index) for index, rng in enumerate(chain(*ranges))]
         return self._in_order(plans, ranges)
 
-    def _in_order(self, plans: list[CsvPlan], ranges: list[list[CsvRange]]) -> Iterator[CsvRange]:
+    def _guesses(self, head: CsvPlan, lines: bool) -> bool:
+        """Whether ``head``'s file is cut by its workers, each block after one read, rather than
+        after a pass that counts its quotes: a remote plain file of a node whose ``exec`` may
+        run on a wrong guess (``speculative_ranges``), stopping at the first failure (so every
+        block's quote count comes back) and not asked for bad rows' lines."""
+        return (
+            self.speculative_ranges
+            and head.compression is None
+            and not head.source.is_local
+            and not lines
+            and resolve_options(self, None).fail_fast
+        )
+
+    def _in_order(self, plans: list[CsvPlan], ranges: list[list[CsvItem]]) -> Iterator[CsvItem]:
         """Every file's ranges, numbered in file order; a compressed file's are the chunks of its
         decompressed stream, cut as the batch asks for them (never all in memory). The next
         compressed files, one per core, are decompressed at the same time, each a chunk or two
@@ -343,7 +405,7 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         try:
             for file, (plan, found) in enumerate(zip(plans, ranges, strict=True)):
                 if plan.compression is None:
-                    chunks: Iterator[CsvRange] = iter(found)
+                    chunks: Iterator[CsvItem] = iter(found)
                 elif whole:
                     self.csv_report.ranges += 1
                     yield CsvRange(index, plan.data_start, plan.size, file=file, whole=True)
@@ -391,10 +453,58 @@ class CSVBatchNode(BatchNode, _ParsesRange):
 
     def progress_units(self, item: Any) -> int:
         """Progress counts bytes of the files."""
-        return item.size if isinstance(item, CsvRange) else 1
+        return item.size if isinstance(item, CsvRange | CsvBlock) else 1
+
+    def _settle(self, results: list[Any]) -> list[Any]:
+        """The blocks' results, checked: the quote counts of a file's blocks before each one say
+        its true quote state, so a block cut with a wrong guess is run again with the right
+        one, and only a right guess's parse error is raised. Empty blocks are dropped."""
+        quote = self.csv_options.quote_byte
+        states: dict[int, bool] = {}  # per file: the quote state at its next block's start
+        wrong: dict[int, CsvBlock] = {}  # position in results: the block with its true state
+        for position, result in enumerate(results):
+            if isinstance(result, _BlockResult):
+                block, aligned = result.block, result.aligned
+                inside = states.get(block.file, False)
+                if aligned.inside != inside:
+                    wrong[position] = replace(block, inside=inside)
+                states[block.file] = inside ^ bool(aligned.quotes & 1)
+        for file, inside in states.items():
+            if inside and quote is not None:  # an odd total: a quoted field is never closed
+                plan = self.csv_plans[file]
+                start = unterminated_record(plan.source, plan.data_start, quote)
+                raise CsvFormatError(plan.path, line_of(plan.source, start), UNTERMINATED)
+        if wrong:
+            redone = super()._exec(list(wrong.values()))
+            results = list(results)
+            for position, result in zip(wrong, redone, strict=True):
+                results[position] = result
+        settled = []
+        for result in results:
+            if not isinstance(result, _BlockResult):
+                settled.append(result)
+                continue
+            if result.aligned.too_long is not None:
+                raise self._too_long(result.block, result.aligned.start, result.aligned.too_long)
+            if result.error is not None:
+                raise result.error
+            if result.value is not None:
+                settled.append(result.value)
+        self.csv_report.ranges -= len(results) - len(settled)
+        return settled
+
+    def _too_long(self, block: CsvBlock, start: int, end: int) -> CsvFormatError:
+        """The error for the record of ``block`` that runs on past ``end`` (its block's end) by
+        more than ``max_record_bytes``; ``start``: the block's first record start."""
+        plan = self.csv_plans[block.file]
+        with plan.source.open(WINDOW) as handle:
+            record = last_record_start(handle, start, end, plan.options.quote_byte)
+        return too_long(plan.path, line_of(plan.source, record), plan.options.max_record_bytes)
 
     def _exec(self, items: Any) -> list[Any]:
         results = super()._exec(items)
+        if any(isinstance(result, _BlockResult) for result in results):
+            results = self._settle(results)
         report = self.csv_report
         values = []
         for result in results:
@@ -412,6 +522,16 @@ class CSVBatchNode(BatchNode, _ParsesRange):
                 else:
                     values.append(part)
         return values
+
+
+def _blocks(plan: CsvPlan, file: int) -> list[CsvItem]:
+    """The file's nominal blocks, for workers to cut; the first starts on a record."""
+    edges = blocks(plan.data_start, plan.size, plan.options.chunk_bytes)
+    first = plan.data_start  # a record start, so outside quotes
+    return [
+        CsvBlock(0, start, end, file, None if start > first else False, start == first)
+        for start, end in edges
+    ]
 
 
 def _whole_files(backend: Backend, compressed: int) -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import bisect
 import io
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,8 +31,12 @@ import numpy as np
 from ..storage import InputFile, Source, SourceLike, open_input
 
 __all__ = [
+    "Aligned",
     "BlockScan",
+    "CsvBlock",
+    "CsvItem",
     "CsvRange",
+    "align_block",
     "ends_inside_quotes",
     "RecordTooLong",
     "line_of",
@@ -44,6 +49,7 @@ __all__ = [
 NEWLINE = 10
 STEP = 1 << 18  # bytes per numpy step: fits in cache, which is what makes counting fast
 WINDOW = 1 << 16  # bytes read at a time while looking for a boundary
+TAIL = 1 << 14  # bytes read past a block's end for the record that straddles it (at first)
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,122 @@ class BlockScan:
     end: int
     quotes: int
     newlines: int | None = None
+
+
+@dataclass(frozen=True)
+class CsvBlock:
+    """Bytes ``start..end-1`` of input file ``file``, for a worker that finds the block's records
+    and parses them after one read (no quote-count pass first: see ``align_block``).
+
+    ``inside``: the quote state at ``start`` when known (a file's first block, or a block whose
+    first guess was wrong); ``None``: the worker guesses, and the parent checks the guess."""
+
+    index: int
+    start: int
+    end: int
+    file: int = 0
+    inside: bool | None = None
+    opens: bool = False  # ``start`` is a record start: the file's first block
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Aligned:
+    """Where a worker put a block's records: ``start..end-1``, assuming the quote state
+    ``inside`` at the block's start; ``quotes``: the quote bytes in the block (the parent's
+    prefix sum of them says whether the assumption was right)."""
+
+    inside: bool
+    quotes: int
+    start: int
+    end: int
+    too_long: int | None = None  # no record end within ``limit`` after this offset
+
+
+CsvItem = CsvRange | CsvBlock  # an item of a CSV batch: a range, or a block its worker cuts
+
+
+def _outside_newlines(array: np.ndarray, quote: int | None, inside: bool) -> np.ndarray:
+    """Offsets of the newlines in ``array`` outside quotes, given the quote state before it."""
+    found = np.flatnonzero(array == NEWLINE)
+    if quote is None or not found.size:
+        return found
+    quotes = np.flatnonzero(array == quote)
+    outside: np.ndarray = found[((np.searchsorted(quotes, found) + int(inside)) & 1) == 0]
+    return outside
+
+
+def align_block(
+    read: Callable[[int, int], bytes],
+    block: CsvBlock,
+    size: int,
+    quote: int | None,
+    limit: int,
+) -> tuple[Aligned, memoryview]:
+    """The records of ``block`` (as ``plan_ranges`` would cut them, given the right quote
+    state) and their bytes, from one read of the block and a little past it (``read(start,
+    end)``; more only for a record that straddles the end by more than ``TAIL``).
+
+    The quote state at the block's start is ``block.inside``, or else a guess: the state whose
+    first record end comes sooner. A wrong state reads quoted text as unquoted and back, so its
+    first "record end" is a newline inside a quoted field, which most files have few of: the
+    right state usually wins. No record end within ``limit`` bytes past the block's end: an
+    ``Aligned`` whose ``too_long`` says where, and no bytes.
+    """
+    fetched = min(block.end + TAIL, size)
+    data = read(block.start, fetched)
+    length = block.size
+    head = np.frombuffer(data, dtype=np.uint8)[:length]
+    quotes = int(np.count_nonzero(head == quote)) if quote is not None else 0
+    inside = _guess(head, quote) if block.inside is None else block.inside
+    first = 0 if block.opens else first_end(head, quote, inside)
+    state = inside ^ bool(quotes & 1)
+    while True:  # the first record end at or after the block's end
+        end = first_end(np.frombuffer(data, dtype=np.uint8)[length:], quote, state)
+        end = block.end + end if end >= 0 else size if fetched >= size else -1
+        if end - block.end > limit or (end < 0 and fetched - block.end > limit):
+            opening = block.start + first if first >= 0 else block.end
+            return Aligned(inside, quotes, opening, opening, block.end), memoryview(b"")
+        if end >= 0:
+            break
+        more = min(fetched + max(TAIL, fetched - block.end), size)  # twice as far each time
+        data += read(fetched, more)  # rare: a record straddles the end by over ``TAIL``
+        fetched = more
+    # no record starts in the block: the one before it runs past its end, and owns it all
+    start = block.start + first if first >= 0 else end
+    view = memoryview(data)[start - block.start : end - block.start]
+    return Aligned(inside, quotes, start, end), view
+
+
+def _guess(head: np.ndarray, quote: int | None) -> bool:
+    """The likelier quote state before ``head``: the one whose first record end comes sooner
+    (looking at more of ``head`` only while neither has one)."""
+    window = 1 << 12
+    while True:
+        part = head[:window]
+        outside, inside = (first_end(part, quote, state) for state in (False, True))
+        if outside >= 0 or inside >= 0 or window >= len(head):
+            return outside < 0 <= inside or 0 <= inside < outside
+        window *= 16
+
+
+def first_end(array: np.ndarray, quote: int | None, inside: bool) -> int:
+    """The offset just after the first newline outside quotes in ``array`` (given the quote
+    state before it), or -1; looks a few KiB ahead first, as a record end is usually near."""
+    start, window = 0, 1 << 12
+    while start < len(array):
+        part = array[start : start + window]
+        ends = _outside_newlines(part, quote, inside)
+        if ends.size:
+            return start + int(ends[0]) + 1
+        if quote is not None:
+            inside ^= bool(np.count_nonzero(part == quote) & 1)
+        start += len(part)
+        window = STEP
+    return -1
 
 
 def count_bytes(handle: InputFile, start: int, end: int, targets: tuple[int, ...]) -> list[int]:

@@ -28,7 +28,7 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from .split import NEWLINE, STEP, RecordTooLong
+from .split import NEWLINE, STEP, RecordTooLong, first_end
 
 __all__ = [
     "StreamChunk",
@@ -216,19 +216,9 @@ def _ends(block: np.ndarray, quote: int | None, inside: bool) -> np.ndarray:
 
 
 def _first_end(array: np.ndarray, start: int, stop: int, quote: int | None, inside: bool) -> int:
-    """The offset after the first newline outside quotes in ``array[start:stop]``, or -1; looks
-    a few KiB ahead first (a record end is usually that close)."""
-    window = 1 << 12
-    while start < stop:
-        block = array[start : min(stop, start + window)]
-        ends = _ends(block, quote, inside)
-        if ends.size:
-            return start + int(ends[0]) + 1
-        if quote is not None:
-            inside ^= bool(np.count_nonzero(block == quote) & 1)
-        start += len(block)
-        window = STEP
-    return -1
+    """The offset after the first newline outside quotes in ``array[start:stop]``, or -1."""
+    found = first_end(array[start:stop], quote, inside)
+    return start + found if found >= 0 else -1
 
 
 def _check_lengths(
