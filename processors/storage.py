@@ -165,10 +165,25 @@ def _cached_filesystem(protocol: str, frozen: tuple[tuple[str, Any], ...]) -> An
     options = reveal(_thaw(frozen))
     if protocol in ("s3", "s3a"):
         options = with_s3_defaults(options)  # botocore's own retries off: ``retrying`` retries
+    if protocol in ("gs", "gcs") and _gcs_emulated(options):
+        from gcsfs.core import GCSFileSystem  # plain JSON API over HTTP: no gRPC
+
+        return GCSFileSystem(**options)
     fs = fsspec.filesystem(protocol, **options)
     if protocol in ("s3", "s3a"):
         fs.retries = S3FS_RETRIES  # s3fs takes its retry count as an attribute, not an option
     return fs
+
+
+def _gcs_emulated(options: Mapping[str, Any]) -> bool:
+    """Whether gcsfs is pointed at a server other than Google's (an emulator, a proxy): an
+    ``endpoint_url`` or ``STORAGE_EMULATOR_HOST`` not on googleapis.com. gcsfs >= 2025.x's
+    default class then asks that server for each bucket's layout over gRPC (TLS), which no
+    emulator speaks: every call waits out a 30 s gRPC timeout, uncached, before going on
+    (``tests/test_object_stores.py``). gcsfs's plain ``GCSFileSystem`` speaks only the JSON API."""
+    endpoint = options.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST") or ""
+    host = re.sub(r"^[a-z]+://", "", str(endpoint)).split("/")[0].split(":")[0].lower()
+    return bool(host) and not (host == "googleapis.com" or host.endswith(".googleapis.com"))
 
 
 def _freeze(value: Any) -> Any:
