@@ -104,6 +104,21 @@ def protocol_of(path: str) -> str:
     return match.group(1).lower() if match else "file"
 
 
+def reader_modules(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """The modules that read the remote ones of ``paths`` (``s3fs`` for ``s3://``), as fsspec's
+    registry names them: what a worker will import before its first read. None for local paths
+    or without fsspec (reading them fails later, with the extra to install)."""
+    protocols = sorted({protocol_of(os.fspath(path)) for path in paths} - {"file"})
+    if not protocols:
+        return []
+    try:
+        from fsspec.registry import known_implementations
+    except ImportError:
+        return []
+    found = (known_implementations.get(protocol) for protocol in protocols)
+    return [known["class"].rsplit(".", 1)[0] for known in found if known]
+
+
 def _is_local(url: str) -> bool:
     return not is_url(url)
 

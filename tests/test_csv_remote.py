@@ -445,3 +445,34 @@ def test_errors_in_blocks_cut_by_their_workers_name_the_line(
             )
         assert caught.value.line == line, (name, str(caught.value))
         assert name in str(caught.value)
+
+
+def test_a_process_pool_for_urls_starts_with_the_store_client_imported(
+    s3_sales: str, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The workers boot, s3fs imported, while the parent lists and reads headers."""
+    from batchcore.backends.process import ProcessBackend
+
+    asked: list[tuple[str, ...]] = []
+    real = ProcessBackend.start
+
+    def recording(self: ProcessBackend, imports: Any = ()) -> None:
+        asked.append(tuple(imports))
+        real(self, imports)
+
+    monkeypatch.setattr(ProcessBackend, "start", recording)
+    same_stats(
+        csv_stats(
+            f"{s3_sales}/sales.csv",
+            ["amount", "qty"],
+            group_by="region",
+            backend="process",
+            chunk_bytes=40_000,
+            storage_options=s3_storage_options,
+        )
+    )
+    assert asked[0] == ("s3fs",)
+    assert storage.reader_modules(["a.csv", "s3://b/k", "memory://x"]) == [
+        "fsspec.implementations.memory",
+        "s3fs",
+    ]

@@ -228,3 +228,31 @@ def test_without_the_zygote_workers_are_spawned(monkeypatch: pytest.MonkeyPatch)
         pool: ProcessPool = backend._idle[0]  # type: ignore[assignment]
         assert pool.zygote is None
         assert all(isinstance(worker.proc, subprocess.Popen) for worker in pool.workers)
+
+
+class SeesModule(BatchNode):
+    """Whether ``colorsys`` (imported by nothing of batchcore's) is in the worker already."""
+
+    def prep(self, shared: dict[str, Any]) -> list[int]:
+        return list(range(4))
+
+    def exec(self, item: int) -> bool:
+        import sys
+
+        return "colorsys" in sys.modules
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[bool]) -> None:
+        shared["seen"] = exec_res
+
+
+def test_start_imports_what_the_batch_will_need_before_the_workers_fork() -> None:
+    """``start(imports)``: a new pool's workers have the modules before their first item (the
+    CSV node passes the store's client, s3fs, for URLs); without it they do not."""
+    for imports, expected in (((), False), (("colorsys",), True)):
+        with ProcessBackend(workers=2) as backend:
+            backend.start(imports)
+            pool: ProcessPool = backend._idle[0]  # type: ignore[assignment]
+            assert pool.zygote is not None
+            shared: dict[str, Any] = {}
+            SeesModule(backend=backend, chunksize=1).run(shared)
+            assert shared["seen"] == [expected] * 4

@@ -15,7 +15,7 @@ import os
 import time
 import traceback
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -258,8 +258,11 @@ class Backend:
     ) -> Iterator[Chunk]:
         raise NotImplementedError(f"{type(self).__name__}.map")
 
-    def start(self) -> None:
-        """Start the workers now instead of at the first batch, without waiting for them."""
+    def start(self, imports: Sequence[str] = ()) -> None:
+        """Start the workers now instead of at the first batch, without waiting for them.
+
+        ``imports``: modules the coming batch will import in every worker (a hint: a process
+        pool that starts now has them imported before its workers fork)."""
 
     def is_warm(self) -> bool:
         """True when a batch would start at once, its workers already booted."""

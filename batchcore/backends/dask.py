@@ -33,7 +33,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from ..errors import ItemTimeoutError, short_repr
@@ -234,7 +234,7 @@ class DaskBackend(Backend):
             self._owns_client = True
             return self._client
 
-    def start(self) -> None:
+    def start(self, imports: Sequence[str] = ()) -> None:
         """Connect (or start the local cluster) now rather than at the first batch."""
         self.client()
 

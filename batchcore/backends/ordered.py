@@ -30,7 +30,7 @@ import operator
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -599,7 +599,7 @@ class PooledBackend(Backend):
         self._idle: list[Transport] = []
         self._lock = threading.Lock()
 
-    def make_pool(self) -> Transport:
+    def make_pool(self, imports: Sequence[str] = ()) -> Transport:
         raise NotImplementedError(f"{type(self).__name__}.make_pool")
 
     def map(
@@ -617,10 +617,11 @@ class PooledBackend(Backend):
         finally:
             self._give_back(pool)
 
-    def start(self) -> None:
+    def start(self, imports: Sequence[str] = ()) -> None:
         """Start the workers now instead of at the first batch; returns without waiting for them
-        to boot, so the caller can do other work meanwhile."""
-        self._give_back(self._lease())
+        to boot, so the caller can do other work meanwhile. A new pool has ``imports`` imported
+        in its workers as they boot; a running pool is left as it is."""
+        self._give_back(self._lease(imports))
 
     def is_warm(self) -> bool:
         """True when an idle pool's workers have all booted: a batch would start at once."""
@@ -629,11 +630,11 @@ class PooledBackend(Backend):
                 pool.poll_ready()
             return any(pool.workers and all(w.ready for w in pool.workers) for pool in self._idle)
 
-    def _lease(self) -> Transport:
+    def _lease(self, imports: Sequence[str] = ()) -> Transport:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return self.make_pool()
+        return self.make_pool(imports)
 
     def _give_back(self, pool: Transport) -> None:
         with self._lock:

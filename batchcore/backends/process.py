@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -214,7 +214,7 @@ class ProcessPool(Transport):
 
     shared_memory = True  # big buffers of items and results travel through ``shm``
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, imports: Sequence[str] = ()) -> None:
         self.size = size
         self.env = worker_env(size)
         self.batch = 0
@@ -226,7 +226,7 @@ class ProcessPool(Transport):
         self.max_memory: int | None = None  # bytes per worker, for the map that leases the pool
         self.memory_checked = 0.0  # when the workers' memory was last read (monotonic)
         self.workers: list[ProcessWorker] = []
-        self.zygote = Zygote(self.env, BOOT) if use_zygote(self.env) else None
+        self.zygote = Zygote(self.env, BOOT, imports) if use_zygote(self.env) else None
         for _ in range(size):
             self.workers.append(self.spawn())
 
@@ -520,8 +520,8 @@ class ProcessBackend(PooledBackend):
     name = "process"
     caps_memory = os.path.exists("/proc/self/statm")  # Linux: where a worker's RSS can be read
 
-    def make_pool(self) -> ProcessPool:
-        return ProcessPool(self.workers)
+    def make_pool(self, imports: Sequence[str] = ()) -> ProcessPool:
+        return ProcessPool(self.workers, imports)
 
     def map(
         self,

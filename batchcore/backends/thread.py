@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from itertools import count
 from typing import Any
 
@@ -158,5 +159,5 @@ class ThreadBackend(PooledBackend):
 
     name = "thread"
 
-    def make_pool(self) -> ThreadPool:
+    def make_pool(self, imports: Sequence[str] = ()) -> ThreadPool:
         return ThreadPool(self.workers)

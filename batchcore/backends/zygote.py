@@ -41,6 +41,7 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Sequence
 from types import FrameType
 
 # What the zygote imports, in order; each is optional (a missing one is skipped). Those before
@@ -198,9 +199,12 @@ def _reap(sock: socket.socket) -> None:
 # --- the parent's side ----------------------------------------------------------------------
 
 
-def _preload_list() -> tuple[str, ...]:
+def _preload_list(imports: Sequence[str] = ()) -> tuple[str, ...]:
     names = os.environ.get(PRELOAD_ENV)
-    return PRELOAD if names is None else tuple(name.strip() for name in names.split(","))
+    found = PRELOAD if names is None else tuple(name.strip() for name in names.split(","))
+    cut = found.index("") if "" in found else len(found)
+    extra = tuple(name for name in imports if name not in found)
+    return found[:cut] + extra + found[cut:]
 
 
 class ZygoteGone(Exception):
@@ -210,10 +214,9 @@ class ZygoteGone(Exception):
 class Zygote:
     """The parent's handle on a zygote: asks it for workers and learns how they exit."""
 
-    def __init__(
-        self, env: dict[str, str], boot: str, preload: tuple[str, ...] | None = None
-    ) -> None:
-        """Start a zygote whose workers run ``boot`` (a spawned worker's ``-c`` program)."""
+    def __init__(self, env: dict[str, str], boot: str, imports: Sequence[str] = ()) -> None:
+        """Start a zygote whose workers run ``boot`` (a spawned worker's ``-c`` program), with
+        ``imports`` imported before the first fork, after the preload list's eager part."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         env = dict(env)
@@ -228,7 +231,7 @@ class Zygote:
                     BOOT,
                     str(theirs.fileno()),
                     boot,
-                    *(preload or _preload_list()),
+                    *_preload_list(imports),
                 ],
                 pass_fds=(theirs.fileno(),),
                 env=env,
