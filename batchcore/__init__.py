@@ -23,6 +23,7 @@ from .errors import (
     WorkerStartupError,
 )
 from .flows import BatchFlow, Flow, RunResult
+from .journal import CheckpointError, Journal
 from .nodes import BaseNode, BatchNode, Node
 from .options import use_backend
 from .sealed import Secret
@@ -63,10 +64,12 @@ __all__ = [
     "BatchNode",
     "BatchStats",
     "BatchcoreError",
+    "CheckpointError",
     "Flow",
     "ItemFailure",
     "ItemMemoryError",
     "ItemTimeoutError",
+    "Journal",
     "Node",
     "RemoteItemError",
     "RunResult",

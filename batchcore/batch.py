@@ -5,14 +5,18 @@ Used by ``BatchNode`` (one item per ``exec``) and ``BatchFlow`` (one sub-flow ru
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .backends.base import Failure, Task
 from .backends.streams import write_out
 from .errors import RemoteTraceback, short_repr
+from .journal import Journal, keyed
 from .options import BatchPlan
 from .progress import progress_bar
 
@@ -42,11 +46,15 @@ class BatchStats:
     retries: int = 0
     seconds: float = 0.0
     failures: list[ItemFailure] = field(default_factory=list)
+    resumed: int = 0  # items whose results came from the checkpoint journal, not a run
+    checkpoint: str = ""  # the journal's path, when the batch had one
 
     def reset(self, backend: str, workers: int, reason: str = "") -> None:
         self.backend = backend
         self.reason = reason
         self.workers = workers
+        self.resumed = 0
+        self.checkpoint = ""
         self.items = 0
         self.failed = 0
         self.retries = 0
@@ -78,6 +86,11 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], plan: BatchPlan) -> 
     if not isinstance(stats, BatchStats):
         stats = BatchStats()
     stats.reset(backend.name, backend.workers, plan.reason)
+    resume: _Resume | None = None
+    if plan.checkpoint is not None:
+        resume = _Resume(open_journal(plan.checkpoint, owner), owner, items)
+        stats.checkpoint = str(resume.journal.path)
+        source, items = items, resume.pending()
     # A node may weigh its items for the bar (the CSV job counts bytes): progress_units(item).
     units = getattr(owner, "progress_units", None) if plan.progress else None
     total: int | None = None
@@ -102,27 +115,33 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], plan: BatchPlan) -> 
             for stream, text in chunk.output:
                 write_out(stream, text)
             stats.retries += chunk.retries
-            if chunk.failures:
-                failed = set()
-                for offset, failure in chunk.failures:
-                    index = chunk.start + offset
-                    item = chunk.items[offset]
-                    if plan.fail_fast:
-                        raise_failure(failure, index, item, task.label)
-                    failed.add(offset)
-                    exc = failure.exception
-                    stats.failures.append(ItemFailure(index, item, exc, failure.traceback))
-                stats.failed += len(failed)
-                results.extend(v for offset, v in enumerate(chunk.values) if offset not in failed)
+            failures = dict(chunk.failures)
+            if resume is not None:  # recorded in item order, a failure as one (rerun later)
+                positions = resume.take(results, chunk.values, failures)
             else:
-                results.extend(chunk.values)
+                results.extend(v for offset, v in enumerate(chunk.values) if offset not in failures)
+                positions = {}
+            for offset, failure in sorted(failures.items()):
+                index = positions.get(offset, chunk.start + offset)
+                item = chunk.items[offset]
+                if plan.fail_fast:
+                    raise_failure(failure, index, item, task.label)
+                exc = failure.exception
+                stats.failures.append(ItemFailure(index, item, exc, failure.traceback))
+            stats.failed += len(failures)
             stats.items += len(chunk.values)
             if units is not None:
                 bar.update(sum(units(item) for item in chunk.items[: len(chunk.values)]))
             else:
                 bar.update(len(chunk.values))
+        if resume is not None:
+            resume.flush(results)
+            stats.resumed = resume.resumed
+            stats.items += resume.resumed
     except BaseException:
         close_source(items)
+        if resume is not None:
+            close_source(source)
         raise
     finally:
         close = getattr(chunks, "close", None)  # a generator: stops the backend's work in flight
@@ -130,7 +149,74 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], plan: BatchPlan) -> 
             close()
         bar.close()
         stats.seconds = time.perf_counter() - began
+        if resume is not None:
+            resume.journal.close()  # commits what finished, also on a failure or Ctrl-C
     return results
+
+
+def open_journal(checkpoint: str | os.PathLike[str] | Journal, owner: Any) -> Journal:
+    """The batch's journal, opened with ``owner``'s fingerprint. A folder holds one journal per
+    node class (so one ``use_backend(checkpoint=FOLDER)`` serves every batch in its block)."""
+    name = f"{type(owner).__module__}.{type(owner).__qualname__}"
+    fingerprint = f"{name} checkpoint_version={getattr(owner, 'checkpoint_version', 1)!r}"
+    if isinstance(checkpoint, Journal):
+        return checkpoint.open(fingerprint)
+    path = Path(checkpoint)
+    if path.is_dir() or str(checkpoint).endswith(os.sep):
+        path = path / f"{name}.sqlite"
+    return Journal(path).open(fingerprint)
+
+
+class _Resume:
+    """A checkpointed batch: the items the journal has done wait in line between the others,
+    which the backend runs, so results come out in input order; each result run is recorded."""
+
+    def __init__(self, journal: Journal, owner: Any, items: Iterable[Any]) -> None:
+        self.journal = journal
+        self.owner = owner
+        self.items = items
+        # In input order: (True, stored result, position) or (False, key, position); the feeder
+        # (maybe the backend's thread) appends, the parent's loop pops.
+        self.slots: deque[tuple[bool, Any, int]] = deque()
+        self.resumed = 0
+
+    def pending(self) -> Iterator[Any]:
+        """The items not done yet, in order; the done ones are queued with their results."""
+        position = 0
+        for group in keyed(self.items, self.owner):
+            found = self.journal.done([key for _, key in group])
+            for item, key in group:
+                if key in found:
+                    self.slots.append((True, found[key], position))
+                else:
+                    self.slots.append((False, key, position))
+                    yield item
+                position += 1
+
+    def take(self, results: list[Any], values: list[Any], failed: Container[int]) -> dict[int, int]:
+        """A chunk's results, for the next pending items: recorded (those at offsets in
+        ``failed`` as failures) and appended to ``results`` after the done results queued
+        before each. Returns the failed ones' positions in the input, by offset."""
+        slots, records, positions = self.slots, [], {}
+        for offset, value in enumerate(values):
+            while slots[0][0]:
+                results.append(slots.popleft()[1])
+                self.resumed += 1
+            _, key, position = slots.popleft()
+            if offset in failed:
+                records.append((position, key, False, None))
+                positions[offset] = position
+            else:
+                records.append((position, key, True, value))
+                results.append(value)
+        self.journal.record(records)
+        return positions
+
+    def flush(self, results: list[Any]) -> None:
+        """Move the done results at the front of the line to ``results``."""
+        while self.slots and self.slots[0][0]:
+            results.append(self.slots.popleft()[1])
+            self.resumed += 1
 
 
 def close_source(items: Any) -> None:

@@ -178,7 +178,8 @@ class BatchFlow(Flow):
     by key, otherwise the last run wins) and ``post`` gets one ``RunResult`` per run.
     ``shared_outputs`` (a class attribute) names the keys to merge back; keys a run writes that
     are not named (scratch keys such as a decoded image) then never leave the worker. The
-    ``BatchOptions`` are BatchNode's.
+    ``BatchOptions`` are BatchNode's; with ``checkpoint=`` every backend runs as a parallel one
+    does (each run on its own copy, its ``RunResult`` journaled and merged in order).
     """
 
     shared_outputs: tuple[str, ...] | None = None
@@ -193,7 +194,8 @@ class BatchFlow(Flow):
     def _run(self, shared: Any) -> Any:
         batch_params: Iterable[dict[str, Any]] = self.prep(shared) or []
         plan = resolve_options(self, batch_params)
-        if not plan.backend.parallel:
+        # With a checkpoint every run keeps its writes apart, so a resumed run can replay them.
+        if not plan.backend.parallel and plan.checkpoint is None:
             run_batch(self, _SharedSubflow(self, shared), batch_params, plan)
             return self.post(shared, batch_params, None)
         runs = run_batch(self, _IsolatedSubflow(self, shared), batch_params, plan)

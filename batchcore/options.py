@@ -20,6 +20,7 @@ never oversubscribe the machine.
 from __future__ import annotations
 
 import inspect
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ from typing import Any, TypedDict, TypeVar
 from .backends import check_backend_name, get_backend
 from .backends.base import Backend, in_worker
 from .errors import check_positive_int, format_bytes
+from .journal import Journal
 
 __all__ = [
     "OPTION_NAMES",
@@ -60,6 +62,7 @@ class BatchOptions(TypedDict, total=False):
     max_memory: int | str | None  # per process worker: bytes, or a size such as "2GiB" or "512M"
     on_error: str | None  # "raise" (the default) or "collect"
     progress: bool | None  # a progress bar on stderr
+    checkpoint: str | os.PathLike[str] | Journal | None  # a journal file (or folder): resumable
 
 
 OPTION_NAMES: tuple[str, ...] = tuple(BatchOptions.__annotations__)
@@ -124,6 +127,9 @@ def check_options(options: dict[str, Any], where: str) -> BatchOptions:
     progress = checked.get("progress")
     if progress is not None and not isinstance(progress, bool):
         raise TypeError(f"progress must be True or False, got {progress!r}")
+    checkpoint = checked.get("checkpoint")
+    if checkpoint is not None and not isinstance(checkpoint, str | os.PathLike | Journal):
+        raise TypeError(f"checkpoint must be a path or a Journal, got {checkpoint!r}")
     return checked  # type: ignore[return-value]
 
 
@@ -168,6 +174,7 @@ class BatchPlan:
     progress: bool
     reason: str = ""  # why this backend, when batchcore chose it (backend="auto")
     max_memory: int | None = None  # bytes a process worker may hold (checked: ``parse_size``)
+    checkpoint: str | os.PathLike[str] | Journal | None = None  # where finished items are kept
 
 
 _SCOPE: ContextVar[BatchOptions] = ContextVar("batchcore_options")  # unset: read with .get({})
@@ -245,6 +252,7 @@ def resolve_options(node: object, items: Iterable[Any] | None = None) -> BatchPl
         progress=bool(options.get("progress")),
         reason=reason,
         max_memory=None if max_memory is None else int(max_memory),
+        checkpoint=options.get("checkpoint"),
     )
 
 
