@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     loops, item_ms = calibrate(17.0)
     rows = [
-        ("A: 200 x ~17 ms", Spin, "process", [(loops, i) for i in range(200)]),
+        ("A: 200 x ~17 ms", Spin, "process", [(i, loops) for i in range(200)]),
         ("B: 100,000 trivial", AddOne, "process", list(range(100_000))),
         ("B: 100,000 trivial", AddOne, "sequential", list(range(100_000))),
     ]
