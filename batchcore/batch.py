@@ -16,7 +16,7 @@ from typing import Any
 from .backends.base import Failure, Task
 from .backends.streams import write_out
 from .errors import RemoteTraceback, short_repr
-from .journal import Journal, keyed
+from .journal import CheckpointError, Journal, keyed
 from .options import BatchPlan
 from .progress import progress_bar
 
@@ -88,6 +88,9 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], plan: BatchPlan) -> 
     stats.reset(backend.name, backend.workers, plan.reason)
     resume: _Resume | None = None
     if plan.checkpoint is not None:
+        refused = getattr(owner, "checkpoint_refused", None)
+        if refused:  # its results could not be replayed from a journal
+            raise CheckpointError(f"{type(owner).__name__} cannot take checkpoint=: {refused}")
         resume = _Resume(open_journal(plan.checkpoint, owner), owner, items)
         stats.checkpoint = str(resume.journal.path)
         source, items = items, resume.pending()

@@ -126,6 +126,21 @@ def test_a_folder_checkpoint_in_a_scope_gives_each_node_class_its_journal(tmp_pa
     assert len(list(tmp_path.glob("*.sqlite"))) == 2
 
 
+@pytest.mark.parametrize("job", ["csv stats", "images"])
+def test_the_built_in_jobs_refuse_a_checkpoint_and_say_why(job: str, tmp_path: Path) -> None:
+    from processors.csv.jobs import csv_stats
+    from processors.images.jobs import run_images
+
+    with use_backend("sequential", checkpoint=tmp_path), pytest.raises(CheckpointError) as caught:
+        if job == "csv stats":
+            csv_stats(ROOT / "data" / "sales.csv", ["qty"])
+        else:
+            run_images(ROOT / "data" / "images", tmp_path / "out", "grayscale")
+    assert "cannot take checkpoint=" in str(caught.value)
+    assert "contents" in str(caught.value)
+    assert not list(tmp_path.glob("*.sqlite"))  # refused before a journal was made
+
+
 class Seen(Node):
     def prep(self, shared: dict[str, Any]) -> int:
         return int(self.params["x"])

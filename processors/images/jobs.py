@@ -252,6 +252,13 @@ class ImageJobsNode(BatchNode):
     writes every result, in job order, to ``shared["image_results"]``.
     """
 
+    # A job is named by its paths and filters, not by the image's bytes: a journal would skip
+    # a job whose source changed or whose output was deleted since it ran.
+    checkpoint_refused = (
+        "its jobs are named by paths, not image contents; rerun with --skip-existing "
+        "(images --resume is planned)"
+    )
+
     releases_gil = True  # Pillow decodes, filters and encodes without the GIL: auto picks threads
 
     on_error = "collect"
@@ -396,6 +403,8 @@ class ImageBatchFlow(BatchFlow):
     ``start`` defaults to ``create_base_flow(max_pixels, quality)``. A failing run fails only
     its job; ``post`` writes every result, in job order, to ``shared["image_results"]``.
     """
+
+    checkpoint_refused = ImageJobsNode.checkpoint_refused
 
     releases_gil = True  # as ImageJobsNode: the sub-flows' work is Pillow's
 
