@@ -158,10 +158,14 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], plan: BatchPlan) -> 
 
 
 def open_journal(checkpoint: str | os.PathLike[str] | Journal, owner: Any) -> Journal:
-    """The batch's journal, opened with ``owner``'s fingerprint. A folder holds one journal per
-    node class (so one ``use_backend(checkpoint=FOLDER)`` serves every batch in its block)."""
+    """The batch's journal, opened with ``owner``'s fingerprint: its class, ``checkpoint_version``
+    and, if it has one, what its ``checkpoint_fingerprint()`` returns. A folder holds one journal
+    per node class (so one ``use_backend(checkpoint=FOLDER)`` serves every batch in its block)."""
     name = f"{type(owner).__module__}.{type(owner).__qualname__}"
     fingerprint = f"{name} checkpoint_version={getattr(owner, 'checkpoint_version', 1)!r}"
+    settings = getattr(owner, "checkpoint_fingerprint", None)
+    if callable(settings):  # the node's own settings that change its results
+        fingerprint += f" {settings()}"
     if isinstance(checkpoint, Journal):
         return checkpoint.open(fingerprint)
     path = Path(checkpoint)

@@ -23,7 +23,8 @@ fsyncs that folder and swaps it in: one ``rename`` when ``final`` is missing or 
 ``.NAME.old-PID-RANDOM`` (restored by the next run if a crash falls between them); then the
 parent folder is fsynced and the old contents removed. ``close`` removes an uncommitted staging
 folder and releases the lock. Staging and set-aside folders of ``final`` are removed only under
-its lock, that is, only once the run that made them is gone.
+its lock, that is, only once the run that made them is gone. A resumable run keeps its staging
+folder when it fails (``close(keep=True)``), and the next one adopts it (``begin(adopt=...)``).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "is_temp_name",
     "lock_path",
     "remove_stale_temps",
+    "side_folders",
     "temp_path",
     "write_atomically",
     "write_atomically_in",
@@ -266,7 +268,7 @@ def _side_folder(final: Path, kind: str) -> Path:
         return folder
 
 
-def _side_folders(final: Path, kind: str) -> list[Path]:
+def side_folders(final: Path, kind: str) -> list[Path]:
     """The ``.NAME.KIND-*`` folders beside ``final`` that earlier runs left."""
     pattern = re.compile(rf"^\.{re.escape(final.name)}\.{kind}-\d+-[0-9a-f]{{8,}}$")
     with os.scandir(final.parent) as entries:
@@ -338,16 +340,27 @@ class StagedFolder:
     """The next contents of the folder ``final``, built in ``staging`` (a hidden folder beside it)
     while this run holds ``final``'s lock, and swapped in whole by ``commit``."""
 
-    def __init__(self, final: Path, staging: Path, lock_fd: int | None) -> None:
+    def __init__(
+        self, final: Path, staging: Path, lock_fd: int | None, adopted: bool = False
+    ) -> None:
         self.final = final
         self.staging = staging
         self.lock_fd = lock_fd
         self.committed = False
+        self.adopted = adopted  # ``staging`` is an earlier, killed run's, carried on
 
     @classmethod
-    def begin(cls, final: str | os.PathLike[str], check: Callable[[Path], None]) -> StagedFolder:
+    def begin(
+        cls,
+        final: str | os.PathLike[str],
+        check: Callable[[Path], None],
+        adopt: Callable[[Path], bool] | None = None,
+    ) -> StagedFolder:
         """Lock ``final`` and make its staging folder. ``check(final)`` raises to refuse; it runs
-        before anything is touched and again under the lock (the folder may change meanwhile)."""
+        before anything is touched and again under the lock (the folder may change meanwhile).
+        ``adopt``: an earlier run's staging folder for which it is true (the newest) is carried
+        on instead of removed (a resumed run), less its writers' temporary files; of several,
+        the one last written to."""
         # the folder itself, not a symlink to it (the swap replaces the folder where it lives);
         # absolute, so that "." has a name to put the lock and staging folder beside
         final = Path(os.path.realpath(final))
@@ -355,18 +368,24 @@ class StagedFolder:
         final.parent.mkdir(parents=True, exist_ok=True)
         fd = _take_lock(final)
         try:
-            aside = _side_folders(final, "old")
+            aside = side_folders(final, "old")
             if aside and not final.exists():  # a crash between the two renames of a swap
                 os.rename(aside[-1], final)
                 _fsync(final.parent, folder=True)
             check(final)
-            for stale in [*_side_folders(final, "staging"), *_side_folders(final, "old")]:
-                shutil.rmtree(stale, ignore_errors=True)  # their run is gone: we hold its lock
-            staging = _side_folder(final, "staging")
+            earlier = side_folders(final, "staging")
+            chosen = [folder for folder in earlier if adopt is not None and adopt(folder)]
+            kept = max(chosen, key=lambda folder: folder.stat().st_mtime_ns, default=None)
+            for stale in [*earlier, *side_folders(final, "old")]:
+                if stale != kept:  # their run is gone: we hold its lock
+                    shutil.rmtree(stale, ignore_errors=True)
+            if kept is not None:
+                remove_stale_temps(kept)
+            staging = kept or _side_folder(final, "staging")
         except BaseException:
             _release_lock(final, fd)
             raise
-        return cls(final, staging, fd)
+        return cls(final, staging, fd, adopted=kept is not None)
 
     def commit(self) -> None:
         """Swap the staging folder in for ``final`` (see the module docstring for each step)."""
@@ -392,9 +411,10 @@ class StagedFolder:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)  # the next run removes what this leaves
 
-    def close(self) -> None:
-        """Remove the staging folder unless committed, and release the lock."""
-        if not self.committed:
+    def close(self, keep: bool = False) -> None:
+        """Remove the staging folder unless committed (or ``keep``: a resumable run's, for the
+        next run to adopt), and release the lock."""
+        if not self.committed and not keep:
             shutil.rmtree(self.staging, ignore_errors=True)
         if self.lock_fd is not None:
             _release_lock(self.final, self.lock_fd)

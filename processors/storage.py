@@ -242,6 +242,9 @@ class Source:
     size: int
     options: StorageOptions = field(default_factory=dict, compare=False, repr=False)
     compression: str | None = None  # "gzip", "bz2", "xz", "zstd": set by the CSV reader
+    # What changes when the file is rewritten: a local file's mtime (ns), an object's ETag or
+    # generation or modification time; "" when the store says none. For checkpoint keys.
+    version: str = field(default="", compare=False)
 
     @property
     def is_local(self) -> bool:
@@ -344,10 +347,10 @@ def _local_sources(pattern: str) -> list[Source]:
         files = [name for name in names if os.path.isfile(name)]
         if not files:
             raise FileNotFoundError(2, "no file matches this pattern", pattern)
-        return [Source(name, os.stat(name).st_size) for name in files]
+        return [_local_source(name, os.stat(name)) for name in files]
     info = os.stat(path)  # FileNotFoundError names the path
     if not stat.S_ISDIR(info.st_mode):
-        return [Source(path, info.st_size)]
+        return [_local_source(path, info)]
     found: list[str] = []
     for folder, dirs, names in os.walk(path):
         dirs[:] = sorted(name for name in dirs if not _hidden(name))
@@ -355,7 +358,24 @@ def _local_sources(pattern: str) -> list[Source]:
     files = [name for name in found if os.path.isfile(name)]
     if not files:
         raise FileNotFoundError(2, "is a folder with no files in it", pattern)
-    return [Source(name, os.stat(name).st_size) for name in files]
+    return [_local_source(name, os.stat(name)) for name in files]
+
+
+def _local_source(path: str, info: os.stat_result) -> Source:
+    return Source(path, info.st_size, version=str(info.st_mtime_ns))
+
+
+# Where the stores' listings say which version of an object they saw (s3fs, gcsfs, adlfs, http).
+_VERSION_KEYS = ("ETag", "etag", "generation", "LastModified", "last_modified", "mtime", "updated")
+
+
+def object_version(info: Mapping[str, Any]) -> str:
+    """What changes when an object is rewritten, from its listing (``""`` if it says nothing)."""
+    for name in _VERSION_KEYS:
+        value = info.get(name)
+        if value not in (None, ""):
+            return str(value)
+    return ""
 
 
 def _remote_sources(url: str, options: StorageOptions) -> list[Source]:
@@ -370,7 +390,7 @@ def _remote_sources(url: str, options: StorageOptions) -> list[Source]:
         return path if is_url(path) else f"{protocol}://{path}"
 
     def source(path: str, info: Mapping[str, Any]) -> Source:
-        return Source(full(path), int(info.get("size") or 0), options)
+        return Source(full(path), int(info.get("size") or 0), options, version=object_version(info))
 
     if _GLOB.search(url.split("://", 1)[1]):
         matches = listing(lambda: fs.glob(url, detail=True))

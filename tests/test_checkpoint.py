@@ -95,6 +95,25 @@ class Lambdas(BatchNode):
         return int(item())
 
 
+def test_a_node_s_own_settings_in_its_fingerprint_refuse_another_setting(tmp_path: Path) -> None:
+    class Scaled(BatchNode):
+        def __init__(self, factor: int, **options: Any) -> None:
+            super().__init__(**options)
+            self.factor = factor
+
+        def checkpoint_fingerprint(self) -> str:
+            return f"factor={self.factor}"
+
+        def exec(self, item: int) -> int:
+            return item * self.factor
+
+    journal = tmp_path / "j.sqlite"
+    Scaled(2, checkpoint=journal).run({})
+    Scaled(2, checkpoint=journal).run({})
+    with pytest.raises(CheckpointError, match="factor=3"):
+        Scaled(3, checkpoint=journal).run({})
+
+
 def test_an_item_that_does_not_pickle_needs_a_checkpoint_key(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="define checkpoint_key"):
         Lambdas(checkpoint=tmp_path / "j.sqlite").run({})
@@ -126,18 +145,22 @@ def test_a_folder_checkpoint_in_a_scope_gives_each_node_class_its_journal(tmp_pa
     assert len(list(tmp_path.glob("*.sqlite"))) == 2
 
 
-@pytest.mark.parametrize("job", ["csv stats", "images"])
-def test_the_built_in_jobs_refuse_a_checkpoint_and_say_why(job: str, tmp_path: Path) -> None:
-    from processors.csv.jobs import csv_stats
-    from processors.images.jobs import run_images
+@pytest.mark.parametrize(
+    ("job", "why"),
+    [("csv to-parquet", "pass resume=True"), ("images", "not image contents")],
+)
+def test_jobs_whose_outputs_a_journal_cannot_vouch_for_refuse_a_checkpoint(
+    job: str, why: str, tmp_path: Path
+) -> None:
+    from batchcore.processors.csv.jobs import csv_to_parquet
+    from batchcore.processors.images.jobs import run_images
 
     with use_backend("sequential", checkpoint=tmp_path), pytest.raises(CheckpointError) as caught:
-        if job == "csv stats":
-            csv_stats(ROOT / "data" / "sales.csv", ["qty"])
+        if job == "csv to-parquet":
+            csv_to_parquet(ROOT / "data" / "sales.csv", tmp_path / "out")
         else:
             run_images(ROOT / "data" / "images", tmp_path / "out", "grayscale")
-    assert "cannot take checkpoint=" in str(caught.value)
-    assert "contents" in str(caught.value)
+    assert "cannot take checkpoint=" in str(caught.value) and why in str(caught.value)
     assert not list(tmp_path.glob("*.sqlite"))  # refused before a journal was made
 
 

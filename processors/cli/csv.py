@@ -13,7 +13,14 @@ from batchcore.options import parse_size
 
 from ..tables import format_table
 from .errors import EXIT_OK, run_job
-from .options import PROG, add_batch_options, add_storage_options, show_progress, storage_options
+from .options import (
+    PROG,
+    add_batch_options,
+    add_storage_options,
+    cache_journal,
+    show_progress,
+    storage_options,
+)
 
 __all__ = ["add_csv_commands", "byte_size", "column_type", "format_csv_stats"]
 
@@ -144,6 +151,12 @@ def add_csv_stats(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         action="store_true",
         help="print exactly one JSON object on stdout instead of tables",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep a journal of finished ranges (under ~/.cache/batchcore, named in the output); "
+        "a rerun with --resume runs only the others",
+    )
     add_csv_options(parser)
     add_batch_options(parser)
     parser.set_defaults(handler=run_csv_stats)
@@ -178,6 +191,12 @@ def add_csv_to_parquet(commands: argparse._SubParsersAction[argparse.ArgumentPar
         action="store_true",
         help="replace a dataset already in OUT_DIR (kept until the new one is complete)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep a killed or failed run's parts and a journal of them; a rerun with --resume "
+        "writes only the other parts (and does nothing if OUT_DIR is complete)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     add_csv_options(parser)
     add_batch_options(parser)
@@ -191,11 +210,16 @@ def run_csv_stats(args: argparse.Namespace) -> int:
     from ..csv.jobs import csv_stats  # pyarrow loads here, not for --help
 
     began = time.perf_counter()
+    options = csv_options(args)
+    if args.resume:
+        options["checkpoint"] = stats_journal(args, options)
     stats = run_job(
-        lambda: csv_stats(inputs(args), args.sums, group_by=args.group_by, **csv_options(args)),
+        lambda: csv_stats(inputs(args), args.sums, group_by=args.group_by, **options),
         where(args),
     )
     seconds = time.perf_counter() - began
+    if args.resume:
+        print(resume_note(stats.checkpoint, stats.resumed, stats.ranges, "ranges"), file=sys.stderr)
     if args.json:
         report = stats.as_json()
         report.update(backend=stats.backend, backend_reason=stats.backend_reason)
@@ -205,6 +229,28 @@ def run_csv_stats(args: argparse.Namespace) -> int:
         print(format_csv_stats(stats, seconds, stats.backend, stats.backend_reason))
     print_skipped(stats.skipped_lines)
     return EXIT_OK
+
+
+def stats_journal(args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    """The journal of ``csv stats --resume``: one per job (inputs, columns, CSV options)."""
+    import os
+
+    from ..storage import is_url
+
+    paths = [path if is_url(path) else os.path.abspath(path) for path in args.paths]
+    ignored = ("backend", "workers", "progress", "storage_options")  # they change no result
+    settings = {key: value for key, value in options.items() if key not in ignored}
+    job = {"inputs": paths, "sums": args.sums, "group_by": args.group_by, **settings}
+    return cache_journal("csv-stats", job)
+
+
+def resume_note(source: str, resumed: int, total: int, what: str) -> str:
+    """The stderr line of a ``--resume`` run: how much came from ``source`` (its journal)."""
+    if not resumed:
+        return f"{PROG}: finished {what} are recorded in {source}, for a rerun with --resume"
+    if resumed == total:
+        return f"{PROG}: all {total:,} {what} came from {source}: nothing was run"
+    return f"{PROG}: {resumed:,} of {total:,} {what} came from {source}; the rest were run"
 
 
 def inputs(args: argparse.Namespace) -> str | list[str]:
@@ -288,9 +334,22 @@ def run_csv_to_parquet(args: argparse.Namespace) -> int:
     options = csv_options(args)
     options["columns"] = args.columns
     result = run_job(
-        lambda: csv_to_parquet(inputs(args), args.out_dir, overwrite=args.overwrite, **options),
+        lambda: csv_to_parquet(
+            inputs(args), args.out_dir, overwrite=args.overwrite, resume=args.resume, **options
+        ),
         where(args),
     )
+    if result.get("complete"):  # --resume on a finished dataset: _SUCCESS's summary
+        print(
+            f"{PROG}: {args.out_dir} is complete already (_SUCCESS): nothing was run; "
+            "--overwrite rewrites it",
+            file=sys.stderr,
+        )
+        print(json.dumps(result) if args.json else f"{args.out_dir}: {result['rows']:,} rows")
+        return EXIT_OK
+    if result["resumed"]:
+        note = resume_note("the interrupted run", result["resumed"], result["parts"], "parts")
+        print(note, file=sys.stderr)
     if args.json:
         summary = {key: value for key, value in result.items() if key != "schema"}
         summary["schema"] = {field.name: str(field.type) for field in result["schema"]}

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from hashlib import blake2b
+from pathlib import Path
+from typing import Any
 
 import batchcore
 from batchcore.options import parse_size
@@ -12,6 +17,7 @@ __all__ = [
     "PROG",
     "add_batch_options",
     "add_storage_options",
+    "cache_journal",
     "memory_size",
     "positive_int",
     "show_progress",
@@ -115,3 +121,15 @@ def storage_options(args: argparse.Namespace) -> dict[str, object]:
             where = inner
         where[keys[-1]] = value
     return options
+
+
+def cache_journal(command: str, job: dict[str, Any]) -> Path:
+    """Where ``--resume`` keeps the journal of a job with no local output folder to hold it: one
+    file per job (its command, inputs and settings) under ``$BATCHCORE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/batchcore``, else ``~/.cache/batchcore``."""
+    root = os.environ.get("BATCHCORE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "batchcore"
+    )
+    text = json.dumps(job, sort_keys=True, default=str)
+    digest = blake2b(text.encode(), digest_size=10).hexdigest()
+    return Path(root) / "checkpoints" / f"{command}-{digest}.sqlite"

@@ -36,8 +36,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import CsvFormatError
-from ..files import StagedFolder, is_temp_name, write_atomically
+from batchcore import use_backend
+
+from ..errors import CsvFormatError, UsageError
+from ..files import StagedFolder, is_temp_name, side_folders, write_atomically
 from ..outputs import RemoteDataset, is_remote, local_part
 from .node import CSVBatchNode
 from .split import CsvItem, CsvRange
@@ -113,6 +115,9 @@ class CsvStats:
     files: list[str] = field(default_factory=list)
     backend: str = ""  # the backend the ranges ran on
     backend_reason: str = ""  # why, when batchcore chose it (backend="auto")
+    ranges: int = 0  # the byte ranges the input was cut into
+    resumed: int = 0  # of them, those whose results came from the checkpoint journal
+    checkpoint: str = ""  # the journal's path, with ``checkpoint=``
 
     def as_json(self) -> dict[str, Any]:
         """The CLI's ``--json`` object: ``rows``, ``sum``, ``groups`` (and more detail)."""
@@ -125,6 +130,8 @@ class CsvStats:
             "skipped_rows": self.skipped_rows,
             "skipped_lines": [{"file": file, "line": line} for file, line in self.skipped_lines],
         }
+        if self.checkpoint:
+            report["checkpoint"] = {"path": self.checkpoint, "resumed_ranges": self.resumed}
         if self.group_by is not None:
             report["group_by"] = self.group_by
             report["groups"] = {
@@ -270,6 +277,9 @@ class StatsNode(CSVBatchNode):
                 )
         return ranges
 
+    def checkpoint_fingerprint(self) -> str:
+        return f"{super().checkpoint_fingerprint()} sums={self.sums!r} group_by={self.group_by!r}"
+
     def exec(self, table: pa.Table) -> tuple[int, dict[str, ColumnStats], dict[Any, GroupStats]]:
         columns = {name: _column_stats(table[name]) for name in self.sums}
         groups: dict[Any, GroupStats] = {}
@@ -291,6 +301,9 @@ class StatsNode(CSVBatchNode):
         stats.files = list(self.csv_report.files)
         stats.backend = self.batch_stats.backend
         stats.backend_reason = self.batch_stats.reason
+        stats.ranges = self.csv_report.ranges
+        stats.resumed = self.batch_stats.resumed
+        stats.checkpoint = self.batch_stats.checkpoint
         shared["csv_stats"] = stats
         return "done"
 
@@ -320,6 +333,7 @@ def csv_stats(
 PART = "part-{index}.parquet"  # index: the range's, 00012; or 00012-00003, a compressed file's
 REMOTE_PART = "part-{index}-{run}.parquet"  # 4th chunk, when its worker decompressed it (Dask)
 SUCCESS = "_SUCCESS"
+JOURNAL = "_checkpoint.sqlite"  # a resumable run's, in its staging folder; removed at the end
 log = logging.getLogger("batchcore")
 
 
@@ -332,13 +346,37 @@ class ParquetNode(CSVBatchNode):
     releases_gil = True  # parsing and Parquet encoding run in pyarrow's C++, without the GIL
 
     def __init__(
-        self, path: Inputs | None, out_dir: str, overwrite: bool = False, **options: Any
+        self,
+        path: Inputs | None,
+        out_dir: str,
+        overwrite: bool = False,
+        resume: bool = False,
+        **options: Any,
     ) -> None:
         super().__init__(path, **options)
         self.out_dir = out_dir
         self.overwrite = overwrite
+        self.resume = resume
         self.staged: StagedFolder | None = None
         self.remote: RemoteDataset | None = None
+        if resume and options.get("checkpoint") is not None:
+            raise TypeError("pass resume=True or checkpoint=, not both: resume keeps the journal")
+        if resume and is_remote(out_dir):
+            raise UsageError(
+                f"{out_dir}: resuming a dataset written to a URL is not supported yet; "
+                "write it to a local folder, or rerun without --resume"
+            )
+        # A journal elsewhere would outlive the staging folder that holds the parts it lists.
+        self.checkpoint_refused = (
+            None if resume else "its parts are staged per run: pass resume=True (--resume)"
+        )
+
+    def _exec(self, items: Any) -> list[Any]:
+        if not self.resume or self.staged is None:
+            return super()._exec(items)
+        # The journal lives in the staging folder, beside the parts it lists: they go together.
+        with use_backend(checkpoint=self.staged.staging / JOURNAL):
+            return super()._exec(items)
 
     def _run(self, shared: Any) -> Any:
         try:
@@ -351,10 +389,10 @@ class ParquetNode(CSVBatchNode):
                     exc.add_note(note)
                     log.warning("%s: %s", self.out_dir, note)
             raise
-        finally:  # a failed run leaves no staging folder and no lock
+        finally:  # a failed run leaves no lock, and no staging folder unless it may resume
             self.remote = None
             if self.staged is not None:
-                self.staged.close()
+                self.staged.close(keep=self.resume)
                 self.staged = None
 
     def prep(self, shared: dict[str, Any]) -> list[CsvItem] | Iterator[CsvItem]:
@@ -368,7 +406,9 @@ class ParquetNode(CSVBatchNode):
             )
         else:
             self.staged = StagedFolder.begin(
-                local_part(self.out_dir), lambda out_dir: check_out_dir(out_dir, self.overwrite)
+                local_part(self.out_dir),
+                lambda out_dir: check_out_dir(out_dir, self.overwrite),
+                adopt=(lambda staging: (staging / JOURNAL).exists()) if self.resume else None,
             )
         return ranges
 
@@ -406,17 +446,37 @@ class ParquetNode(CSVBatchNode):
                     ", ".join(left),
                 )
         else:
+            _keep_only(self.part_dir, {name for name, _ in exec_res})
             text = json.dumps(summary) + "\n"
             write_atomically(self.part_dir / SUCCESS, lambda temporary: temporary.write_text(text))
             assert self.staged is not None
             self.staged.commit()
         shared["parquet"] = {
             **summary,
+            "resumed": self.batch_stats.resumed,
             "out_dir": self.out_dir,
             "skipped_rows": self.csv_report.skipped,
             "skipped_lines": list(self.csv_report.skipped_lines),
         }
         return "done"
+
+
+def _complete(out_dir: Path) -> dict[str, Any] | None:
+    """``out_dir``'s summary when it holds a finished dataset and no run of it waits to resume."""
+    success = out_dir / SUCCESS
+    if not success.is_file() or side_folders(out_dir.resolve(), "staging"):
+        return None
+    summary: dict[str, Any] = json.loads(success.read_text())
+    return {**summary, "out_dir": os.fspath(out_dir), "complete": True, "resumed": 0}
+
+
+def _keep_only(folder: Path, parts: set[str]) -> None:
+    """Remove from a dataset about to be committed the journal and any part not among ``parts``
+    (a resumed run's earlier ranges, were the input cut differently since)."""
+    for name in os.listdir(folder):
+        stray = name.startswith("part-") and name.endswith(".parquet") and name not in parts
+        if stray or name.startswith(JOURNAL):  # its -wal and -shm files too
+            (folder / name).unlink()
 
 
 def _part_index(rng: CsvRange) -> str:
@@ -458,6 +518,7 @@ def csv_to_parquet(
     out_dir: str | os.PathLike[str],
     *,
     overwrite: bool = False,
+    resume: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Convert a CSV file to a Parquet dataset: one part per range, the same schema in every part.
@@ -467,10 +528,19 @@ def csv_to_parquet(
     the old dataset stays in place until then). A second run writing ``out_dir`` at the same time
     is refused (``UsageError``). ``out_dir`` may be a URL (``storage_options`` reach it): parts
     are then PUT by the workers and ``_SUCCESS``, naming them, written last; the guarantees are
-    ``processors.outputs``'. Returns ``{"source", "rows", "parts", "out_dir",
+    ``processors.outputs``'. Returns ``{"source", "rows", "parts", "resumed", "out_dir",
     "skipped_rows", "schema"}``.
+
+    ``resume``: a killed or failed run's staging folder is kept, with a journal of its finished
+    ranges (``checkpoint=``), and the next run with ``resume`` writes only the other ranges.
+    When ``out_dir`` is complete already (``_SUCCESS``, no run to resume, no ``overwrite``),
+    nothing is run: the result is ``_SUCCESS``'s summary with ``"complete": True``.
     """
-    node = ParquetNode(_inputs(path), os.fspath(out_dir), overwrite, **options)
+    if resume and not overwrite and not is_remote(out_dir):
+        done = _complete(Path(local_part(os.fspath(out_dir))))
+        if done is not None:
+            return done
+    node = ParquetNode(_inputs(path), os.fspath(out_dir), overwrite, resume, **options)
     shared: dict[str, Any] = {}
     node.run(shared)
     result: dict[str, Any] = shared["parquet"]

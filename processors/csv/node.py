@@ -16,11 +16,13 @@ and parses only its range, so the parent never parses or pickles the data.
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from hashlib import blake2b
 from itertools import chain
 from typing import Any, TypeVar
 
@@ -269,9 +271,6 @@ class CSVBatchNode(BatchNode, _ParsesRange):
     # Only for an ``exec`` without effects that such a run would leave (a pure one, or one
     # whose rerun overwrites them).
     speculative_ranges = False
-    # An item is a byte range named by its file's place in the inputs: a journal could not
-    # tell one file's ranges from another's, nor a rewritten file from the old one.
-    checkpoint_refused = "its ranges are not keyed by file contents yet (csv --resume is planned)"
 
     def __init__(
         self,
@@ -464,6 +463,34 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         """The path or URL of the file whose rows ``exec`` is looking at."""
         rng = CURRENT_RANGE.get()
         return None if rng is None else self.csv_plans[rng.file].path
+
+    def checkpoint_key(self, item: Any) -> Any:
+        """What names a range across runs (``checkpoint=``): its file's URL, size and version
+        (mtime or ETag) and the schema it is parsed with, and its bytes' place in the file. So
+        a rewritten file's ranges run again, and a file's place among the inputs does not
+        matter."""
+        if not isinstance(item, CsvRange | CsvBlock):  # a subclass's own items: by content
+            return pickle.dumps(item, protocol=5)
+        plan = self.csv_plans[item.file]
+        source = plan.source
+        where: tuple[Any, ...] = (item.start, item.end)
+        if isinstance(item, CsvBlock):
+            where += ("block", item.inside)
+        else:
+            where += ("whole" if item.whole else "stream" if item.data is not None else "range",)
+        schema = blake2b(plan.schema.serialize().to_pybytes(), digest_size=8).hexdigest()
+        return (source.url, source.size, source.version, schema, *where)
+
+    def checkpoint_fingerprint(self) -> str:
+        """The CSV options that change what ``exec`` gets (``checkpoint=`` refuses a journal made
+        with others). Not the sizes: other ranges are other keys (run afresh), another inferred
+        schema too."""
+        settings = {
+            name: value
+            for name, value in vars(self.csv_options).items()
+            if name not in ("chunk_bytes", "infer_bytes")
+        }
+        return repr(settings)
 
     def progress_units(self, item: Any) -> int:
         """Progress counts bytes of the files."""

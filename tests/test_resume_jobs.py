@@ -1,0 +1,188 @@
+"""``--resume`` on the built-in CSV jobs: a killed or interrupted run's finished ranges are kept
+and a rerun does only the rest, with the same result as one uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from batchcore.processors.csv.jobs import JOURNAL, csv_stats, csv_to_parquet
+from batchcore.processors.errors import CsvFormatError
+
+ROOT = Path(__file__).resolve().parent.parent
+CHUNK = "32KiB"  # ~265 ranges
+
+
+@pytest.fixture(scope="module")
+def sales(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """~8.7 MB of sales, 100,000 rows."""
+    path = tmp_path_factory.mktemp("resume") / "sales.csv"
+    make = [sys.executable, str(ROOT / "data" / "make_sales.py"), str(path), "--rows", "100000"]
+    subprocess.run(make, check=True, capture_output=True, timeout=120)
+    return path
+
+
+# The batchcore command, with the journal committing every 20 ms instead of every second, so
+# that a run of a few hundred milliseconds is killed with some results committed and some not.
+CLI = """
+import sys
+import batchcore.journal
+from batchcore.processors.cli import main
+batchcore.journal.GROUP_SECONDS = 0.02
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", CLI, *args]
+
+
+def committed(journal: Path | None) -> int:
+    """Items the journal holds as done (0 while it does not exist or is being created)."""
+    if journal is None:
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as connection:
+            return sum(oks.count(1) for (oks,) in connection.execute("select oks from groups"))
+    except sqlite3.Error:
+        return 0
+
+
+def staging_journal(out: Path) -> Path | None:
+    found = sorted(out.parent.glob(f".{out.name}.staging-*/{JOURNAL}"))
+    return found[-1] if found else None
+
+
+def interrupt(command: list[str], journal: Any, how: str, env: dict[str, str]) -> int:
+    """Start ``command``, stop it with ``how`` once its journal has committed results; returns
+    how many it had committed when it stopped."""
+    child = subprocess.Popen(
+        command, cwd=ROOT, env=env, start_new_session=True, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 90
+    while committed(journal()) < 10:
+        assert child.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline, "no result was committed in time"
+        time.sleep(0.01)
+    if how == "SIGKILL":
+        os.killpg(child.pid, signal.SIGKILL)  # the parent and its workers, at once
+    else:
+        os.kill(child.pid, signal.SIGINT)  # Ctrl-C
+    assert child.wait(timeout=60) != 0
+    return committed(journal())
+
+
+def rows_of(folder: Path) -> list[tuple[Any, ...]]:
+    table = pq.read_table(folder)
+    return sorted(zip(*(table[name].to_pylist() for name in table.column_names), strict=True))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    ("backend", "how"),
+    [
+        ("sequential", "SIGKILL"),
+        ("thread", "SIGKILL"),
+        ("process", "SIGKILL"),
+        ("process", "SIGINT"),
+    ],
+)
+def test_to_parquet_killed_resumes_with_only_the_missing_parts(
+    backend: str, how: str, sales: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    command = cli("csv", "to-parquet", str(sales), str(out), "--resume", "--chunk-bytes", CHUNK)
+    command += ["--backend", backend, "--workers", "2"]
+    done = interrupt(command, lambda: staging_journal(out), how, dict(os.environ))
+    assert not out.exists()  # the dataset appears whole or not at all
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    total = json.loads((out / "_SUCCESS").read_text())["parts"]
+    assert f"{done:,} of {total:,} parts came from the interrupted run" in again.stderr
+    assert sorted(os.listdir(out)) == ["_SUCCESS", *(f"part-{i:05d}.parquet" for i in range(total))]
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder, no journal left
+    reference = tmp_path / "reference"
+    csv_to_parquet(sales, reference, chunk_bytes=32 << 10, backend="thread")
+    assert rows_of(out) == rows_of(reference)
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0
+    assert "is complete already (_SUCCESS): nothing was run" in finished.stderr
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_stats_killed_resumes_and_gives_the_uninterrupted_answer(
+    how: str, sales: Path, tmp_path: Path
+) -> None:
+    env = {**os.environ, "BATCHCORE_CACHE_DIR": str(tmp_path / "cache")}
+    plain = cli("csv", "stats", str(sales), "--sum", "amount", "--sum", "qty", "--json")
+    plain += ["--group-by", "region", "--chunk-bytes", CHUNK, "--backend", "thread"]
+    command = [*plain, "--resume"]
+
+    def journal() -> Path | None:
+        found = list((tmp_path / "cache" / "checkpoints").glob("csv-stats-*.sqlite"))
+        return found[0] if found else None
+
+    done = interrupt(command, journal, how, env)
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report.pop("checkpoint") == {"path": str(journal()), "resumed_ranges": done}
+    assert f"{done:,} of " in again.stderr
+    expected = json.loads(subprocess.run(plain, cwd=ROOT, capture_output=True, text=True).stdout)
+    for key in ("seconds", "backend", "backend_reason"):
+        report.pop(key, None)
+        expected.pop(key, None)
+    assert report == expected
+    finished = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert "came from" in finished.stderr and "nothing was run" in finished.stderr
+
+
+def write_sales(path: Path, rows: list[str]) -> None:
+    path.write_text("order_id,qty\n" + "".join(f"{row}\n" for row in rows))
+
+
+def test_a_rewritten_input_file_runs_again_and_the_others_resume(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    write_sales(first, [f"{i},{i % 7}" for i in range(3000)])
+    write_sales(second, [f"{i},{i % 5}" for i in range(3000)])
+    journal = tmp_path / "stats.sqlite"
+    options: dict[str, Any] = {"chunk_bytes": 4096, "checkpoint": journal}
+    csv_stats([first, second], ["qty"], **options)
+    size = second.stat().st_size
+    write_sales(second, [f"{i},{i % 3}" for i in range(3000)])  # rewritten: only its mtime says
+    assert second.stat().st_size == size
+    again = csv_stats([first, second], ["qty"], **options)
+    assert 0 < again.resumed < again.ranges  # the first file's ranges only
+    fresh = csv_stats([first, second], ["qty"], chunk_bytes=4096)
+    assert (again.rows, again.columns) == (fresh.rows, fresh.columns)
+
+
+def test_a_failed_to_parquet_resumed_with_other_ranges_leaves_no_stray_part(
+    tmp_path: Path,
+) -> None:
+    good, bad = tmp_path / "in" / "a.csv", tmp_path / "in" / "b.csv"
+    good.parent.mkdir()
+    write_sales(good, [f"{i},{i % 7}" for i in range(4000)])
+    write_sales(bad, ["1,2", "3,4,5"])  # a ragged row: the run fails at the second file
+    out = tmp_path / "out"
+    with pytest.raises(CsvFormatError, match=r"b\.csv"):
+        csv_to_parquet([good, bad], out, resume=True, chunk_bytes=2048, backend="sequential")
+    kept = staging_journal(out)
+    assert kept is not None and committed(kept) > 5  # the failure kept the parts and journal
+    write_sales(bad, ["1,2", "3,4"])
+    result = csv_to_parquet([good, bad], out, resume=True, chunk_bytes=1 << 20)
+    assert result["parts"] == 2 and result["resumed"] == 0  # other ranges: all run again
+    assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet"]
+    assert len(rows_of(out)) == 4002
