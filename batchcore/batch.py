@@ -188,12 +188,15 @@ class _Resume:
         self.resumed = 0
 
     def pending(self) -> Iterator[Any]:
-        """The items not done yet, in order; the done ones are queued with their results."""
+        """The items not done yet, in order; the done ones are queued with their results. A
+        node's ``checkpoint_usable(item, result)``, if it has one, can turn a stored result down
+        (its output files are gone, say): that item runs again."""
         position = 0
+        usable = getattr(self.owner, "checkpoint_usable", None)
         for group in keyed(self.items, self.owner):
             found = self.journal.done([key for _, key in group])
             for item, key in group:
-                if key in found:
+                if key in found and (usable is None or usable(item, found[key])):
                     self.slots.append((True, found[key], position))
                 else:
                     self.slots.append((False, key, position))

@@ -114,6 +114,23 @@ def test_a_node_s_own_settings_in_its_fingerprint_refuse_another_setting(tmp_pat
         Scaled(3, checkpoint=journal).run({})
 
 
+def test_a_stored_result_the_node_turns_down_runs_again(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    class Picky(Marks):
+        def checkpoint_usable(self, item: int, result: int) -> bool:
+            return item % 3 != 0  # as if these items' outputs were gone
+
+    journal = tmp_path / "j.sqlite"
+    shared: dict[str, Any] = {"items": list(range(9))}
+    Picky(marks, checkpoint=journal).run(shared)
+    node = Picky(marks, checkpoint=journal)
+    node.run(shared)
+    assert shared["out"] == [x * x for x in range(9)]
+    assert runs(marks) == sorted([*range(9), 0, 3, 6]) and node.batch_stats.resumed == 6
+
+
 def test_an_item_that_does_not_pickle_needs_a_checkpoint_key(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="define checkpoint_key"):
         Lambdas(checkpoint=tmp_path / "j.sqlite").run({})
@@ -147,7 +164,7 @@ def test_a_folder_checkpoint_in_a_scope_gives_each_node_class_its_journal(tmp_pa
 
 @pytest.mark.parametrize(
     ("job", "why"),
-    [("csv to-parquet", "pass resume=True"), ("images", "not image contents")],
+    [("csv to-parquet", "pass resume=True"), ("images --per-job", "run the grouped job")],
 )
 def test_jobs_whose_outputs_a_journal_cannot_vouch_for_refuse_a_checkpoint(
     job: str, why: str, tmp_path: Path
@@ -159,7 +176,7 @@ def test_jobs_whose_outputs_a_journal_cannot_vouch_for_refuse_a_checkpoint(
         if job == "csv to-parquet":
             csv_to_parquet(ROOT / "data" / "sales.csv", tmp_path / "out")
         else:
-            run_images(ROOT / "data" / "images", tmp_path / "out", "grayscale")
+            run_images(ROOT / "data" / "images", tmp_path / "out", "grayscale", grouped=False)
     assert "cannot take checkpoint=" in str(caught.value) and why in str(caught.value)
     assert not list(tmp_path.glob("*.sqlite"))  # refused before a journal was made
 

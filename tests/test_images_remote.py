@@ -142,6 +142,35 @@ def test_skip_existing_checks_the_objects(s3: dict[str, Any], reference: Path) -
     assert sorted(objects_under(s3, out)) == files_under(reference)
 
 
+def test_resume_to_and_from_urls_reruns_a_deleted_output_and_a_rewritten_source(
+    s3: dict[str, Any], reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHCORE_CACHE_DIR", str(tmp_path / "cache"))
+    src = upload_samples(s3, "photos")
+    out = f"s3://{s3['bucket']}/out"
+    options = s3["options"]
+    fs = fs_of(s3)
+    gradient = f"{s3['bucket']}/photos/gradient.jpg"
+
+    def rewrite(comment: bytes) -> None:  # the same size each time: only the ETag tells
+        with Image.open(SAMPLES / "gradient.jpg") as image:
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", comment=comment)
+        fs.pipe_file(gradient, buffer.getvalue())
+
+    rewrite(b"first")
+    first = run_images(src, out, FILTERS, resume=True, storage_options=options)
+    images = len({result.source for result in first.results})
+    assert not first.failed and first.resumed == 0
+    assert Path(first.checkpoint).parent == tmp_path / "cache" / "checkpoints"
+    fs.rm_file(f"{s3['bucket']}/out/nested/shapes_grayscale.webp")  # an output deleted
+    rewrite(b"again")
+    again = run_images(src, out, FILTERS, resume=True, storage_options=options)
+    assert again.resumed == images - 2
+    assert sorted(objects_under(s3, out)) == files_under(reference)
+    assert run_images(src, out, FILTERS, resume=True, storage_options=options).resumed == images
+
+
 # --- errors -------------------------------------------------------------------------------------
 
 

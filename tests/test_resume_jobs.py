@@ -3,8 +3,10 @@ and a rerun does only the rest, with the same result as one uninterrupted run.""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,8 +19,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from batchcore import CheckpointError
 from batchcore.processors.csv.jobs import JOURNAL, csv_stats, csv_to_parquet
-from batchcore.processors.errors import CsvFormatError
+from batchcore.processors.errors import CsvFormatError, ImagesUsageError
+from batchcore.processors.images.jobs import run_images
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = "32KiB"  # ~265 ranges
@@ -186,3 +190,75 @@ def test_a_failed_to_parquet_resumed_with_other_ranges_leaves_no_stray_part(
     assert result["parts"] == 2 and result["resumed"] == 0  # other ranges: all run again
     assert sorted(os.listdir(out)) == ["_SUCCESS", "part-00000.parquet", "part-00001.parquet"]
     assert len(rows_of(out)) == 4002
+
+
+# --- images --------------------------------------------------------------------------------------
+
+SAMPLES = ROOT / "data" / "images"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 photo-like JPEGs of 480x320: a run on 2 workers takes a second or two."""
+    folder = tmp_path_factory.mktemp("photos")
+    make = [sys.executable, str(ROOT / "data" / "make_images.py"), "--bench", "40"]
+    subprocess.run([*make, "--size", "480x320", str(folder)], check=True, timeout=120)
+    return folder
+
+
+def outputs(folder: Path) -> dict[str, int]:
+    """Every output under ``folder`` (not the journal) and its mtime."""
+    return {
+        str(path.relative_to(folder)): path.stat().st_mtime_ns
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and not path.name.startswith(".")
+    }
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_images_killed_resume_and_run_only_the_images_not_recorded(
+    how: str, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    filters = ["-f", "grayscale", "-f", "blur:radius=3"]
+    command = cli("images", str(photos), "-o", str(out), *filters, "--resume", "--json")
+    command += ["--backend", "process", "--workers", "2"]
+    done = interrupt(command, lambda: out / ".batchcore-resume.sqlite", how, dict(os.environ))
+    before = outputs(out)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["checkpoint"]["resumed_images"] == done
+    assert f"{done:,} of 40 images came from" in again.stderr
+    after = outputs(out)
+    assert len(after) == 80
+    kept = [name for name, mtime in before.items() if after[name] == mtime]
+    assert len(kept) >= 2 * done  # a recorded image's outputs were not written again
+    reference = tmp_path / "reference"
+    run_images(photos, reference, ["grayscale", "blur:radius=3"], backend="thread")
+    for name in after:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert "all 40 images came from" in finished.stderr and "nothing was run" in finished.stderr
+
+
+def test_images_resume_reruns_a_changed_source_a_deleted_output_and_a_failure(
+    tmp_path: Path,
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    shutil.copytree(SAMPLES, src)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    run = functools.partial(run_images, src, out, ["grayscale"], resume=True, backend="thread")
+    first = run()
+    assert len(first.failed) == 1 and first.resumed == 0
+    images = len(first.results)  # one job per image
+    (out / "gray_grayscale.png").unlink()  # a deleted output
+    os.utime(src / "alpha.png", ns=(time.time_ns(), time.time_ns()))  # a touched source
+    again = run()
+    assert again.resumed == images - 3  # not: the deleted output's, alpha's, the failed one
+    assert (out / "gray_grayscale.png").is_file() and len(again.failed) == 1
+    assert run().resumed == images - 1  # now only the broken image runs again
+    with pytest.raises(CheckpointError, match="quality"):
+        run_images(src, out, ["grayscale"], resume=True, quality=50)
+    with pytest.raises(ImagesUsageError, match="per-job"):
+        run_images(src, out, ["grayscale"], resume=True, grouped=False)

@@ -17,7 +17,7 @@ from .options import (
     PROG,
     add_batch_options,
     add_storage_options,
-    cache_journal,
+    resume_note,
     show_progress,
     storage_options,
 )
@@ -235,6 +235,7 @@ def stats_journal(args: argparse.Namespace, options: dict[str, Any]) -> Any:
     """The journal of ``csv stats --resume``: one per job (inputs, columns, CSV options)."""
     import os
 
+    from ..resume import cache_journal
     from ..storage import is_url
 
     paths = [path if is_url(path) else os.path.abspath(path) for path in args.paths]
@@ -242,15 +243,6 @@ def stats_journal(args: argparse.Namespace, options: dict[str, Any]) -> Any:
     settings = {key: value for key, value in options.items() if key not in ignored}
     job = {"inputs": paths, "sums": args.sums, "group_by": args.group_by, **settings}
     return cache_journal("csv-stats", job)
-
-
-def resume_note(source: str, resumed: int, total: int, what: str) -> str:
-    """The stderr line of a ``--resume`` run: how much came from ``source`` (its journal)."""
-    if not resumed:
-        return f"{PROG}: finished {what} are recorded in {source}, for a rerun with --resume"
-    if resumed == total:
-        return f"{PROG}: all {total:,} {what} came from {source}: nothing was run"
-    return f"{PROG}: {resumed:,} of {total:,} {what} came from {source}; the rest were run"
 
 
 def inputs(args: argparse.Namespace) -> str | list[str]:

@@ -24,6 +24,7 @@ from .options import (
     add_batch_options,
     add_storage_options,
     positive_int,
+    resume_note,
     show_progress,
     storage_options,
 )
@@ -108,6 +109,12 @@ def add_images_command(commands: argparse._SubParsersAction[argparse.ArgumentPar
         help="leave outputs that already exist alone (resume an interrupted run)",
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep a journal of finished images (OUT/.batchcore-resume.sqlite); a rerun with "
+        "--resume runs only the others (and those whose source changed or output is gone)",
+    )
+    parser.add_argument(
         "--max-pixels",
         type=positive_int,
         default=DEFAULT_MAX_PIXELS,
@@ -157,9 +164,14 @@ def run_images_command(args: argparse.Namespace) -> int:
             progress=show_progress(args),
             grouped=args.grouped,
             storage_options=storage_options(args) or None,
+            resume=args.resume,
         ),
         ", ".join(args.src),
     )
+    if args.resume:
+        images = len({result.source for result in summary.results})
+        note = resume_note(summary.checkpoint, summary.resumed, images, "images")
+        print(note, file=sys.stderr)
     for result in summary.failed:
         print(f"{PROG}: failed [{result.filter}]: {result.reason}", file=sys.stderr)
     plural = "" if summary.workers == 1 else "s"

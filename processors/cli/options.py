@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from hashlib import blake2b
-from pathlib import Path
-from typing import Any
 
 import batchcore
 from batchcore.options import parse_size
@@ -17,9 +12,9 @@ __all__ = [
     "PROG",
     "add_batch_options",
     "add_storage_options",
-    "cache_journal",
     "memory_size",
     "positive_int",
+    "resume_note",
     "show_progress",
     "storage_options",
 ]
@@ -123,13 +118,10 @@ def storage_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
-def cache_journal(command: str, job: dict[str, Any]) -> Path:
-    """Where ``--resume`` keeps the journal of a job with no local output folder to hold it: one
-    file per job (its command, inputs and settings) under ``$BATCHCORE_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/batchcore``, else ``~/.cache/batchcore``."""
-    root = os.environ.get("BATCHCORE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "batchcore"
-    )
-    text = json.dumps(job, sort_keys=True, default=str)
-    digest = blake2b(text.encode(), digest_size=10).hexdigest()
-    return Path(root) / "checkpoints" / f"{command}-{digest}.sqlite"
+def resume_note(source: str, resumed: int, total: int, what: str) -> str:
+    """The stderr line of a ``--resume`` run: how much came from ``source`` (its journal)."""
+    if not resumed:
+        return f"{PROG}: finished {what} are recorded in {source}, for a rerun with --resume"
+    if resumed == total:
+        return f"{PROG}: all {total:,} {what} came from {source}: nothing was run"
+    return f"{PROG}: {resumed:,} of {total:,} {what} came from {source}; the rest were run"

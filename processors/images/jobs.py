@@ -48,7 +48,8 @@ from batchcore import (
 from ..errors import FilterError, ImageDecodeError, ImagesUsageError, ImageWriteError
 from ..files import remove_stale_temps
 from ..outputs import check_key, existing_objects, is_remote, join_url, key_of, local_part
-from ..storage import Source, StorageOptions, expand, protect_options, protocol_of
+from ..resume import cache_journal
+from ..storage import Source, StorageOptions, expand, filesystem, protect_options, protocol_of
 from .filters import FilterChain, Size, check_output_size, parse_chain, parse_chains
 from .io import (
     DEFAULT_MAX_PIXELS,
@@ -99,6 +100,7 @@ class ImageJob:
     root: str = ""
     size: int = -1
     options: StorageOptions = field(default_factory=dict, compare=False, repr=False)
+    version: str = field(default="", compare=False)  # a source object's ETag... (its listing's)
 
     @property
     def filter(self) -> str:
@@ -252,13 +254,6 @@ class ImageJobsNode(BatchNode):
     writes every result, in job order, to ``shared["image_results"]``.
     """
 
-    # A job is named by its paths and filters, not by the image's bytes: a journal would skip
-    # a job whose source changed or whose output was deleted since it ran.
-    checkpoint_refused = (
-        "its jobs are named by paths, not image contents; rerun with --skip-existing "
-        "(images --resume is planned)"
-    )
-
     releases_gil = True  # Pillow decodes, filters and encodes without the GIL: auto picks threads
 
     on_error = "collect"
@@ -276,9 +271,41 @@ class ImageJobsNode(BatchNode):
         self.jobs = list(jobs)
         self.max_pixels = max_pixels
         self.quality = quality
+        self.existing_outputs: set[str] | None = None  # a URL output's objects, listed once
 
     def progress_units(self, group: ImageGroup) -> int:
         return len(group.jobs)
+
+    def checkpoint_key(self, group: ImageGroup) -> Any:
+        """What names an image's jobs across runs (``checkpoint=``): the source's path or URL,
+        size and version (mtime, ETag...), and each job's chain, output and format. So an
+        image rewritten since, or given other filters, runs again."""
+        first = group.jobs[0]
+        size, version = first.size, first.version
+        if not is_remote(first.source):
+            try:
+                info = os.stat(first.source)
+                size, version = info.st_size, str(info.st_mtime_ns)
+            except OSError:  # gone: its jobs fail in the worker, saying so
+                version = "missing"
+        jobs = tuple((job.filter, job.output, job.format) for job in group.jobs)
+        return (group.source, size, version, jobs)
+
+    def checkpoint_fingerprint(self) -> str:
+        return f"quality={self.quality} max_pixels={self.max_pixels}"
+
+    def checkpoint_usable(self, group: ImageGroup, results: list[JobResult]) -> bool:
+        """A recorded image is done only if every job succeeded and its output is still
+        there: a deleted output, or a failed job, runs again."""
+        return all(result.ok and self._exists(result.output) for result in results)
+
+    def _exists(self, output: str) -> bool:
+        if not is_remote(output):
+            return os.path.isfile(output)
+        if self.existing_outputs is not None:
+            return output in self.existing_outputs
+        options = self.jobs[0].options if self.jobs else None
+        return bool(filesystem(output, options).exists(output))
 
     def prep(self, shared: dict[str, Any]) -> list[ImageGroup]:
         return group_jobs(self.jobs)
@@ -404,7 +431,11 @@ class ImageBatchFlow(BatchFlow):
     its job; ``post`` writes every result, in job order, to ``shared["image_results"]``.
     """
 
-    checkpoint_refused = ImageJobsNode.checkpoint_refused
+    # Its runs' results are built from sub-flows' writes: ImageJobsNode (the default) resumes.
+    checkpoint_refused = (
+        "its jobs are one sub-flow each; run the grouped job (ImageJobsNode, no --per-job) "
+        "to resume"
+    )
 
     releases_gil = True  # as ImageJobsNode: the sub-flows' work is Pillow's
 
@@ -637,6 +668,7 @@ def plan_images(
                 out_text if remote_out else str(out_path),
                 source.size if isinstance(source, Source) else -1,
                 options,
+                source.version if isinstance(source, Source) else "",
             )
             if key in claimed:
                 raise ImagesUsageError(
@@ -677,6 +709,8 @@ class ImagesSummary:
     backend: str = ""
     workers: int = 0
     backend_reason: str = ""  # why this backend, when batchcore chose it (backend="auto")
+    resumed: int = 0  # images whose results came from the resume journal
+    checkpoint: str = ""  # that journal's path, with ``resume``
 
     @property
     def ok(self) -> int:
@@ -708,7 +742,11 @@ class ImagesSummary:
             "backend": self.backend,
             "workers": self.workers,
             "backend_reason": self.backend_reason,
+            **({"checkpoint": self.checkpoint_json()} if self.checkpoint else {}),
         }
+
+    def checkpoint_json(self) -> dict[str, Any]:
+        return {"path": self.checkpoint, "resumed_images": self.resumed}
 
 
 def run_images(
@@ -725,6 +763,7 @@ def run_images(
     progress: bool = False,
     grouped: bool = True,
     storage_options: StorageOptions | None = None,
+    resume: bool = False,
 ) -> ImagesSummary:
     """Apply every filter chain to every image under ``src``, writing into ``out``.
 
@@ -736,8 +775,16 @@ def run_images(
     ``src`` and ``out`` may be URLs (``s3://bucket/photos/``; ``storage_options`` reach them):
     the parent only lists the source prefix; each worker reads its own objects (ranged GETs)
     and writes each output in one PUT, so an output object appears whole or not at all.
+
+    ``resume``: a journal (``checkpoint=``; ``OUT/.batchcore-resume.sqlite``, or under the cache
+    folder for a URL output) records each finished image; a rerun with ``resume`` runs only the
+    images not recorded, or whose source changed, or whose outputs are gone, or that failed.
     """
     began = time.perf_counter()
+    if resume and not grouped:
+        raise ImagesUsageError(
+            "resuming runs the grouped job (one decode per image): drop grouped=False / --per-job"
+        )
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be a whole number from 1 to 100, got {quality!r}")
     if max_pixels is not None and (isinstance(max_pixels, bool) or max_pixels < 1):
@@ -749,8 +796,12 @@ def run_images(
     options: dict[str, Any] = {"backend": backend, "workers": workers, "progress": progress}
     shared: dict[str, Any] = {}
     runner: ImageJobsNode | ImageBatchFlow
+    if resume:
+        options["checkpoint"] = _journal(plan, fmt, quality, max_pixels)
     if grouped:
         runner = ImageJobsNode(plan.jobs, max_pixels=max_pixels, quality=quality, **options)
+        if resume and isinstance(plan.out, str):  # a URL: its objects, listed once
+            runner.existing_outputs = existing_objects(plan.out, protect_options(storage_options))
     else:
         runner = ImageBatchFlow(jobs=plan.jobs, max_pixels=max_pixels, quality=quality, **options)
     runner.run(shared)
@@ -762,4 +813,18 @@ def run_images(
         backend=stats.backend,
         workers=stats.workers,
         backend_reason=stats.reason,
+        resumed=stats.resumed,
+        checkpoint=stats.checkpoint,
     )
+
+
+JOURNAL = ".batchcore-resume.sqlite"  # in a local OUT: hidden, so never taken for an image
+
+
+def _journal(plan: ImagesPlan, fmt: str | None, quality: int, max_pixels: int | None) -> Path:
+    """Where ``run_images(resume=True)`` keeps its journal: in OUT, or for a URL output under
+    the cache folder, one per job."""
+    if not isinstance(plan.out, str):
+        return plan.out / JOURNAL
+    job = {"src": str(plan.src), "out": plan.out, "filters": [c.spec for c in plan.chains]}
+    return cache_journal("images", {**job, "fmt": fmt, "quality": quality, "max": max_pixels})
