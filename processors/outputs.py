@@ -31,7 +31,9 @@ What a reader of a dataset prefix sees (``RemoteDataset``), at each moment of a 
 - **A failed or interrupted run** writes no ``_SUCCESS``; its parts are deleted by the parent.
   What can remain: a part whose PUT was still in flight in a worker the backend could not stop,
   or every part of a run whose parent was killed (SIGKILL, power loss). Such parts carry that
-  run's id, are named by no ``_SUCCESS``, and the next ``overwrite`` run deletes them.
+  run's id, are named by no ``_SUCCESS``, and the next ``overwrite`` run deletes them. A
+  resumable run (``resume=True``) keeps its parts when it fails, for the next one, whose
+  ``_SUCCESS`` names those its journal holds; it deletes the others after ``_SUCCESS``.
 - **Two runs writing one prefix at the same time** are not detected (object stores have no
   lock): do not. Locally the second run is refused.
 """
@@ -57,6 +59,7 @@ __all__ = [
     "is_remote",
     "join_url",
     "put_object",
+    "read_text",
     "scrub",
 ]
 
@@ -131,7 +134,8 @@ def existing_objects(prefix: str, options: Mapping[str, Any] | None = None) -> s
     return {f"{protocol}://{path}" for path in found if path.startswith(root + "/")}
 
 
-def _read_text(url: str, options: Mapping[str, Any] | None) -> str:
+def read_text(url: str, options: Mapping[str, Any] | None) -> str:
+    """The object ``url``, as UTF-8 text (``FileNotFoundError`` when there is none)."""
     fs = filesystem(url, options)
     data: bytes = fs.cat_file(url)
     return data.decode("utf-8")
@@ -142,7 +146,7 @@ def dataset_parts(url: str, storage_options: Mapping[str, Any] | None = None) ->
     dataset to read while another run may be writing there. ``FileNotFoundError`` without
     ``_SUCCESS`` (no complete dataset yet)."""
     options = protect_options(storage_options)
-    summary = json.loads(_read_text(join_url(url, SUCCESS), options))
+    summary = json.loads(read_text(join_url(url, SUCCESS), options))
     files = summary.get("files")
     if not isinstance(files, list):
         raise ValueError(f"{join_url(url, SUCCESS)}: names no files (written by a local run?)")
@@ -167,11 +171,13 @@ class RemoteDataset:
         overwrite: bool,
         options: Mapping[str, Any] | None,
         ours: Callable[[str], bool],
+        resume: bool = False,
     ) -> RemoteDataset:
         """Check ``url`` and start a run there; writes nothing. Refused (``FileExistsError``)
         when the prefix holds objects and not ``overwrite``, or holds anything ``ours`` does not
         recognize (deleting it with the previous dataset would lose it); ``NotADirectoryError``
-        when ``url`` is an object."""
+        when ``url`` is an object. ``resume``: parts with no ``_SUCCESS`` (an interrupted run's)
+        are no dataset to overwrite; the next ``commit`` keeps those it names."""
         options = protect_options(options)
         fs = filesystem(url, options)
         fs.invalidate_cache(key_of(url, options))
@@ -184,7 +190,8 @@ class RemoteDataset:
             if fs.isfile(url.rstrip("/")):
                 raise NotADirectoryError(20, "is an object, not a prefix", url)
         names = sorted(_relative(key, url, options) for key in existing_objects(url, options))
-        if names and not overwrite:
+        interrupted = resume and SUCCESS not in names  # only a killed run's parts, if any
+        if names and not overwrite and not interrupted:
             raise FileExistsError(
                 17,
                 f"is not empty ({', '.join(names[:3])}); pass overwrite=True / --overwrite",
@@ -207,11 +214,13 @@ class RemoteDataset:
 
     def commit(self, summary: Mapping[str, Any], names: list[str]) -> list[str]:
         """Write ``_SUCCESS`` (``summary`` plus ``files``: ``names``, and ``run``), then delete
-        the previous run's parts; ``_SUCCESS`` is the last object of the new dataset written.
-        Returns the previous parts that could not be deleted (the new dataset is complete)."""
+        the previous run's parts (but those among ``names``: a resumed run's); ``_SUCCESS`` is
+        the last object of the new dataset written. Returns the previous parts that could not
+        be deleted (the new dataset is complete)."""
         text = json.dumps({**summary, "files": names, "run": self.run}) + "\n"
         put_object(join_url(self.url, SUCCESS), text.encode(), self.options)
-        return self._delete(self.previous)
+        kept = set(names)
+        return self._delete([name for name in self.previous if name not in kept])
 
     def abort(self) -> list[str]:
         """Delete the parts this run wrote (found by its run id); returns those that could not

@@ -6,6 +6,7 @@ without it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ from s3server import FAKE_SECRET
 from batchcore.processors import outputs
 from batchcore.processors.cli import main
 from batchcore.processors.csv.jobs import csv_to_parquet
+from batchcore.processors.errors import CsvFormatError
 from batchcore.processors.outputs import dataset_parts
 from batchcore.processors.storage import filesystem
 
@@ -94,6 +96,39 @@ def test_to_parquet_to_s3_equals_local(
     assert sorted(success["files"]) == [name for name in names if name != "_SUCCESS"]
     assert success["rows"] == 3000 and success["parts"] == len(success["files"])
     assert all(success["run"] in name for name in success["files"])
+
+
+def test_a_failed_run_to_s3_resumes_with_its_parts_and_leaves_no_stray_object(
+    s3: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCHCORE_CACHE_DIR", str(tmp_path / "cache"))
+    good, bad = tmp_path / "a.csv", tmp_path / "b.csv"
+    good.write_bytes(HEADER + rows(3000))
+    bad.write_bytes(HEADER + b"1,north\n")  # a ragged row: the run fails at the second file
+    url = f"s3://{s3['bucket']}/ds"
+    run = functools.partial(
+        csv_to_parquet, [good, bad], url, resume=True, storage_options=s3["options"]
+    )
+    with pytest.raises(CsvFormatError, match=r"b\.csv"):
+        run(chunk_bytes=8_000, backend="sequential")
+    kept = listing(s3, f"{s3['bucket']}/ds")
+    assert len(kept) > 3 and "_SUCCESS" not in kept  # the failure kept its parts, for resume
+    assert list((tmp_path / "cache" / "checkpoints").glob("csv-to-parquet-*.sqlite"))
+    bad.write_bytes(HEADER + rows(10, start=3000))
+    result = run(chunk_bytes=8_000, backend="thread")
+    assert result["resumed"] == len(kept) and result["rows"] == 3010
+    table = read_dataset(s3, url)
+    assert sorted(table["id"].to_pylist()) == list(range(3010))
+    success = json.loads(fs_of(s3).cat_file(f"{s3['bucket']}/ds/_SUCCESS"))
+    assert sorted([*success["files"], "_SUCCESS"]) == listing(s3, f"{s3['bucket']}/ds")
+    assert not list((tmp_path / "cache" / "checkpoints").glob("*.sqlite*"))  # done: removed
+    assert run(chunk_bytes=8_000)["complete"] is True  # a finished dataset: nothing is run
+    # resumed with other ranges: every part runs again, and the old ones are deleted
+    fs_of(s3).rm_file(f"{s3['bucket']}/ds/_SUCCESS")
+    again = run(chunk_bytes=50_000)
+    success = json.loads(fs_of(s3).cat_file(f"{s3['bucket']}/ds/_SUCCESS"))
+    assert again["resumed"] == 0 and again["parts"] == len(success["files"]) < result["parts"]
+    assert sorted([*success["files"], "_SUCCESS"]) == listing(s3, f"{s3['bucket']}/ds")
 
 
 def test_success_is_the_last_object_written(

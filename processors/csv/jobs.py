@@ -38,9 +38,11 @@ import pyarrow.compute as pc
 
 from batchcore import use_backend
 
-from ..errors import CsvFormatError, UsageError
+from ..errors import CsvFormatError
 from ..files import StagedFolder, is_temp_name, side_folders, write_atomically
-from ..outputs import RemoteDataset, is_remote, local_part
+from ..outputs import RemoteDataset, is_remote, join_url, local_part, read_text
+from ..resume import cache_journal
+from ..storage import protect_options
 from .node import CSVBatchNode
 from .split import CsvItem, CsvRange
 
@@ -359,30 +361,26 @@ class ParquetNode(CSVBatchNode):
         self.resume = resume
         self.staged: StagedFolder | None = None
         self.remote: RemoteDataset | None = None
+        self.journal: Path | None = None  # with ``resume``, from ``prep`` on
         if resume and options.get("checkpoint") is not None:
             raise TypeError("pass resume=True or checkpoint=, not both: resume keeps the journal")
-        if resume and is_remote(out_dir):
-            raise UsageError(
-                f"{out_dir}: resuming a dataset written to a URL is not supported yet; "
-                "write it to a local folder, or rerun without --resume"
-            )
-        # A journal elsewhere would outlive the staging folder that holds the parts it lists.
+        # A journal elsewhere would outlive the staging folder that holds the parts it lists,
+        # or list a URL dataset's parts that a failed run deletes.
         self.checkpoint_refused = (
             None if resume else "its parts are staged per run: pass resume=True (--resume)"
         )
 
     def _exec(self, items: Any) -> list[Any]:
-        if not self.resume or self.staged is None:
+        if self.journal is None:
             return super()._exec(items)
-        # The journal lives in the staging folder, beside the parts it lists: they go together.
-        with use_backend(checkpoint=self.staged.staging / JOURNAL):
+        with use_backend(checkpoint=self.journal):
             return super()._exec(items)
 
     def _run(self, shared: Any) -> Any:
         try:
             return super()._run(shared)
         except BaseException as exc:
-            if self.remote is not None:  # no _SUCCESS was written: remove this run's parts
+            if self.remote is not None and not self.resume:  # no _SUCCESS: remove its parts
                 left = self.remote.abort()
                 if left:
                     note = f"these parts of the failed run remain: {', '.join(left)}"
@@ -403,13 +401,20 @@ class ParquetNode(CSVBatchNode):
                 overwrite=self.overwrite,
                 options=self.storage_options,
                 ours=_written_by_us,
+                resume=self.resume,
             )
+            if self.resume:  # no local folder to hold it: one journal per job, in the cache
+                settings = self.checkpoint_fingerprint()
+                job = {"out": self.out_dir, "inputs": self.csv_report.files, "with": settings}
+                self.journal = cache_journal("csv-to-parquet", job)
         else:
             self.staged = StagedFolder.begin(
                 local_part(self.out_dir),
                 lambda out_dir: check_out_dir(out_dir, self.overwrite),
                 adopt=(lambda staging: (staging / JOURNAL).exists()) if self.resume else None,
             )
+            if self.resume:  # beside the parts it lists, in the staging folder: they go together
+                self.journal = self.staged.staging / JOURNAL
         return ranges
 
     @property
@@ -438,6 +443,8 @@ class ParquetNode(CSVBatchNode):
         summary = {"source": self.csv_report.path, "rows": rows, "parts": len(exec_res)}
         if self.remote is not None:
             left = self.remote.commit(summary, [name for name, _ in exec_res])
+            if self.journal is not None:  # the dataset is complete: _SUCCESS says so from now
+                _remove_journal(self.journal)
             if left:  # the new dataset is whole; a listing reader would also see these
                 log.warning(
                     "%s: written, but these parts of the previous dataset remain (delete them, "
@@ -461,13 +468,28 @@ class ParquetNode(CSVBatchNode):
         return "done"
 
 
-def _complete(out_dir: Path) -> dict[str, Any] | None:
+def _complete(out_dir: str, storage_options: Any) -> dict[str, Any] | None:
     """``out_dir``'s summary when it holds a finished dataset and no run of it waits to resume."""
-    success = out_dir / SUCCESS
-    if not success.is_file() or side_folders(out_dir.resolve(), "staging"):
-        return None
-    summary: dict[str, Any] = json.loads(success.read_text())
-    return {**summary, "out_dir": os.fspath(out_dir), "complete": True, "resumed": 0}
+    if is_remote(out_dir):
+        try:
+            text = read_text(join_url(out_dir, SUCCESS), protect_options(storage_options))
+        except FileNotFoundError:
+            return None
+    else:
+        folder = Path(local_part(out_dir))
+        success = folder / SUCCESS
+        if not success.is_file() or side_folders(folder.resolve(), "staging"):
+            return None
+        text = success.read_text()
+    summary: dict[str, Any] = json.loads(text)
+    summary.pop("files", None)
+    summary.pop("run", None)
+    return {**summary, "out_dir": out_dir, "complete": True, "resumed": 0}
+
+
+def _remove_journal(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def _keep_only(folder: Path, parts: set[str]) -> None:
@@ -536,8 +558,8 @@ def csv_to_parquet(
     When ``out_dir`` is complete already (``_SUCCESS``, no run to resume, no ``overwrite``),
     nothing is run: the result is ``_SUCCESS``'s summary with ``"complete": True``.
     """
-    if resume and not overwrite and not is_remote(out_dir):
-        done = _complete(Path(local_part(os.fspath(out_dir))))
+    if resume and not overwrite:
+        done = _complete(os.fspath(out_dir), options.get("storage_options"))
         if done is not None:
             return done
     node = ParquetNode(_inputs(path), os.fspath(out_dir), overwrite, resume, **options)
