@@ -37,7 +37,8 @@ __all__ = ["CheckpointError", "Journal", "item_key"]
 
 GROUP = 4096  # results per committed row (a group), at most
 LOOKUP = 4096  # keys looked up at a time
-GROUP_SECONDS = 1.0  # a group is committed at least this often while results arrive
+GROUP_SECONDS = 0.2  # a group is committed at least this often while results arrive:
+# a kill loses at most this much finished work (a small WAL commit, not fsynced: ~0.03 ms)
 KEY_BYTES = 16
 SCHEMA = 2
 

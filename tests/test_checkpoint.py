@@ -295,7 +295,7 @@ CHILD = textwrap.dedent(
         def prep(self, shared):
             return range(400)
         def exec(self, item):
-            time.sleep(0.01)  # 2-4 s in all: commits (each second) happen mid-run
+            time.sleep(0.01)  # 2-4 s in all: commits (every 0.2 s) happen mid-run
             (marks / f"{item}-{uuid.uuid4().hex}").touch()
             return item * 3
         def post(self, shared, prep_res, exec_res):

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchcore import CheckpointError
-from batchcore.processors.csv.jobs import JOURNAL, csv_stats, csv_to_parquet
+from batchcore.processors.csv.jobs import JOURNAL, ParquetNode, csv_stats, csv_to_parquet
 from batchcore.processors.errors import CsvFormatError, ImagesUsageError
 from batchcore.processors.images.jobs import run_images
 
@@ -262,3 +262,90 @@ def test_images_resume_reruns_a_changed_source_a_deleted_output_and_a_failure(
         run_images(src, out, ["grayscale"], resume=True, quality=50)
     with pytest.raises(ImagesUsageError, match="per-job"):
         run_images(src, out, ["grayscale"], resume=True, grouped=False)
+
+
+# --- the split, kept ------------------------------------------------------------------------------
+
+
+def count_scans(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Calls of the quote-count scan (phase 1 of the split), in this process."""
+    from batchcore.processors.csv import node
+
+    calls: list[int] = []
+    real = node.scan_block
+
+    def counting(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(node, "scan_block", counting)
+    return calls
+
+
+def test_a_rerun_on_unchanged_files_reuses_the_split_and_a_changed_one_scans_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = count_scans(monkeypatch)
+    data = tmp_path / "a.csv"
+    write_sales(data, [f'{i},"{i % 7}"' for i in range(4000)])
+    options: dict[str, Any] = {"chunk_bytes": 2048, "checkpoint": tmp_path / "j.sqlite"}
+    first = csv_stats(data, ["qty"], backend="sequential", **options)
+    assert calls and (tmp_path / "j.sqlite.split.json").is_file()
+    calls.clear()
+    again = csv_stats(data, ["qty"], backend="sequential", **options)
+    assert not calls and again.resumed == again.ranges == first.ranges  # no byte scanned
+    write_sales(data, [f'{i},"{i % 5}"' for i in range(4000)])  # same size, a new mtime
+    changed = csv_stats(data, ["qty"], backend="sequential", **options)
+    assert calls and changed.resumed == 0
+    assert changed.columns == csv_stats(data, ["qty"], chunk_bytes=2048).columns
+
+
+class Flaky(ParquetNode):
+    """Fails at the range ``fail_at`` (not part of the fingerprint: the same job, a bad day)."""
+
+    fail_at: int | None = None
+
+    def exec(self, table: Any) -> tuple[str, int]:
+        rng = self.current_range
+        if rng is not None and rng.index == self.fail_at:
+            raise RuntimeError("a bad day")
+        return super().exec(table)
+
+
+def flaky_run(inputs: list[Path], out: Path, fail_at: int | None = None) -> dict[str, Any]:
+    node = Flaky(inputs, str(out), resume=True, chunk_bytes=2048, backend="sequential")
+    node.fail_at = fail_at
+    shared: dict[str, Any] = {}
+    node.run(shared)
+    return dict(shared["parquet"])
+
+
+def test_a_resumed_to_parquet_reuses_the_killed_run_s_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "a.csv"
+    write_sales(data, [f"{i},{i % 7}" for i in range(4000)])
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="a bad day"):
+        flaky_run([data], out, fail_at=8)
+    kept = staging_journal(out)
+    assert kept is not None and Path(f"{kept}.split.json").is_file()
+    calls = count_scans(monkeypatch)
+    result = flaky_run([data], out)
+    assert not calls and result["resumed"] == 8  # no byte scanned, ranges 0-7 kept
+    assert len(rows_of(out)) == 4000 and not list(out.glob("_checkpoint*"))
+
+
+def test_a_file_given_in_another_place_is_written_again_under_its_new_part_names(
+    tmp_path: Path,
+) -> None:
+    first, second = tmp_path / "x.csv", tmp_path / "y.csv"
+    write_sales(first, [f"{i},{i % 7}" for i in range(3000)])
+    write_sales(second, [f"{i},{i % 5}" for i in range(10_000, 13_000)])
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="a bad day"):
+        flaky_run([second, first], out, fail_at=20)
+    result = flaky_run([first, second], out)  # the same files, the other way round
+    ids = sorted(row[0] for row in rows_of(out))
+    assert ids == [*range(3000), *range(10_000, 13_000)]  # each row once: no part overwritten
+    assert result["resumed"] == 0

@@ -42,7 +42,7 @@ from ..errors import CsvFormatError
 from ..files import StagedFolder, is_temp_name, side_folders, write_atomically
 from ..outputs import RemoteDataset, is_remote, join_url, local_part, read_text
 from ..resume import cache_journal
-from ..storage import protect_options
+from ..storage import is_url, protect_options
 from .node import CSVBatchNode
 from .split import CsvItem, CsvRange
 
@@ -362,6 +362,7 @@ class ParquetNode(CSVBatchNode):
         self.staged: StagedFolder | None = None
         self.remote: RemoteDataset | None = None
         self.journal: Path | None = None  # with ``resume``, from ``prep`` on
+        self.unsaved_split: tuple[str, dict[int, list[tuple[int, int, int | None]]]] | None = None
         if resume and options.get("checkpoint") is not None:
             raise TypeError("pass resume=True or checkpoint=, not both: resume keeps the journal")
         # A journal elsewhere would outlive the staging folder that holds the parts it lists,
@@ -394,6 +395,8 @@ class ParquetNode(CSVBatchNode):
                 self.staged = None
 
     def prep(self, shared: dict[str, Any]) -> list[CsvItem] | Iterator[CsvItem]:
+        if self.resume:  # the journal, known before the split so that it can reuse the last one
+            self.journal = self._journal_before(self.path or shared["input_file"])
         ranges = super().prep(shared)  # a bad input fails here, before anything is written
         if is_remote(self.out_dir):
             self.remote = RemoteDataset.begin(
@@ -403,10 +406,6 @@ class ParquetNode(CSVBatchNode):
                 ours=_written_by_us,
                 resume=self.resume,
             )
-            if self.resume:  # no local folder to hold it: one journal per job, in the cache
-                settings = self.checkpoint_fingerprint()
-                job = {"out": self.out_dir, "inputs": self.csv_report.files, "with": settings}
-                self.journal = cache_journal("csv-to-parquet", job)
         else:
             self.staged = StagedFolder.begin(
                 local_part(self.out_dir),
@@ -415,7 +414,38 @@ class ParquetNode(CSVBatchNode):
             )
             if self.resume:  # beside the parts it lists, in the staging folder: they go together
                 self.journal = self.staged.staging / JOURNAL
+                if self.unsaved_split is not None:
+                    super().save_split(*self.unsaved_split)
         return ranges
+
+    def _journal_before(self, inputs: Any) -> Path | None:
+        """Where the journal is, before the split: for a URL output one per job, in the cache
+        folder; for a folder, in the staging folder a killed run left (``None``: no such)."""
+        if is_remote(self.out_dir):
+            given = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+            paths = [os.fspath(p) if is_url(p) else os.path.abspath(p) for p in given]
+            job = {"out": self.out_dir, "inputs": paths, "with": self.checkpoint_fingerprint()}
+            return cache_journal("csv-to-parquet", job)
+        final = Path(os.path.realpath(local_part(self.out_dir)))
+        if not final.parent.is_dir():
+            return None
+        earlier = [f for f in side_folders(final, "staging") if (f / JOURNAL).exists()]
+        newest = max(earlier, key=lambda folder: folder.stat().st_mtime_ns, default=None)
+        return None if newest is None else newest / JOURNAL
+
+    def split_file(self) -> Path | None:
+        return None if self.journal is None else Path(f"{self.journal}.split.json")
+
+    def checkpoint_key(self, item: Any) -> Any:
+        """A range's key, and its place among the ranges: that names its part file, so a range
+        of a file given in another place of the inputs is written again, under its new name."""
+        return (*super().checkpoint_key(item), getattr(item, "index", None))
+
+    def save_split(self, key: str, ranges: dict[int, list[tuple[int, int, int | None]]]) -> None:
+        if self.journal is None or (self.staged is None and not is_remote(self.out_dir)):
+            self.unsaved_split = (key, ranges)  # the staging folder is made after the split
+            return
+        super().save_split(key, ranges)
 
     @property
     def part_dir(self) -> Path:
@@ -488,7 +518,7 @@ def _complete(out_dir: str, storage_options: Any) -> dict[str, Any] | None:
 
 
 def _remove_journal(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", ".split.json"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 

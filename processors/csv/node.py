@@ -15,6 +15,8 @@ and parses only its range, so the parent never parses or pickles the data.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import pickle
 import queue
@@ -24,16 +26,18 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from hashlib import blake2b
 from itertools import chain
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from batchcore import Backend, BatchNode, Node
+from batchcore import Backend, BatchNode, Journal, Node
 from batchcore.backends.base import default_workers
 from batchcore.options import resolve_options
 
 from ..compression import open_decompressed
 from ..errors import CompressedDataError, CsvFormatError
+from ..files import write_atomically
 from ..storage import Source, describe, expand, protect_options, reader_modules
 from .read import (
     MAX_RECORD_BYTES,
@@ -340,11 +344,14 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         lines = options.bad_rows == "skip"  # skipped rows are reported by line: count lines too
         sources = [head.source for head in heads]  # compressed ones now say so
         guessed = [self._guesses(head, lines) for head in heads]
+        key = repr(([(s.url, s.size, s.version, s.compression) for s in sources], guessed, options))
+        known = self.load_split(key)  # a rerun on the same files: their ranges, without a scan
         spans = [
             (file, start, end)
             for file, head in enumerate(heads)
             if head.compression is None  # a compressed file is read front to back instead
             and not guessed[file]  # nor is this one's whole data read twice
+            and known is None
             for start, end in blocks(head.data_start, head.size, options.chunk_bytes)
         ]
         scans = self._scan(sources, spans, quote, lines)
@@ -368,6 +375,9 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             if guessed[file]:
                 ranges.append(_blocks(plan, file))
                 continue
+            if known is not None:
+                ranges.append([CsvRange(0, *cut, file=file) for cut in known.get(file, [])])
+                continue
             try:
                 found = plan_ranges(
                     plan.source, plan.data_start, plan.size, file_scans, quote, limit, file=file
@@ -375,6 +385,13 @@ class CSVBatchNode(BatchNode, _ParsesRange):
             except RecordTooLong as exc:
                 raise too_long(plan.path, line_of(plan.source, exc.position), limit) from None
             ranges.append([*found])
+        if known is None and spans:  # a scan ran: keep what it found, for a rerun
+            cuts = {
+                file: [(rng.start, rng.end, rng.line) for rng in found if isinstance(rng, CsvRange)]
+                for file, found in enumerate(ranges)
+                if not guessed[file] and plans[file].compression is None
+            }
+            self.save_split(key, cuts)
         files = [source.url for source in sources]
         size = sum(plan.size for plan in plans)
         count = sum(len(found) for found in ranges)
@@ -382,6 +399,41 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         if all(plan.compression is None for plan in plans):
             return [replace(rng, index=index) for index, rng in enumerate(chain(*ranges))]
         return self._in_order(plans, ranges)
+
+    def load_split(self, key: str) -> dict[int, list[tuple[int, int, int | None]]] | None:
+        """The ranges an earlier split of the same inputs made (``key`` names the files, their
+        versions and the CSV options), per file, as ``(start, end, line)``: ``None`` if none is
+        kept. Kept beside the checkpoint journal (``FILE.split.json``), when there is one."""
+        path = self.split_file()
+        if path is None:
+            return None
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # none yet, or unreadable: split again
+        if not isinstance(kept, dict) or kept.get("key") != key:
+            return None
+        return {int(file): [tuple(cut) for cut in cuts] for file, cuts in kept["ranges"].items()}
+
+    def save_split(self, key: str, ranges: dict[int, list[tuple[int, int, int | None]]]) -> None:
+        """Keep this split for a rerun (``load_split``); a failure to write only costs a scan."""
+        path = self.split_file()
+        if path is not None:
+            text = json.dumps({"key": key, "ranges": ranges})
+            with contextlib.suppress(OSError):
+                write_atomically(path, lambda temporary: temporary.write_text(text))
+
+    def split_file(self) -> Path | None:
+        """Where ``load_split`` and ``save_split`` keep the split: beside the journal."""
+        checkpoint = resolve_options(self, None).checkpoint
+        if checkpoint is None:
+            return None
+        if isinstance(checkpoint, Journal):
+            return Path(f"{checkpoint.path}.split.json")
+        path = Path(checkpoint)
+        if path.is_dir() or os.fspath(checkpoint).endswith(os.sep):  # as open_journal names it
+            path = path / f"{type(self).__module__}.{type(self).__qualname__}.sqlite"
+        return Path(f"{path}.split.json")
 
     def _start_readers(self, inputs: list[str | os.PathLike[str]]) -> None:
         """For URLs, start the batch's workers now, with the store's client library (s3fs...)
