@@ -182,9 +182,11 @@ class _Resume:
         self.journal = journal
         self.owner = owner
         self.items = items
-        # In input order: (True, stored result, position) or (False, key, position); the feeder
-        # (maybe the backend's thread) appends, the parent's loop pops.
-        self.slots: deque[tuple[bool, Any, int]] = deque()
+        # In input order, runs of consecutive items: (True, their stored results, position of
+        # the first) or (False, their keys, position of the first). The feeder (maybe the
+        # backend's thread) appends, the parent's loop takes; ``taken``: of the first run.
+        self.runs: deque[tuple[bool, list[Any], int]] = deque()
+        self.taken = 0
         self.resumed = 0
 
     def pending(self) -> Iterator[Any]:
@@ -193,40 +195,71 @@ class _Resume:
         (its output files are gone, say): that item runs again."""
         position = 0
         usable = getattr(self.owner, "checkpoint_usable", None)
-        for group in keyed(self.items, self.owner):
-            found = self.journal.done([key for _, key in group])
-            for item, key in group:
-                if key in found and (usable is None or usable(item, found[key])):
-                    self.slots.append((True, found[key], position))
+        for items, keys in keyed(self.items, self.owner):
+            found = self.journal.done(keys)
+            if not found:  # a fresh run's every group: one run, no per-item work
+                self.runs.append((False, keys, position))
+                position += len(keys)
+                yield from items
+                continue
+            if usable is None and len(found) == len(keys):  # a rerun's every group: all done
+                self.runs.append((True, [found[key] for key in keys], position))
+                position += len(keys)
+                continue
+            runs: list[tuple[bool, list[Any], int]] = []  # made whole before they are queued
+            todo = []
+            for item, key in zip(items, keys, strict=True):
+                done = key in found and (usable is None or usable(item, found[key]))
+                if runs and runs[-1][0] == done:
+                    runs[-1][1].append(found[key] if done else key)
                 else:
-                    self.slots.append((False, key, position))
-                    yield item
+                    runs.append((done, [found[key] if done else key], position))
+                if not done:
+                    todo.append(item)
                 position += 1
+            self.runs.extend(runs)
+            yield from todo
 
     def take(self, results: list[Any], values: list[Any], failed: Container[int]) -> dict[int, int]:
         """A chunk's results, for the next pending items: recorded (those at offsets in
         ``failed`` as failures) and appended to ``results`` after the done results queued
         before each. Returns the failed ones' positions in the input, by offset."""
-        slots, records, positions = self.slots, [], {}
-        for offset, value in enumerate(values):
-            while slots[0][0]:
-                results.append(slots.popleft()[1])
-                self.resumed += 1
-            _, key, position = slots.popleft()
-            if offset in failed:
-                records.append((position, key, False, None))
-                positions[offset] = position
+        positions: dict[int, int] = {}
+        offset = 0
+        while offset < len(values):
+            self.flush(results)
+            _, keys, first = self.runs[0]
+            count = min(len(values) - offset, len(keys) - self.taken)
+            span = range(offset, offset + count)
+            at = first + self.taken
+            if not failed or not any(index in failed for index in span):
+                chunk = values[offset : offset + count]
+                self.journal.record_run(at, keys[self.taken : self.taken + count], chunk)
+                results += chunk
             else:
-                records.append((position, key, True, value))
-                results.append(value)
-        self.journal.record(records)
+                records = []
+                for step, index in enumerate(span):
+                    key = keys[self.taken + step]
+                    if index in failed:
+                        records.append((at + step, key, False, None))
+                        positions[index] = at + step
+                    else:
+                        records.append((at + step, key, True, values[index]))
+                        results.append(values[index])
+                self.journal.record(records)
+            self.taken += count
+            offset += count
+            if self.taken == len(keys):
+                self.runs.popleft()
+                self.taken = 0
         return positions
 
     def flush(self, results: list[Any]) -> None:
         """Move the done results at the front of the line to ``results``."""
-        while self.slots and self.slots[0][0]:
-            results.append(self.slots.popleft()[1])
-            self.resumed += 1
+        while self.runs and self.runs[0][0]:
+            done = self.runs.popleft()[1]
+            results += done
+            self.resumed += len(done)
 
 
 def close_source(items: Any) -> None:

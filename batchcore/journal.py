@@ -28,6 +28,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,11 @@ class Journal:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.connection: sqlite3.Connection | None = None
-        self.pending: list[tuple[int, bytes, bool, Any]] = []  # (position, key, ok, result)
+        # Recorded, not yet committed: each item's position, key, ok (1 or 0) and result.
+        self.positions = array("q")
+        self.keys: list[bytes] = []
+        self.oks = bytearray()
+        self.results: list[Any] = []
         self.last_commit = 0.0
         self.index: Any = None  # numpy: sorted keys, and each one's row and place in the row
         self.cached: tuple[int, list[Any]] | None = None  # the last row whose results were read
@@ -164,20 +169,35 @@ class Journal:
     def record(self, records: Iterable[tuple[int, bytes, bool, Any]]) -> None:
         """Add finished items: ``(position, key, ok, result)`` each (``ok=False``: a failure, to
         be run again on resume); a group is committed once full or old enough."""
-        self.pending.extend(records)
-        if len(self.pending) >= GROUP or time.monotonic() - self.last_commit >= GROUP_SECONDS:
+        for position, key, ok, result in records:
+            self.positions.append(position)
+            self.keys.append(key)
+            self.oks.append(1 if ok else 0)
+            self.results.append(result)
+        self._maybe_commit()
+
+    def record_run(self, first: int, keys: list[bytes], results: list[Any]) -> None:
+        """Add finished items at consecutive positions from ``first``, all done: ``record``
+        without a tuple per item (the common case, kept cheap)."""
+        self.positions.extend(range(first, first + len(keys)))
+        self.keys += keys
+        self.oks += b"\x01" * len(keys)
+        self.results += results
+        self._maybe_commit()
+
+    def _maybe_commit(self) -> None:
+        if len(self.keys) >= GROUP or time.monotonic() - self.last_commit >= GROUP_SECONDS:
             self.commit()
 
     def commit(self) -> None:
         """Write the pending results as one row, in one transaction."""
-        if not self.pending or self.connection is None:
+        if not self.keys or self.connection is None:
             return
-        positions, keys, oks, results = zip(*self.pending, strict=True)
         row = (
-            array("q", positions).tobytes(),
-            b"".join(keys),
-            bytes(oks),
-            pickle.dumps(list(results), protocol=5),
+            self.positions.tobytes(),
+            b"".join(self.keys),
+            bytes(self.oks),
+            pickle.dumps(self.results, protocol=5),
         )
         try:
             self.connection.execute(
@@ -185,10 +205,10 @@ class Journal:
             )
         except sqlite3.Error as exc:
             raise CheckpointError(
-                f"{self.path}: could not record {len(self.pending)} finished item(s) ({exc}); "
+                f"{self.path}: could not record {len(self.keys)} finished item(s) ({exc}); "
                 "the journal keeps what it had, and a rerun resumes from there"
             ) from None
-        self.pending.clear()
+        self.positions, self.keys, self.oks, self.results = array("q"), [], bytearray(), []
         self.last_commit = time.monotonic()
 
     def count(self) -> int:
@@ -232,15 +252,28 @@ def _read_index(connection: sqlite3.Connection) -> Any:
     return keys[keep], rows[keep], places[keep]
 
 
-def keyed(items: Iterable[Any], owner: Any) -> Iterator[list[tuple[Any, bytes]]]:
-    """``items`` in groups of ``LOOKUP``, each item with its key (a generator is read a group at
-    a time, never all at once)."""
-    group: list[tuple[Any, bytes]] = []
-    key = key_function(owner)
-    for item in items:
-        group.append((item, key(item)))
-        if len(group) == LOOKUP:
-            yield group
-            group = []
-    if group:
-        yield group
+def keyed(items: Iterable[Any], owner: Any) -> Iterator[tuple[list[Any], list[bytes]]]:
+    """``items`` in groups of ``LOOKUP``, each group with its items' keys (a generator is read
+    a group at a time, never all at once)."""
+    iterator = iter(items)
+    hashed = _group_keys(owner)
+    while group := list(islice(iterator, LOOKUP)):
+        yield group, hashed(group)
+
+
+def _group_keys(owner: Any) -> Callable[[list[Any]], list[bytes]]:
+    """The keys of a group of ``owner``'s items: by pickle, one comprehension for the group (a
+    call per item costs as much as the hashing), or each through ``key_function``."""
+    if getattr(owner, "checkpoint_key", None) is not None:
+        key = key_function(owner)
+        return lambda group: [key(item) for item in group]
+    dumps, hasher = pickle.dumps, blake2b
+
+    def keys(group: list[Any]) -> list[bytes]:
+        try:
+            return [hasher(dumps(item, 5), digest_size=KEY_BYTES).digest() for item in group]
+        except Exception:  # find the item that does not pickle, and say which
+            key = key_function(owner)
+            return [key(item) for item in group]
+
+    return keys
