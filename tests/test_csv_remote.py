@@ -419,6 +419,34 @@ def test_a_plain_object_is_read_once_and_wrong_guesses_are_dropped(
     assert len(runs) > -(-len(TRICKY) // chunk)  # wrong guesses parsed, ran, and ran again
 
 
+def test_a_resumed_remote_stats_reads_no_block_again(
+    s3_put: Any, s3_storage_options: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a journal, every block's result (a wrong guess's too, and its rerun's) is kept: a
+    rerun takes them all from it, and reads no block of the object."""
+    reference = tricky_reference(tmp_path)
+    url = s3_put("tricky.csv", TRICKY)
+    options: dict[str, Any] = {"chunk_bytes": 20_000, "storage_options": s3_storage_options}
+    options |= {"backend": "sequential", "checkpoint": tmp_path / "j.sqlite"}
+    first = csv_stats(url, ["n"], group_by="note", **options)
+    assert first.ran > first.ranges  # blocks cut by wrong guesses ran twice
+    fetched: list[int] = []
+    real_read = storage.Source.read
+
+    def counting_read(self: storage.Source, start: int, end: int) -> bytes:
+        fetched.append(end - start)
+        return real_read(self, start, end)
+
+    monkeypatch.setattr(storage.Source, "read", counting_read)
+    again = csv_stats(url, ["n"], group_by="note", **options)
+    assert not fetched and again.ran == 0 and again.resumed == first.ran
+    assert again.rows == reference.rows
+    assert again.columns["n"].as_dict() == reference.columns["n"].as_dict()
+    assert {key: group.rows for key, group in again.groups.items()} == {
+        key: group.rows for key, group in reference.groups.items()
+    }
+
+
 @pytest.mark.parametrize("backend", ["sequential", "process"])
 def test_errors_in_blocks_cut_by_their_workers_name_the_line(
     backend: str, s3_put: Any, s3_storage_options: dict[str, Any]

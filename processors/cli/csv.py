@@ -219,7 +219,8 @@ def run_csv_stats(args: argparse.Namespace) -> int:
     )
     seconds = time.perf_counter() - began
     if args.resume:
-        print(resume_note(stats.checkpoint, stats.resumed, stats.ranges, "ranges"), file=sys.stderr)
+        note = resume_note(stats.checkpoint, stats.resumed, stats.resumed + stats.ran, "ranges")
+        print(note, file=sys.stderr)
     if args.json:
         report = stats.as_json()
         report.update(backend=stats.backend, backend_reason=stats.backend_reason)

@@ -118,7 +118,8 @@ class CsvStats:
     backend: str = ""  # the backend the ranges ran on
     backend_reason: str = ""  # why, when batchcore chose it (backend="auto")
     ranges: int = 0  # the byte ranges the input was cut into
-    resumed: int = 0  # of them, those whose results came from the checkpoint journal
+    resumed: int = 0  # items (ranges, or blocks of a remote file) taken from the journal
+    ran: int = 0  # items run (a remote file's blocks cut by a wrong guess run twice)
     checkpoint: str = ""  # the journal's path, with ``checkpoint=``
 
     def as_json(self) -> dict[str, Any]:
@@ -305,6 +306,7 @@ class StatsNode(CSVBatchNode):
         stats.backend_reason = self.batch_stats.reason
         stats.ranges = self.csv_report.ranges
         stats.resumed = self.batch_stats.resumed
+        stats.ran = self.batch_stats.items - self.batch_stats.resumed
         stats.checkpoint = self.batch_stats.checkpoint
         shared["csv_stats"] = stats
         return "done"

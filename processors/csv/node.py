@@ -568,7 +568,13 @@ class CSVBatchNode(BatchNode, _ParsesRange):
                 start = unterminated_record(plan.source, plan.data_start, quote)
                 raise CsvFormatError(plan.path, line_of(plan.source, start), UNTERMINATED)
         if wrong:
+            main = replace(self.batch_stats)  # the redo is a batch of its own: add it to this one
             redone = super()._exec(list(wrong.values()))
+            redo = self.batch_stats
+            for name in ("items", "failed", "retries", "seconds", "resumed"):
+                setattr(main, name, getattr(main, name) + getattr(redo, name))
+            main.failures += redo.failures
+            vars(self.batch_stats).update(vars(main))  # the same object: shared with copies
             results = list(results)
             for position, result in zip(wrong, redone, strict=True):
                 results[position] = result
