@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_backends import calibrate, spin
+from harness import write_report
 
 import batchcore
 from batchcore import BatchNode
@@ -120,10 +121,7 @@ def main() -> None:
             cells = [f"{per[0]:.2f} us/item", f"{per[1]:.2f} us/item", f"{per[1] / per[0]:.2f}x"]
             cells += [f"{per[2]:.2f} us/item", "<= 2x per item"]
         lines.append(f"| {name} | {backend} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(text)
+    write_report(args.output, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from harness import write_report  # noqa: E402
+
 DEFAULT_PATH = Path("/tmp/batchcore-bench/sales-1g.csv")
 T2 = ["--sum", "amount", "--sum", "qty", "--group-by", "region", "--json"]
 JOURNAL = "_checkpoint.sqlite"  # processors.csv.jobs.JOURNAL
@@ -234,10 +237,7 @@ def main() -> None:
         f"| to-parquet: resume after a kill at 90%, x a whole --resume run | {resume * 100:.0f}%"
         f" | <= 15% | {'pass' if resume <= 0.15 else 'FAIL'} |",
     ]
-    text = "\n".join(lines) + "\n"
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(text)
+    write_report(args.output, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
