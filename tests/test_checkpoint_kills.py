@@ -39,7 +39,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import batchcore
-from batchcore import BatchNode, WorkerCrashedError
+from batchcore import BatchNode, CheckpointError, Journal, WorkerCrashedError
 from batchcore import journal as journal_module
 from batchcore.journal import item_key
 
@@ -396,3 +396,79 @@ def test_a_million_item_generator_resumes_in_bounded_memory(tmp_path: Path) -> N
     resumed, growth = (int(word) for word in done.stdout.split())
     assert resumed == MILLION  # every item from the journal, nothing ran
     assert growth < 200 << 20, f"peak RSS grew by {growth >> 20} MiB resuming {MILLION} items"
+
+
+# --- results received must not wait for the next result to be committed -------------------------
+
+
+class Stalls(BatchNode):
+    """Fast items, then one slow one (``slow``) during which the journal is read from outside,
+    as a ``kill -9`` at that moment would leave it."""
+
+    def __init__(self, journal: Path, slow: int, **options: Any) -> None:
+        super().__init__(checkpoint=journal, **options)
+        self.journal, self.slow = journal, slow
+
+    def prep(self, shared: dict[str, Any]) -> Any:
+        return range(self.slow + 1)
+
+    def exec(self, item: int) -> int:
+        if item == self.slow:
+            time.sleep(journal_module.GROUP_SECONDS + SLACK)
+            return len(committed(self.journal))
+        return item
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[int]) -> None:
+        shared["seen"] = exec_res[-1]
+
+
+@pytest.mark.parametrize("backend", ["sequential", "thread"])
+def test_results_are_committed_within_a_second_even_when_no_more_arrive(
+    backend: str, tmp_path: Path
+) -> None:
+    """The fast items' results reach the parent within the first second; the slow item takes
+    longer than GROUP_SECONDS. Its own exec sees the journal: all fast results must be
+    committed by then, or a kill during a long item would lose results that ended long ago."""
+    shared: dict[str, Any] = {}
+    Stalls(tmp_path / "j.sqlite", 10, backend=backend, workers=2, chunksize=1).run(shared)
+    assert shared["seen"] == 10
+
+
+class Cramped(Journal):
+    """A journal whose file cannot grow past its first pages (as on a full disk)."""
+
+    def open(self, fingerprint: str) -> Journal:
+        super().open(fingerprint)
+        assert self.connection is not None
+        pages = self.connection.execute("pragma page_count").fetchone()[0]
+        self.connection.execute(f"pragma max_page_count = {pages + 1}")
+        return self
+
+
+class Wide(BatchNode):
+    """Six items of 20 kB results; the last is slow, so the first five wait for the timed
+    commit, which a cramped journal cannot take."""
+
+    def prep(self, shared: dict[str, Any]) -> Any:
+        return range(6)
+
+    def exec(self, item: int) -> str:
+        if item == 5:
+            time.sleep(journal_module.GROUP_SECONDS + SLACK)  # the flusher's commit fails meanwhile
+        return "x" * 20_000 + str(item)  # rows larger than the one page the file may grow by
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[str]) -> None:
+        shared["out"] = exec_res
+
+
+def test_a_full_disk_met_by_the_timed_commit_fails_the_run_and_the_rerun_resumes(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "j.sqlite"
+    with pytest.raises(CheckpointError, match=r"could not record .* full"):
+        Wide(checkpoint=Cramped(path)).run({})
+    assert journal_is_readable(path) == 0  # nothing half-written
+    shared: dict[str, Any] = {}
+    Wide(checkpoint=path).run(shared)  # room to grow now: all run, and the journal takes them
+    assert [result[-1] for result in shared["out"]] == list("012345")
+    assert journal_is_readable(path) == 6
