@@ -299,6 +299,7 @@ def _read_index(connection: sqlite3.Connection) -> Any:
     if not parts:
         return None
     keys, rows, places, oks = (np.concatenate(column) for column in zip(*parts, strict=True))
+    parts.clear()  # the rows' blobs: at the peak, only the columns and their sorted copies
     order = np.lexsort((rows, keys))  # by key, then by row: a key's latest record last
     keys, rows, places, oks = keys[order], rows[order], places[order], oks[order]
     latest = np.ones(len(keys), dtype=bool)
