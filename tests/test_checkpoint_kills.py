@@ -53,7 +53,9 @@ PARALLEL_DELAY = 0.025
 WORKERS = 2
 CHUNK = 2  # chunksize on the parallel backends (the sequential one runs one item at a time)
 DEPTH = 2  # chunks a worker holds: the one it runs and the next (Dask: 2 tasks per worker)
-SLACK = 0.5  # seconds from an item's end to its result's commit, beyond GROUP_SECONDS
+# seconds from an item's end to its result's commit, beyond GROUP_SECONDS: a chunk's other item,
+# the wait behind the other worker's chunk, the trip to the parent, a loaded machine
+SLACK = 1.0
 SMALL_GROUP = 16  # a group size the child may set, so the count bound bites in a short run
 # hypothesis examples per backend: each is two or three runs in subprocesses (~30 s a backend)
 # (and the one explicit late kill, with the real GROUP)
@@ -166,7 +168,7 @@ def test_a_parent_killed_anywhere_resumes_to_the_uninterrupted_results(
     assert expected == [(x, x * x) for x in range(N)]
 
     @settings(max_examples=EXAMPLES[backend], deadline=None)
-    @example(after=N * 3 // 4, extra=0.0, group=0)  # late: the time bound must hold
+    @example(after=N * 9 // 10, extra=0.0, group=0)  # late: the time bound bites
     @given(
         after=st.integers(0, N),  # kill once this many items have ended ...
         extra=st.floats(0, 0.5),  # ... and this much later
@@ -344,7 +346,7 @@ ITEM_CHARS = 200  # each item a 200-character string: all of them at once would 
 
 BIG = textwrap.dedent(
     """
-    import resource, sys, time
+    import sys, time
     from batchcore import BatchNode
     from batchcore.journal import Journal, key_function
 
@@ -371,11 +373,18 @@ BIG = textwrap.dedent(
         journal.close()
     else:
         import numpy, sqlite3  # what a run imports anyway, before the baseline
-        with open("/proc/self/statm") as statm:  # resident now (ru_maxrss: the peak so far)
-            base = int(statm.read().split()[1]) * resource.getpagesize()
+        def status(field):  # in bytes, from this process's own memory map
+            with open("/proc/self/status") as lines:
+                for line in lines:
+                    if line.startswith(field + ":"):
+                        return int(line.split()[1]) * 1024
+        # Not ru_maxrss: Linux keeps it across exec, so it can be the test runner's own peak.
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # VmHWM (the peak) starts again from here
+        base = status("VmRSS")
         shared = {}
         Big(checkpoint=path).run(shared)
-        print(shared["resumed"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
+        print(shared["resumed"], status("VmHWM") - base)
     """
 )
 
