@@ -11,7 +11,9 @@ SQLite (the standard library's) in WAL mode: a commit is durable once ``commit``
 process killed at any moment (``kill -9``) leaves the last committed state readable, and a full
 disk fails the write, not the file. Results are committed in groups, one row each (``GROUP``
 results or ``GROUP_SECONDS``), so journaling costs little per item; at most the results of one
-group are held, and lost by a kill: those items run again. Items are looked up ``LOOKUP`` at a
+group are held, and lost by a kill: those items run again. A result waits at most
+``GROUP_SECONDS`` for its commit even when no other result follows it (a long item next): a
+helper thread commits what is pending once it is due. Items are looked up ``LOOKUP`` at a
 time, so a generator of a million items is never all in memory, nor are the stored results.
 
 The journal also holds a fingerprint of the batch (the node's class and its
@@ -24,6 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import sqlite3
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -105,6 +108,13 @@ class Journal:
         self.last_commit = 0.0
         self.index: Any = None  # numpy: sorted keys, and each one's row and place in the row
         self.cached: tuple[int, list[Any]] | None = None  # the last row whose results were read
+        # The connection and what is pending are shared with the flusher: a thread that commits
+        # what is pending once GROUP_SECONDS have passed, when no further result comes to.
+        self.lock = threading.Lock()
+        self.due = threading.Condition(self.lock)
+        self.flusher: threading.Thread | None = None
+        self.closing = False
+        self.failed: CheckpointError | None = None  # the flusher's commit that failed
 
     def open(self, fingerprint: str) -> Journal:
         """Open (or create) the file; ``CheckpointError`` if it belongs to another batch."""
@@ -141,6 +151,8 @@ class Journal:
             raise
         self.connection = connection
         self.last_commit = time.monotonic()
+        self.closing = False
+        self.failed = None
         return self
 
     def done(self, keys: list[bytes]) -> dict[bytes, Any]:
@@ -162,35 +174,72 @@ class Journal:
     def _result(self, row: int, place: int) -> Any:
         if self.cached is None or self.cached[0] != row:
             assert self.connection is not None
-            blob = self.connection.execute("select results from groups where id = ?", (row,))
-            self.cached = (row, pickle.loads(blob.fetchone()[0]))
+            with self.lock:
+                query = "select results from groups where id = ?"
+                blob = self.connection.execute(query, (row,)).fetchone()[0]
+            self.cached = (row, pickle.loads(blob))
         return self.cached[1][place]
 
     def record(self, records: Iterable[tuple[int, bytes, bool, Any]]) -> None:
         """Add finished items: ``(position, key, ok, result)`` each (``ok=False``: a failure, to
         be run again on resume); a group is committed once full or old enough."""
-        for position, key, ok, result in records:
-            self.positions.append(position)
-            self.keys.append(key)
-            self.oks.append(1 if ok else 0)
-            self.results.append(result)
-        self._maybe_commit()
+        with self.lock:
+            was_empty = self._check()
+            for position, key, ok, result in records:
+                self.positions.append(position)
+                self.keys.append(key)
+                self.oks.append(1 if ok else 0)
+                self.results.append(result)
+            self._maybe_commit(was_empty)
 
     def record_run(self, first: int, keys: list[bytes], results: list[Any]) -> None:
         """Add finished items at consecutive positions from ``first``, all done: ``record``
         without a tuple per item (the common case, kept cheap)."""
-        self.positions.extend(range(first, first + len(keys)))
-        self.keys += keys
-        self.oks += b"\x01" * len(keys)
-        self.results += results
-        self._maybe_commit()
+        with self.lock:
+            was_empty = self._check()
+            self.positions.extend(range(first, first + len(keys)))
+            self.keys += keys
+            self.oks += b"\x01" * len(keys)
+            self.results += results
+            self._maybe_commit(was_empty)
 
-    def _maybe_commit(self) -> None:
+    def _check(self) -> bool:
+        """(Under ``lock``) raise what the flusher could not commit; whether nothing is pending."""
+        if self.failed is not None:
+            raise self.failed
+        return not self.keys
+
+    def _maybe_commit(self, was_empty: bool) -> None:
         if len(self.keys) >= GROUP or time.monotonic() - self.last_commit >= GROUP_SECONDS:
-            self.commit()
+            self._commit()
+        elif was_empty and self.keys:  # due GROUP_SECONDS after the last commit, at most
+            if self.flusher is None:
+                self.flusher = threading.Thread(
+                    target=self._flush, name="batchcore-journal", daemon=True
+                )
+                self.flusher.start()
+            self.due.notify()
+
+    def _flush(self) -> None:
+        """The flusher's loop: commit what is pending once it is GROUP_SECONDS old."""
+        with self.lock:
+            while not self.closing:
+                wait = self.last_commit + GROUP_SECONDS - time.monotonic()
+                if not self.keys or wait > 0:
+                    self.due.wait(None if not self.keys else wait)
+                    continue
+                try:
+                    self._commit()
+                except CheckpointError as exc:  # raised by the next record() or close()
+                    self.failed = exc
+                    return
 
     def commit(self) -> None:
         """Write the pending results as one row, in one transaction."""
+        with self.lock:
+            self._commit()
+
+    def _commit(self) -> None:
         if not self.keys or self.connection is None:
             return
         row = (
@@ -217,6 +266,12 @@ class Journal:
 
     def close(self) -> None:
         """Commit what is pending and close the file (safe to call twice)."""
+        flusher, self.flusher = self.flusher, None
+        if flusher is not None:
+            with self.lock:
+                self.closing = True
+                self.due.notify()
+            flusher.join()
         try:
             self.commit()
         finally:
@@ -244,6 +299,7 @@ def _read_index(connection: sqlite3.Connection) -> Any:
     if not parts:
         return None
     keys, rows, places, oks = (np.concatenate(column) for column in zip(*parts, strict=True))
+    parts.clear()  # the rows' blobs: at the peak, only the columns and their sorted copies
     order = np.lexsort((rows, keys))  # by key, then by row: a key's latest record last
     keys, rows, places, oks = keys[order], rows[order], places[order], oks[order]
     latest = np.ones(len(keys), dtype=bool)
