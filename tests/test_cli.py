@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -445,49 +444,3 @@ def test_a_reader_that_stops_early_gets_no_traceback() -> None:
         code = proc.wait(timeout=30)
     assert "Traceback" not in err
     assert code in (0, 141)
-
-
-STARTS_BEFORE_PYARROW = """
-import json, sys
-from batchcore.backends.process import ProcessBackend
-from batchcore.processors.cli import main
-
-starts = []
-real = ProcessBackend.start
-
-def recording(self, imports=()):
-    starts.append(["pyarrow" in sys.modules, list(imports)])
-    real(self, imports)
-
-ProcessBackend.start = recording
-code = main(["csv", "stats", sys.argv[1], "--sum", "amount", "--json", "--backend", sys.argv[2]])
-print(json.dumps(starts), file=sys.stderr)
-sys.exit(code)
-"""
-
-
-@pytest.mark.parametrize("to_parquet", [False, True])
-def test_a_process_pool_starts_before_the_job_imports_pyarrow(
-    tmp_path: Path, to_parquet: bool
-) -> None:
-    """With ``--backend process`` the CLI starts the pool first: its zygote imports numpy and
-    pyarrow (~0.3 s) on another core while this process does; other backends start nothing."""
-    program = STARTS_BEFORE_PYARROW
-    if to_parquet:
-        program = program.replace(
-            '"stats", sys.argv[1], "--sum", "amount", "--json"',
-            f'"to-parquet", sys.argv[1], {str(tmp_path / "out")!r}',
-        )
-    for backend, expected in (("process", [[False, []]]), ("thread", [])):
-        done = subprocess.run(
-            [sys.executable, "-c", program, str(SALES), backend],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr
-        starts = json.loads(done.stderr.strip().splitlines()[-1])
-        assert starts[: len(expected)] == expected, (backend, starts)
-        if backend == "thread":
-            assert starts == []
-        shutil.rmtree(tmp_path / "out", ignore_errors=True)

@@ -203,33 +203,13 @@ def add_csv_to_parquet(commands: argparse._SubParsersAction[argparse.ArgumentPar
     parser.set_defaults(handler=run_csv_to_parquet)
 
 
-def start_workers(args: argparse.Namespace) -> None:
-    """With ``--backend process``, start the pool before this process imports numpy and pyarrow
-    (~0.3 s of CPU): its zygote imports them on another core meanwhile, and the job's node
-    finds the pool booting (``get_backend`` shares it) instead of starting it after the
-    header is read. The store's client is imported before the workers fork, as the node would
-    ask (``reader_modules``). Only an optimisation: anything wrong is left to the job to say."""
-    if args.backend != "process":
-        return
-    try:
-        from batchcore.backends import get_backend
-
-        from ..storage import reader_modules
-
-        imports = reader_modules(args.paths, storage_options(args))
-        get_backend("process", args.workers).start(imports)
-    except Exception:
-        return
-
-
 def run_csv_stats(args: argparse.Namespace) -> int:
     """``batchcore csv stats``: statistics of one CSV file, as tables or one JSON object."""
     import time
 
-    began = time.perf_counter()
-    start_workers(args)
     from ..csv.jobs import csv_stats  # pyarrow loads here, not for --help
 
+    began = time.perf_counter()
     options = csv_options(args)
     if args.resume:
         options["checkpoint"] = stats_journal(args, options)
@@ -349,7 +329,6 @@ def _numbers(column: Any) -> list[str]:
 
 def run_csv_to_parquet(args: argparse.Namespace) -> int:
     """``batchcore csv to-parquet``: convert, then print a one-line (or JSON) summary."""
-    start_workers(args)
     from ..csv.jobs import csv_to_parquet
 
     options = csv_options(args)
