@@ -99,6 +99,8 @@ def arrow_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
     exact equivalent (s3fs then reads). The region is left out when nothing names it."""
     if os.environ.get(SWITCH) == "0" or any(os.environ.get(name) for name in _BOTOCORE_ENV):
         return None
+    if not _arrow_has_s3():
+        return None
     known = {"key", "username", "secret", "password", "token", "anon", "endpoint_url"}
     for name, value in options.items():
         if name in known or name in _IGNORED:
@@ -148,6 +150,16 @@ def arrow_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
     if bundle and found.get("scheme", "https") == "https":
         found["tls_ca_file_path"] = bundle
     return found
+
+
+@lru_cache(maxsize=1)
+def _arrow_has_s3() -> bool:
+    """Whether this pyarrow was built with its S3 client (PyPI's wheels are; some builds not)."""
+    try:
+        from pyarrow.fs import S3FileSystem  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _attempts(retries: Any) -> int:

@@ -130,3 +130,19 @@ def test_a_ca_bundle_is_arrows_too(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (arrow_options(KEYS) or {})["tls_ca_file_path"] == "/etc/ssl/certs/ca.pem"
     plain = arrow_options({**KEYS, "endpoint_url": "http://h:1"}) or {}
     assert "tls_ca_file_path" not in plain
+
+
+def test_a_pyarrow_without_its_s3_client_leaves_the_reads_to_s3fs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import pyarrow.fs
+
+    from batchcore.processors import arrow_s3
+
+    assert arrow_options(KEYS) is not None
+    arrow_s3._arrow_has_s3.cache_clear()
+    monkeypatch.delattr(pyarrow.fs, "S3FileSystem")  # as in a build without S3
+    try:
+        assert arrow_options(KEYS) is None
+    finally:
+        arrow_s3._arrow_has_s3.cache_clear()
