@@ -86,6 +86,9 @@ EXTRAS = {
 # s3fs's ``S3File`` fetches them before its first ranged GET even when given the size, and uses
 # only their ETag, only with ``local_expiry_check`` (then ``open`` leaves them to s3fs).
 _KNOWN_DETAILS = frozenset({"s3", "s3a"})
+# Protocols whose ranged reads (``Source.read``: a CSV job's blocks and ranges) go through
+# Arrow's own S3 client when the options allow (``arrow_s3``): no s3fs/botocore in the workers.
+_ARROW_READS = frozenset({"s3", "s3a"})
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _GLOB = re.compile(r"[*?\[]")
 # Option names whose values are credentials (s3fs's key/secret/token, gcsfs's token, adlfs's
@@ -104,19 +107,47 @@ def protocol_of(path: str) -> str:
     return match.group(1).lower() if match else "file"
 
 
-def reader_modules(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+def reader_modules(
+    paths: Iterable[str | os.PathLike[str]], options: Mapping[str, Any] | None = None
+) -> list[str]:
     """The modules that read the remote ones of ``paths`` (``s3fs`` for ``s3://``), as fsspec's
     registry names them: what a worker will import before its first read. None for local paths
-    or without fsspec (reading them fails later, with the extra to install)."""
-    protocols = sorted({protocol_of(os.fspath(path)) for path in paths} - {"file"})
+    or without fsspec (reading them fails later, with the extra to install).
+
+    ``pyarrow.fs`` instead of ``s3fs`` when each ``s3://`` path names one plain object (no
+    pattern, folder or compression suffix) and ``options`` suit Arrow's S3 client: the workers
+    then only read ranges (``Source.read``), with Arrow's client, and never import s3fs."""
+    texts = [os.fspath(path) for path in paths]
+    protocols = sorted({protocol_of(text) for text in texts} - {"file"})
     if not protocols:
         return []
+    modules: list[str] = []
+    arrow = set(protocols) & _ARROW_READS and _arrow_ready(options)
+    if arrow and all(_plain_object(text) for text in texts if protocol_of(text) in _ARROW_READS):
+        modules.append("pyarrow.fs")
+        protocols = [protocol for protocol in protocols if protocol not in _ARROW_READS]
     try:
         from fsspec.registry import known_implementations
     except ImportError:
-        return []
+        return modules
     found = (known_implementations.get(protocol) for protocol in protocols)
-    return [known["class"].rsplit(".", 1)[0] for known in found if known]
+    return [known["class"].rsplit(".", 1)[0] for known in found if known] + modules
+
+
+def _arrow_ready(options: Mapping[str, Any] | None) -> bool:
+    from .arrow_s3 import arrow_options
+
+    return arrow_options(reveal(dict(options or {}))) is not None
+
+
+# Names of compressed files: read as streams (``Source.open``, s3fs), not as ranges.
+_COMPRESSED_NAME = re.compile(r"\.(gz|gzip|bz2|xz|lzma|zst|zstd)$", re.IGNORECASE)
+
+
+def _plain_object(url: str) -> bool:
+    """Whether ``url`` names one object read by ranges: no pattern, no folder, not compressed."""
+    path = url.split("://", 1)[-1]
+    return not (_GLOB.search(path) or path.endswith("/") or _COMPRESSED_NAME.search(path))
 
 
 def _is_local(url: str) -> bool:
@@ -258,6 +289,10 @@ class Source:
         or, with ``readahead``, of ``block_size`` more (for many small reads near each other)."""
         if self.is_local:
             return open(self.url, "rb", buffering=0)
+        if protocol_of(self.url) in _ARROW_READS and self.compression is None:
+            arrow = self._retrying(lambda: self._arrow_open(block_size, readahead))
+            if arrow is not None:
+                return _RetryingFile(arrow, self)
         fs = filesystem(self.url, self.options)
         cache = "readahead" if readahead else "none"
         handle = self._retrying(
@@ -275,9 +310,27 @@ class Source:
         if self.is_local:
             with open(self.url, "rb", buffering=0) as handle:
                 return os.pread(handle.fileno(), end - start, start)
+        if protocol_of(self.url) in _ARROW_READS:
+            got = self._retrying(lambda: self._arrow_read(start, end))
+            if got is not None:
+                return got
         fs = filesystem(self.url, self.options)
         data: bytes = self._retrying(lambda: fs.cat_file(self.url, start=start, end=end))
         return data
+
+    def _arrow_open(self, block_size: int, readahead: bool) -> Any:
+        """The object as a file of Arrow's S3 client, or ``None`` (see ``_arrow_read``). Not
+        for a compressed file: its decompressor reads it as a stream, through s3fs."""
+        from .arrow_s3 import open_object
+
+        return open_object(self.url, self.size, self.version, self.options, block_size, readahead)
+
+    def _arrow_read(self, start: int, end: int) -> bytes | None:
+        """The range read by Arrow's S3 client, or ``None`` when s3fs must read it (options
+        Arrow has no equivalent for; see ``arrow_s3``)."""
+        from .arrow_s3 import read_range
+
+        return read_range(self.url, self.size, self.version, self.options, start, end)
 
     def _retrying(self, call: Callable[[], T]) -> T:
         """``call()``, transient failures retried with backoff; else a ``StorageError`` that
@@ -379,9 +432,13 @@ def object_version(info: Mapping[str, Any]) -> str:
 
 
 def _remote_sources(url: str, options: StorageOptions) -> list[Source]:
-    fs = filesystem(url, options)
     protocol = protocol_of(url)
     secrets = secrets_in(options)
+    if protocol in _ARROW_READS and _plain_object(url):
+        found = _arrow_source(url, options)
+        if found is not None:
+            return [found]
+    fs = filesystem(url, options)
 
     def listing(call: Callable[[], T]) -> T:
         return retrying(call, url, secrets=secrets)
@@ -411,6 +468,23 @@ def _remote_sources(url: str, options: StorageOptions) -> list[Source]:
     if not files:
         raise FileNotFoundError(2, "is a folder (prefix) with no objects in it", url)
     return files
+
+
+def _arrow_source(url: str, options: StorageOptions) -> Source | None:
+    """The object ``url`` as found by one HEAD of Arrow's S3 client (as s3fs would find it:
+    size, ETag), so a job on one plain object never imports s3fs; ``None`` when the options are
+    not for Arrow or the HEAD fails for any reason (a prefix of parts, a missing key, denied,
+    a connection refused): s3fs then lists it, with its own retries and words for errors."""
+    from .arrow_s3 import object_info
+
+    try:
+        info = object_info(url, options)
+    except Exception:
+        return None
+    if info is None:
+        return None
+    size, version = info
+    return Source(url, size, options, version=version)
 
 
 def expand(

@@ -207,6 +207,47 @@ TRANSIENT_ERRNOS = frozenset(
 )
 
 
+# Arrow's S3 client (``arrow_s3``) raises a plain ``OSError`` whose text names the AWS SDK's
+# error type: "AWS Error NO_SUCH_KEY during GetObject operation: ...", "AWS Error UNKNOWN (HTTP
+# status 502) during ...", "AWS Error NETWORK_CONNECTION during ...: curlCode: 7, ...". These are
+# the S3 codes of those types (the SDK's names for the codes above); NETWORK_CONNECTION is a
+# connection failure, whose curl code says which (7: could not connect, 28: timed out).
+_ARROW_ERROR = re.compile(r"AWS Error ([A-Z_]+)(?: \(HTTP status (\d+)\))?")
+_ARROW_CODES = {
+    "NO_SUCH_KEY": "NoSuchKey",
+    "NO_SUCH_BUCKET": "NoSuchBucket",
+    "NO_SUCH_UPLOAD": "NoSuchUpload",
+    "RESOURCE_NOT_FOUND": "NotFound",
+    "ACCESS_DENIED": "AccessDenied",
+    "INVALID_ACCESS_KEY_ID": "InvalidAccessKeyId",
+    "INVALID_CLIENT_TOKEN_ID": "InvalidClientTokenId",
+    "SIGNATURE_DOES_NOT_MATCH": "SignatureDoesNotMatch",
+    "INVALID_SIGNATURE": "SignatureDoesNotMatch",
+    "INCOMPLETE_SIGNATURE": "SignatureDoesNotMatch",
+    "MISSING_AUTHENTICATION_TOKEN": "InvalidToken",
+    "EXPIRED_TOKEN": "ExpiredToken",
+    "UNRECOGNIZED_CLIENT": "UnrecognizedClientException",
+    "SLOW_DOWN": "SlowDown",
+    "THROTTLING": "Throttling",
+    "SERVICE_UNAVAILABLE": "ServiceUnavailable",
+    "INTERNAL_FAILURE": "InternalError",
+    "REQUEST_TIMEOUT": "RequestTimeout",
+}
+_CURL_CODE = re.compile(r"curlCode: (\d+)")
+CURL_COULD_NOT_CONNECT = 7
+CURL_TIMED_OUT = 28
+
+
+def _arrow_error(exc: BaseException) -> tuple[str, int | None] | None:
+    """The AWS SDK error type and HTTP status an Arrow ``OSError`` names, or ``None``."""
+    if type(exc) is not OSError or exc.errno is not None:
+        return None
+    found = _ARROW_ERROR.search(str(exc))
+    if found is None:
+        return None
+    return found.group(1), (int(found.group(2)) if found.group(2) else None)
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """``exc``, then its causes and contexts, outermost first (each once)."""
     seen: set[int] = set()
@@ -236,6 +277,10 @@ def _code_and_status(exc: BaseException) -> tuple[str | None, int | None]:
     status = getattr(exc, "status", None)
     if isinstance(status, int) and "ClientResponseError" in _type_names(exc):
         return None, status
+    arrow = _arrow_error(exc)
+    if arrow is not None and arrow[0] != "NETWORK_CONNECTION":
+        kind, status = arrow
+        return _ARROW_CODES.get(kind), status
     return None, None
 
 
@@ -268,6 +313,9 @@ def _decided_by(exc: BaseException) -> tuple[Kind, BaseException] | None:
     if kind is not None:
         return kind, exc
     if _type_names(exc) & TRANSIENT_TYPES:
+        return "transient", exc
+    arrow = _arrow_error(exc)
+    if arrow is not None and arrow[0] == "NETWORK_CONNECTION":
         return "transient", exc
     return None
 
@@ -317,6 +365,8 @@ def _reason(exc: BaseException) -> str:
         if isinstance(response, Mapping):
             message = str((response.get("Error") or {}).get("Message") or "")
         message = message or str(getattr(exc, "message", "") or "")
+        if not message and _arrow_error(exc):  # "... during GetObject operation: MESSAGE"
+            message = str(exc).split(" operation: ", 1)[-1].strip()
         where = f" (HTTP {status})" if status is not None and str(status) != code else ""
         head = f"{code}{where}" if code else f"HTTP {status}"
         return f"{head}: {message}" if message else head
@@ -341,9 +391,10 @@ def _transient_what(decisive: BaseException, attempts: int) -> str:
     names = _type_names(decisive) | _type_names(root)
     if _code_and_status(decisive) != (None, None):
         return f"the server kept failing {tries}: {reason}"
-    if "ConnectionRefusedError" in names:
+    curl = _CURL_CODE.search(str(decisive)) if _arrow_error(decisive) else None
+    if "ConnectionRefusedError" in names or (curl and int(curl[1]) == CURL_COULD_NOT_CONNECT):
         return f"could not connect {tries}: {reason}"
-    if names & TIMEOUT_TYPES:
+    if names & TIMEOUT_TYPES or (curl and int(curl[1]) == CURL_TIMED_OUT):
         return f"timed out {tries}: {reason}"
     return f"the connection dropped {tries}: {reason}"
 

@@ -16,6 +16,7 @@ from csv_helpers import SALES
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
+from batchcore import shutdown as batchcore_shutdown
 from batchcore.processors import storage
 from batchcore.processors.cli import main
 from batchcore.processors.csv.jobs import csv_stats, csv_to_parquet
@@ -476,10 +477,14 @@ def test_errors_in_blocks_cut_by_their_workers_name_the_line(
 
 
 def test_a_process_pool_for_urls_starts_with_the_store_client_imported(
-    s3_sales: str, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    s3_sales: str,
+    s3_storage_options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The workers boot, s3fs imported, while the parent lists and reads headers."""
+    """The workers boot, the store's client imported, while the parent lists and reads headers:
+    Arrow's S3 client for one plain object (workers only read its ranges), s3fs otherwise."""
     from batchcore.backends.process import ProcessBackend
+    from batchcore.processors.arrow_s3 import SWITCH
 
     asked: list[tuple[str, ...]] = []
     real = ProcessBackend.start
@@ -489,18 +494,78 @@ def test_a_process_pool_for_urls_starts_with_the_store_client_imported(
         real(self, imports)
 
     monkeypatch.setattr(ProcessBackend, "start", recording)
-    same_stats(
-        csv_stats(
-            f"{s3_sales}/sales.csv",
-            ["amount", "qty"],
-            group_by="region",
-            backend="process",
-            chunk_bytes=40_000,
-            storage_options=s3_storage_options,
+    for switch, client in (("1", "pyarrow.fs"), ("0", "s3fs")):
+        monkeypatch.setenv(SWITCH, switch)
+        asked.clear()
+        same_stats(
+            csv_stats(
+                f"{s3_sales}/sales.csv",
+                ["amount", "qty"],
+                group_by="region",
+                backend="process",
+                chunk_bytes=40_000,
+                storage_options=s3_storage_options,
+            )
+        )
+        assert asked[0] == (client,)
+    monkeypatch.delenv(SWITCH)
+    options = s3_storage_options
+    assert storage.reader_modules(["a.csv", "s3://b/k", "memory://x"], options) == [
+        "fsspec.implementations.memory",
+        "pyarrow.fs",
+    ]
+    for other in ("s3://b/parts/", "s3://b/*.csv", "s3://b/k.csv.gz"):  # may be compressed
+        assert storage.reader_modules([other], options) == ["s3fs"], other
+    assert storage.reader_modules(["s3://b/k"], {**options, "profile": "p"}) == ["s3fs"]
+    assert storage.reader_modules(["s3://b/k"]) == ["s3fs"]  # no credentials given
+
+
+def test_workers_read_one_object_without_importing_s3fs(
+    s3_sales: str, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arrow's client reads a plain object's ranges: no worker pays s3fs's import (~0.3 s CPU)
+    or a botocore client (~0.15 s); with ``BATCHCORE_ARROW_S3=0`` s3fs reads, as before."""
+    from batchcore.processors.arrow_s3 import SWITCH
+
+    class ImportsOfTheWorker(CSVBatchNode):  # defined here: sent by value, this module unseen
+        speculative_ranges = True
+
+        def exec(self, table: Any) -> bool:
+            import sys
+
+            return "s3fs" in sys.modules or "botocore" in sys.modules
+
+        def post(self, shared: Any, prep_res: Any, exec_res: list[bool]) -> None:
+            shared["imported"] = exec_res
+
+    for switch, imported in (("1", False), ("0", True)):
+        monkeypatch.setenv(SWITCH, switch)
+        node = ImportsOfTheWorker(
+            chunk_bytes=40_000, storage_options=s3_storage_options, backend="process", workers=2
+        )
+        shared: dict[str, Any] = {"input_file": f"{s3_sales}/sales.csv"}
+        node.run(shared)
+        assert shared["imported"] and set(shared["imported"]) == {imported}, switch
+        assert node.csv_report.rows == REFERENCE.rows
+        batchcore_shutdown()  # the next pool's zygote preloads the other client
+
+
+def test_one_object_is_found_by_arrow_as_s3fs_finds_it(
+    s3_sales: str, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same size and version (the ETag: checkpoint keys do not change with the client)."""
+    from batchcore.processors.arrow_s3 import SWITCH
+
+    url = f"{s3_sales}/sales.csv"
+    [arrow] = storage.expand(url, s3_storage_options)
+    monkeypatch.setenv(SWITCH, "0")
+    [fsspec] = storage.expand(url, s3_storage_options)
+    assert (
+        (arrow.size, arrow.version)
+        == (fsspec.size, fsspec.version)
+        == (
+            len(SALES.read_bytes()),
+            fsspec.version,
         )
     )
-    assert asked[0] == ("s3fs",)
-    assert storage.reader_modules(["a.csv", "s3://b/k", "memory://x"]) == [
-        "fsspec.implementations.memory",
-        "s3fs",
-    ]
+    assert arrow.version.strip('"')

@@ -274,23 +274,32 @@ def test_jobs_carry_no_secret_in_clear(s3: dict[str, Any]) -> None:
     assert SECRET not in repr(plan.jobs) and SECRET not in str(plan)
 
 
+@pytest.mark.parametrize("arrow", ["1", "0"])
 def test_a_remote_image_is_read_in_one_ranged_get(
-    s3: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    s3: dict[str, Any], monkeypatch: pytest.MonkeyPatch, arrow: str
 ) -> None:
+    """By Arrow's S3 client (the default for these options) or by s3fs."""
     import s3fs
 
+    from batchcore.processors.arrow_s3 import SWITCH, ArrowFile
     from batchcore.processors.images.io import load_frames
     from batchcore.processors.storage import expand
 
+    monkeypatch.setenv(SWITCH, arrow)
     src = upload_samples(s3, "photos")
     gets: list[tuple[int, int]] = []
-    fetch = s3fs.core.S3File._fetch_range
+    fetch, arrow_fetch = s3fs.core.S3File._fetch_range, ArrowFile._fetch
 
     def counting_fetch(self: Any, start: int, end: int) -> bytes:
         gets.append((start, end))
         return bytes(fetch(self, start, end))
 
+    def counting_arrow_fetch(self: ArrowFile, start: int, end: int) -> bytes:
+        gets.append((start, end))
+        return arrow_fetch(self, start, end)
+
     monkeypatch.setattr(s3fs.core.S3File, "_fetch_range", counting_fetch)
+    monkeypatch.setattr(ArrowFile, "_fetch", counting_arrow_fetch)
     for source in expand(src, s3["options"]):
         gets.clear()
         load_frames(source)

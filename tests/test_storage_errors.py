@@ -473,3 +473,121 @@ def test_s3_defaults_bound_the_retries_and_yield_to_the_user() -> None:
     assert merged["config_kwargs"]["retries"] == {"mode": "standard", "total_max_attempts": 1}
     assert with_s3_defaults(None) == storage_errors.S3_DEFAULTS
     assert failure_bound() == 4 * (5 + 15) + 0.2 + 0.4 + 0.8
+
+
+# --- the same failures through Arrow's S3 client (``arrow_s3``: ranges of one object) ----------
+
+
+def arrow_read(options: dict[str, Any], url: str = "s3://b/k", size: int = len(DATA)) -> Any:
+    """A ranged read as a CSV worker makes one: ``Source.read``, Arrow's client for ``options``."""
+    from batchcore.processors.storage import Source, protect_options
+
+    source = Source(url, size, protect_options(options))
+
+    def read() -> bytes:
+        got = source._arrow_read(0, 10)
+        assert got is not None, "these options are Arrow's"
+        return got
+
+    return read
+
+
+def test_arrow_a_missing_key_or_bucket(s3_bucket: str, s3_storage_options: dict[str, Any]) -> None:
+    for url in (f"s3://{s3_bucket}/no/such.csv", "s3://no-such-bucket-here/k"):
+        exc, sleeps = fail(arrow_read(s3_storage_options, url), url)
+        assert type(exc) is StorageNotFoundError and sleeps == []
+        assert str(exc) == f"{url}: no such key"  # a HEAD cannot tell which (s3fs's neither)
+
+
+def test_arrow_wrong_credentials_are_access_denied(s3_auth_server: S3Server) -> None:
+    url = "s3://some-bucket/k.csv"
+    for change in ("secret", "key"):
+        wrong = SECRET if change == "secret" else "AKIAWRONGWRONGWRONG0"
+        options = s3_auth_server.storage_options(**{change: wrong})
+        exc, sleeps = fail(arrow_read(options, url), url, secrets=(SECRET,))
+        assert type(exc) is StoragePermissionError and sleeps == []
+        assert str(exc).startswith(f"{url}: access denied (check the credentials: ")
+        no_secret_in(exc, SECRET, s3_auth_server.secret)
+
+
+def test_arrow_a_server_not_listening(s3_server: S3Server) -> None:
+    options = s3_server.storage_options(endpoint_url=f"http://127.0.0.1:{closed_port()}")
+    exc, sleeps = fail(arrow_read(options), "s3://b/k", attempts=3)
+    assert type(exc) is StorageConnectionError and len(sleeps) == 2
+    assert str(exc).startswith("s3://b/k: could not connect after 3 attempts: ")
+    assert "NETWORK_CONNECTION" in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(503, "SlowDown"), (500, "InternalError"), (503, "ServiceUnavailable"), (502, "BadGateway")],
+)
+def test_arrow_throttling_and_server_errors_are_retried(
+    fake_s3: tuple[str, Reply], s3_server: S3Server, status: int, code: str
+) -> None:
+    """Arrow opens the object with a HEAD, whose error has no body: only the status shows."""
+    endpoint, reply = fake_s3
+    reply.status, reply.code = status, code
+    exc, sleeps = fail(arrow_read(s3_server.storage_options(endpoint_url=endpoint)), "s3://b/k")
+    assert type(exc) is StorageConnectionError and len(sleeps) == 3
+    assert str(exc).startswith(f"s3://b/k: the server kept failing after 4 attempts: HTTP {status}")
+
+
+def test_arrow_a_body_cut_short_is_a_dropped_connection(
+    fake_s3: tuple[str, Reply], s3_server: S3Server
+) -> None:
+    from batchcore.processors.storage import Source, protect_options
+
+    endpoint, reply = fake_s3
+    reply.truncate = True
+    options = protect_options(s3_server.storage_options(endpoint_url=endpoint))
+    source = Source("s3://b/k", len(DATA), options)
+    exc, sleeps = fail(lambda: source._arrow_read(0, len(DATA)), "s3://b/k")
+    assert type(exc) is StorageConnectionError and len(sleeps) == 3
+    assert str(exc).startswith("s3://b/k: the connection dropped after 4 attempts: ")
+
+
+@pytest.mark.timeout(300)
+def test_arrow_a_mute_server_times_out_within_the_bound(
+    mute_endpoint: str, s3_server: S3Server
+) -> None:
+    timeouts = {"connect_timeout": 1, "read_timeout": 1}
+    options = s3_server.storage_options(endpoint_url=mute_endpoint, config_kwargs=timeouts)
+    started = time.monotonic()
+    with pytest.raises(StorageConnectionError) as caught:
+        retrying(arrow_read(options), "s3://b/k", attempts=2)
+    elapsed = time.monotonic() - started
+    assert str(caught.value).startswith("s3://b/k: timed out after 2 attempts: ")
+    # Arrow leaves the read timeout to the AWS SDK on Linux (3 s without a byte)
+    bound = failure_bound(attempts=2, connect_timeout=1, read_timeout=3)
+    assert elapsed < bound, f"took {elapsed:.1f}s, documented {bound:.1f}s"
+
+
+def test_classify_arrows_errors() -> None:
+    def arrow(kind: str, detail: str = "msg") -> OSError:
+        return OSError(
+            f"When reading 'k' in bucket 'b': AWS Error {kind} during GetObject operation: {detail}"
+        )
+
+    table: list[tuple[BaseException, str]] = [
+        (arrow("NO_SUCH_KEY"), "missing"),
+        (arrow("NO_SUCH_BUCKET"), "missing"),
+        (arrow("ACCESS_DENIED"), "denied"),
+        (arrow("INVALID_ACCESS_KEY_ID"), "denied"),
+        (arrow("SIGNATURE_DOES_NOT_MATCH"), "denied"),
+        (arrow("SLOW_DOWN"), "transient"),
+        (arrow("THROTTLING"), "transient"),
+        (arrow("INTERNAL_FAILURE"), "transient"),
+        (arrow("SERVICE_UNAVAILABLE"), "transient"),
+        (arrow("NETWORK_CONNECTION", "curlCode: 7, Could not connect"), "transient"),
+        (arrow("NETWORK_CONNECTION", "curlCode: 18, Transferred a partial file"), "transient"),
+        (arrow("UNKNOWN (HTTP status 503)"), "transient"),
+        (arrow("UNKNOWN (HTTP status 404)"), "missing"),
+        (arrow("UNKNOWN (HTTP status 416)"), "fatal"),
+    ]
+    assert [(repr(e), classify(e)) for e, _ in table] == [(repr(e), k) for e, k in table]
+    said = storage_error(arrow("SLOW_DOWN", "Please slow down."), "s3://b/k", attempts=4)
+    assert (
+        str(said)
+        == "s3://b/k: the server kept failing after 4 attempts: SlowDown: Please slow down."
+    )

@@ -1,5 +1,6 @@
 """The requests a remote read makes (moto, ``tests/s3server.py``): ``Source.open`` on ``s3://``
-reads with ranged GETs alone, no HEAD per opened file, and still gives the exact bytes."""
+reads with ranged GETs alone, no HEAD per opened file, and still gives the exact bytes; with
+Arrow's S3 client (the default for such options) and with s3fs (``BATCHCORE_ARROW_S3=0``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,17 @@ pytest.importorskip("moto")
 from batchcore.processors import storage
 
 DATA = b"".join(b"%06d,some text,%d\n" % (i, i * 7) for i in range(20_000))
+
+
+@pytest.fixture(params=["arrow", "s3fs"])
+def reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which client reads the ranges: Arrow's, or s3fs (Arrow's switched off)."""
+    from batchcore.processors.arrow_s3 import SWITCH
+
+    if request.param == "s3fs":
+        monkeypatch.setenv(SWITCH, "0")
+    name: str = request.param
+    return name
 
 
 @pytest.fixture
@@ -32,11 +44,12 @@ def heads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_open_makes_no_head_request(
-    s3_put: Any, s3_storage_options: dict[str, Any], heads: list[str]
+    s3_put: Any, s3_storage_options: dict[str, Any], heads: list[str], reader: str
 ) -> None:
     url = s3_put("data.csv", DATA)
     [source] = storage.expand(url, s3_storage_options)  # a HEAD, unless s3fs has it cached
     assert source.size == len(DATA)
+    assert (source._arrow_open(1 << 12, False) is not None) == (reader == "arrow")
     listed = len(heads)
     for readahead in (False, True):
         with source.open(1 << 12, readahead=readahead) as handle:
@@ -64,9 +77,10 @@ def test_local_expiry_check_keeps_the_head(
 
 
 def test_a_remote_block_is_scanned_with_one_ranged_get(
-    s3_put: Any, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    s3_put: Any, s3_storage_options: dict[str, Any], monkeypatch: pytest.MonkeyPatch, reader: str
 ) -> None:
     """The quote count of a remote block reads it in one GET, not one per file-object block."""
+    from batchcore.processors import arrow_s3
     from batchcore.processors.csv.split import scan_block
 
     data = DATA * 20  # 6 MiB: more than one 4 MiB file-object block
@@ -74,13 +88,20 @@ def test_a_remote_block_is_scanned_with_one_ranged_get(
     [source] = storage.expand(url, s3_storage_options)
     fs = storage.filesystem(url, source.options)  # cached: its methods were bound already
     gets: list[tuple[int, int]] = []
-    real = fs.cat_file
+    real, real_arrow = fs.cat_file, arrow_s3.read_range
 
     def counting(path: str, start: Any = None, end: Any = None, **kw: Any) -> Any:
         gets.append((start, end))
         return real(path, start=start, end=end, **kw)
 
+    def counting_arrow(*args: Any) -> Any:
+        got = real_arrow(*args)
+        if got is not None:  # read by Arrow's client (None: left to s3fs)
+            gets.append(args[-2:])
+        return got
+
     monkeypatch.setattr(fs, "cat_file", counting)
+    monkeypatch.setattr(arrow_s3, "read_range", counting_arrow)
     scan = scan_block(source, 10, len(data) - 10, ord(","), lines=True)
     assert gets == [(10, len(data) - 10)]
     body = data[10:-10]

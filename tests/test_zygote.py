@@ -256,3 +256,60 @@ def test_start_imports_what_the_batch_will_need_before_the_workers_fork() -> Non
             shared: dict[str, Any] = {}
             SeesModule(backend=backend, chunksize=1).run(shared)
             assert shared["seen"] == [expected] * 4
+
+
+class GcState(BatchNode):
+    """In the worker: how many objects the garbage collector leaves alone (the permanent
+    generation), and, at the worker's exit, how many it would still walk (to ``path``)."""
+
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(**options)
+        self.path = path
+
+    def prep(self, shared: dict[str, Any]) -> list[int]:
+        return [0, 1]
+
+    def exec(self, item: int) -> tuple[int, int]:
+        import atexit
+        import gc
+
+        path = self.path / f"{os.getpid()}.txt"
+        if not path.exists():
+            path.write_text("")
+
+            def at_exit() -> None:  # after the pool closed the pipe, before the last collection
+                path.write_text(f"{len(gc.get_objects())} {gc.get_freeze_count()}")
+
+            atexit.register(at_exit)
+        return gc.get_freeze_count(), len(gc.get_objects())
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> None:
+        shared["gc"] = exec_res
+
+
+def test_forked_workers_never_walk_the_zygotes_objects(tmp_path: Path) -> None:
+    """The zygote freezes its objects before each fork: a worker's collections skip them, so
+    they do not copy the heap pages the worker shares with the zygote."""
+    with ProcessBackend(workers=2) as backend:
+        shared: dict[str, Any] = {}
+        GcState(tmp_path, backend=backend, chunksize=1).run(shared)
+        pool: ProcessPool = backend._idle[0]  # type: ignore[assignment]
+        assert all(isinstance(worker.proc, ForkedProcess) for worker in pool.workers)
+    for frozen, walked in shared["gc"]:  # walked: what the test module imports in the worker
+        assert frozen > 10_000, (frozen, walked)  # numpy and pyarrow: tens of thousands
+
+
+@pytest.mark.parametrize("zygote_on", ["1", "0"])
+def test_a_worker_exits_without_walking_every_object(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, zygote_on: str
+) -> None:
+    """When the pool closes, a worker (forked or spawned) freezes its objects before the
+    interpreter's exit, whose last collection would walk them all (and copy every page a forked
+    worker shares with its zygote) while the parent waits."""
+    monkeypatch.setenv(process_backend.ZYGOTE_SWITCH, zygote_on)
+    with ProcessBackend(workers=2) as backend:
+        GcState(tmp_path, backend=backend, chunksize=1).run({})
+    said = [path.read_text().split() for path in tmp_path.glob("*.txt")]
+    assert said and all(said)
+    for walked, frozen in ((int(a), int(b)) for a, b in said):
+        assert walked < 2_000 and frozen > 10_000, (walked, frozen)

@@ -436,10 +436,11 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         return Path(f"{path}.split.json")
 
     def _start_readers(self, inputs: list[str | os.PathLike[str]]) -> None:
-        """For URLs, start the batch's workers now, with the store's client library (s3fs...)
-        imported before they fork: they boot while this process lists and reads headers, and
-        none imports it at its first block (~0.3 s each)."""
-        imports = reader_modules(inputs)
+        """For URLs, start the batch's workers now, with the store's client library (s3fs, or
+        Arrow's S3 client for plain objects) imported before they fork: they boot while this
+        process lists and reads headers, and none imports it at its first block (s3fs: ~0.3 s
+        each)."""
+        imports = reader_modules(inputs, self.storage_options)
         backend = resolve_options(self, None).backend
         if imports and backend.parallel:
             backend.start(imports)
