@@ -40,12 +40,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..errors import SerializationError, WorkerStartupError, describe_exit, format_bytes
+from ..errors import (
+    SerializationError,
+    WorkerStartupError,
+    check_positive_int,
+    describe_exit,
+    format_bytes,
+)
 from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
 from .ordered import Died, Done, Job, OrderedRun, PooledBackend, Transport, WorkerState
 from .shm import PARENT_ENV, message_size, seal, sweep
@@ -229,6 +236,31 @@ class ProcessPool(Transport):
         self.zygote = Zygote(self.env, BOOT, imports) if use_zygote(self.env) else None
         for _ in range(size):
             self.workers.append(self.spawn())
+
+    def fits(self, size: int) -> bool:
+        """Whether ``resize(size)`` keeps this pool's per-worker thread limits (``worker_env``):
+        only then can its workers serve a batch that asks for ``size`` workers."""
+        return all(worker_env(size)[name] == self.env[name] for name in THREAD_LIMIT_VARS)
+
+    def resize(self, size: int) -> None:
+        """Grow an idle pool to ``size`` workers (the zygote forks them in milliseconds) or
+        shrink it, stopping the workers beyond ``size`` as ``close`` does (an idle one reads the
+        end of its task pipe and exits). A batch then never has more workers than it asked for,
+        and one warm pool serves every worker count of a program (``ProcessBackend``)."""
+        check_positive_int("size", size)
+        extra, self.workers = self.workers[size:], self.workers[:size]
+        self.size = size
+        while len(self.workers) < size:
+            self.workers.append(self.spawn())
+        for worker in extra:
+            worker.inbox.close()
+        deadline = time.monotonic() + TERMINATE_GRACE
+        for worker in extra:
+            self.drain(worker, deadline)
+            if not worker.ready:
+                worker.proc.kill()
+            worker.release()
+        _stop_processes([worker.proc for worker in extra], TERMINATE_GRACE)
 
     def spawn(self) -> ProcessWorker:
         task_r, task_w = os.pipe()
@@ -514,14 +546,53 @@ class ProcessPool(Transport):
             pass  # the worker is gone (or our stream is): nothing more to deliver
 
 
+# The idle process pool of the whole program, and its lock, shared by every ``ProcessBackend``.
+_PROGRAM_IDLE: list[Transport] = []
+_PROGRAM_LOCK = threading.Lock()
+
+
 class ProcessBackend(PooledBackend):
-    """Runs items in ``workers`` processes; the pool stays warm between batches and nodes."""
+    """Runs items in ``workers`` processes; the pool stays warm between batches and nodes.
+
+    With ``program_pool=True`` (the backends ``get_backend`` makes, so every ``backend="process"``
+    by name) all such backends share one warm pool, resized to each batch's ``workers`` when it is
+    leased (``ProcessPool.resize``): nodes asking for 2, 3, then 4 workers leave one pool (and its
+    zygote) alive, never one per worker count, and a batch never runs more workers than it asked
+    for. A pool whose per-worker thread limits would change (fewer workers than CPUs give each
+    worker more BLAS threads) is replaced instead. A ``ProcessBackend(...)`` built by hand keeps a
+    pool of its own, closed with it. A second batch running at the same time, from another
+    thread, gets a pool of its own, closed after it.
+    """
 
     name = "process"
     caps_memory = os.path.exists("/proc/self/statm")  # Linux: where a worker's RSS can be read
 
+    def __init__(self, workers: int | None = None, *, program_pool: bool = False) -> None:
+        super().__init__(workers)
+        if program_pool:
+            self._idle = _PROGRAM_IDLE
+            self._lock = _PROGRAM_LOCK
+
     def make_pool(self, imports: Sequence[str] = ()) -> ProcessPool:
         return ProcessPool(self.workers, imports)
+
+    def _lease(self, imports: Sequence[str] = ()) -> Transport:
+        pool = super()._lease(imports)
+        assert isinstance(pool, ProcessPool)
+        if pool.size == self.workers:
+            return pool
+        if pool.fits(self.workers):
+            pool.resize(self.workers)
+            return pool
+        pool.close()
+        return self.make_pool(imports)
+
+    def close(self) -> None:
+        with self._lock:
+            pools = list(self._idle)
+            self._idle.clear()  # in place: it may be the program's, which other backends share
+        for pool in pools:
+            pool.close()
 
     def map(
         self,
