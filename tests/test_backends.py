@@ -631,3 +631,30 @@ def test_one_warm_process_pool_per_program_resized_to_each_batch() -> None:
     for asked, busy, alive in json.loads(result.stdout):
         assert busy <= asked
         assert alive <= asked + 1  # the pool's workers and its zygote, nothing left over
+
+
+@pytest.mark.parametrize("name", ["thread", "process"])
+def test_a_batch_starts_no_more_workers_than_items(name: str) -> None:
+    """Issue 15.3: workers=16 for 3 items starts 3 workers, not 16 (each one costs a start)."""
+    from batchcore.backends.process import ProcessBackend
+    from batchcore.backends.thread import ThreadBackend
+
+    backend = (ProcessBackend if name == "process" else ThreadBackend)(workers=16)
+    with backend:
+        shared: dict[str, Any] = {"items": [1, 2, 3]}
+        Square(backend=backend).run(shared)
+        assert shared["out"] == [1, 4, 9]
+        (pool,) = backend._idle  # type: ignore[attr-defined]
+        assert len(pool.workers) <= 3
+
+
+def test_workers_far_above_the_cpus_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 15.3: ``workers=1000`` on a few CPUs is almost always a mistake: say so, once."""
+    from batchcore.backends.base import default_workers
+    from batchcore.backends.process import ProcessBackend
+
+    with caplog.at_level("WARNING", logger="batchcore"):
+        ProcessBackend(workers=default_workers()).close()
+        assert "far above" not in caplog.text
+        ProcessBackend(workers=100 * default_workers()).close()
+    assert f"workers={100 * default_workers()} is far above" in caplog.text

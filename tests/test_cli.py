@@ -444,3 +444,14 @@ def test_a_reader_that_stops_early_gets_no_traceback() -> None:
         code = proc.wait(timeout=30)
     assert "Traceback" not in err
     assert code in (0, 141)
+
+
+def test_workers_far_above_the_ranges_start_no_more_than_needed() -> None:
+    """Issue 15.3: ``--workers 1000`` on the one-range sample used to start 1000 workers (74 s);
+    it starts what the ranges need, with a warning about the worker count."""
+    argv = [sys.executable, "-m", "batchcore", "csv", "stats", str(SALES), "--sum", "amount"]
+    argv += ["--backend", "process", "--workers", "1000", "--json"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] == 5000
+    assert "workers=1000 is far above" in result.stderr

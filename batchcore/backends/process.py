@@ -86,6 +86,7 @@ TERMINATE_GRACE = 1.0  # seconds a worker gets to exit after SIGTERM before SIGK
 # pages (1.25 GB/s measured here, under load), 50 ms is 60-150 MB. A read costs ~2 us a worker.
 MEMORY_POLL = 0.05
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+WORKERS_PER_CPU = 4  # more worker processes than this per CPU is warned about (a likely typo)
 NODE_HINT = (
     "Create such resources inside exec (or prep), or use backend='thread', which does not pickle."
 )
@@ -221,9 +222,11 @@ class ProcessPool(Transport):
 
     shared_memory = True  # big buffers of items and results travel through ``shm``
 
-    def __init__(self, size: int, imports: Sequence[str] = ()) -> None:
+    def __init__(self, size: int, imports: Sequence[str] = (), share: int | None = None) -> None:
+        """``share``: the worker count the CPUs are shared out by (thread limits, ``worker_env``):
+        the batch's ``workers``, when it starts fewer (fewer items than workers)."""
         self.size = size
-        self.env = worker_env(size)
+        self.env = worker_env(share or size)
         self.batch = 0
         self.task_blob = b""
         self.task_label = ""
@@ -237,10 +240,10 @@ class ProcessPool(Transport):
         for _ in range(size):
             self.workers.append(self.spawn())
 
-    def fits(self, size: int) -> bool:
-        """Whether ``resize(size)`` keeps this pool's per-worker thread limits (``worker_env``):
-        only then can its workers serve a batch that asks for ``size`` workers."""
-        return all(worker_env(size)[name] == self.env[name] for name in THREAD_LIMIT_VARS)
+    def fits(self, workers: int) -> bool:
+        """Whether a batch that asks for ``workers`` would give each worker this pool's thread
+        limits (``worker_env``): only then can this pool serve it."""
+        return all(worker_env(workers)[name] == self.env[name] for name in THREAD_LIMIT_VARS)
 
     def resize(self, size: int) -> None:
         """Grow an idle pool to ``size`` workers (the zygote forks them in milliseconds) or
@@ -569,23 +572,34 @@ class ProcessBackend(PooledBackend):
 
     def __init__(self, workers: int | None = None, *, program_pool: bool = False) -> None:
         super().__init__(workers)
+        cpus = default_workers()
+        if self.workers > WORKERS_PER_CPU * cpus:
+            log.warning(
+                "batchcore: workers=%d is far above the %d CPU%s this process may use: CPU-bound "
+                "items gain nothing past one process per CPU, and each worker costs a start and "
+                "its own memory (a batch starts no more workers than it has items)",
+                self.workers,
+                cpus,
+                "" if cpus == 1 else "s",
+            )
         if program_pool:
             self._idle = _PROGRAM_IDLE
             self._lock = _PROGRAM_LOCK
 
-    def make_pool(self, imports: Sequence[str] = ()) -> ProcessPool:
-        return ProcessPool(self.workers, imports)
+    def make_pool(self, imports: Sequence[str] = (), size: int | None = None) -> ProcessPool:
+        return ProcessPool(self.workers if size is None else size, imports, self.workers)
 
-    def _lease(self, imports: Sequence[str] = ()) -> Transport:
-        pool = super()._lease(imports)
+    def fit(self, pool: Transport, size: int, imports: Sequence[str]) -> Transport:
+        """The idle pool as it is when it has between ``size`` (what the batch needs) and
+        ``workers`` (what it asked for) workers; else grown to ``size`` or shrunk to
+        ``workers``. Replaced when its workers' thread limits are not this backend's."""
         assert isinstance(pool, ProcessPool)
-        if pool.size == self.workers:
-            return pool
-        if pool.fits(self.workers):
-            pool.resize(self.workers)
-            return pool
-        pool.close()
-        return self.make_pool(imports)
+        if not pool.fits(self.workers):
+            pool.close()
+            return self.make_pool(imports, size)
+        if not size <= pool.size <= self.workers:
+            pool.resize(size if pool.size < size else self.workers)
+        return pool
 
     def close(self) -> None:
         with self._lock:
@@ -605,7 +619,7 @@ class ProcessBackend(PooledBackend):
         max_memory: int | None = None,
     ) -> Iterator[Chunk]:
         """``PooledBackend.map``; a worker holding more than ``max_memory`` bytes is stopped."""
-        pool = self._lease()
+        pool = self._lease(size=self.pool_size(items))
         assert isinstance(pool, ProcessPool)
         pool.max_memory = max_memory
         try:

@@ -184,7 +184,7 @@ def _count_blocks(
     the parent only counts while there are no workers to count. Remote files are counted by
     the workers only, on every backend: the client never downloads them.
     """
-    backend.start()  # returns at once; a warm pool or a thread pool is already there
+    backend.start(items=len(spans))  # returns at once; a warm or thread pool is already there
     remote = any(not source.is_local for source in sources)
     scans: list[BlockScan] = []
     for position, (file, start, end) in enumerate(spans):
