@@ -622,11 +622,14 @@ def plan_images(
     }
     existing = existing_objects(out_text, options) if remote_out and skip_existing else set()
     real_out = Path(os.path.realpath(out_path))
+    # Jobs name absolute paths: a worker's current folder (a Dask worker started elsewhere)
+    # is not the caller's. The plan keeps OUT as given, for the summary.
+    abs_out = Path(os.path.abspath(out_path))
     claimed: dict[str, ImageJob] = {}
     plan = ImagesPlan(src_as_given, out_text if remote_out else out_path, chains)
     for source, relative in sources:
         name = _name_of(source)
-        source_text = str(source) if isinstance(source, Path) else source.url
+        source_text = os.path.abspath(source) if isinstance(source, Path) else source.url
         stem, dot_suffix = os.path.splitext(name)
         suffix = ext or dot_suffix[1:]
         if relative != ".":
@@ -635,7 +638,7 @@ def plan_images(
             except ValueError as exc:
                 raise ImagesUsageError(f"{exc}: its outputs would leave {out_text}") from None
         if not remote_out:
-            folder = out_path / relative
+            folder = abs_out / relative
             real_folder = Path(os.path.realpath(folder))
             if not real_folder.is_relative_to(real_out):
                 raise ImagesUsageError(
@@ -665,7 +668,7 @@ def plan_images(
                 chain,
                 output,
                 output_format(suffix),
-                out_text if remote_out else str(out_path),
+                out_text if remote_out else str(abs_out),
                 source.size if isinstance(source, Source) else -1,
                 options,
                 source.version if isinstance(source, Source) else "",
