@@ -17,6 +17,7 @@ from .options import (
     PROG,
     add_batch_options,
     add_storage_options,
+    plural,
     resume_note,
     show_progress,
     storage_options,
@@ -264,7 +265,7 @@ def print_skipped(lines: list[tuple[str, int]]) -> None:
 
 def skipped_note(rows: int) -> str:
     """``"; N bad rows skipped"`` for a summary line, or nothing."""
-    return f"; {rows:,} bad rows skipped" if rows else ""
+    return f"; {plural(rows, 'bad row')} skipped" if rows else ""
 
 
 def finite(value: Any) -> Any:
@@ -282,7 +283,7 @@ def format_csv_stats(stats: Any, seconds: float, backend: str, reason: str = "")
     """The human-readable ``csv stats`` output: a summary line and aligned tables."""
     why = f", {reason}" if reason else ""
     lines = [
-        f"{stats.path}: {stats.rows:,} rows in {seconds:.2f} s ({backend} backend{why})"
+        f"{stats.path}: {plural(stats.rows, 'row')} in {seconds:.2f} s ({backend} backend{why})"
         + skipped_note(stats.skipped_rows)
     ]
     rows: list[list[str]] = []
@@ -337,7 +338,8 @@ def run_csv_to_parquet(args: argparse.Namespace) -> int:
             "--overwrite rewrites it",
             file=sys.stderr,
         )
-        print(json.dumps(result) if args.json else f"{args.out_dir}: {result['rows']:,} rows")
+        rows = plural(result["rows"], "row")
+        print(json.dumps(result) if args.json else f"{args.out_dir}: {rows}")
         return EXIT_OK
     if result["resumed"]:
         note = resume_note("the interrupted run", result["resumed"], result["parts"], "parts")
@@ -351,7 +353,7 @@ def run_csv_to_parquet(args: argparse.Namespace) -> int:
         print(json.dumps(summary))
     else:
         print(
-            f"{args.out_dir}: {result['rows']:,} rows in {result['parts']} parts"
+            f"{args.out_dir}: {plural(result['rows'], 'row')} in {plural(result['parts'], 'part')}"
             + skipped_note(result["skipped_rows"])
         )
     print_skipped(result["skipped_lines"])

@@ -506,6 +506,13 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         return [scan_block(sources[f], start, end, quote, lines) for f, start, end in spans]
 
     @property
+    def progress_label(self) -> str:
+        """The progress bar's label: the input as the user named it, its last part
+        (``sales.csv``), rather than the node's class."""
+        path = self.csv_report.path.rstrip("/")
+        return path.rsplit("/", 1)[-1] if path else ""
+
+    @property
     def current_range(self) -> CsvRange | None:
         """The byte range whose rows ``exec`` is looking at (``None`` outside ``exec``)."""
         return CURRENT_RANGE.get()

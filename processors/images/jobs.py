@@ -258,6 +258,7 @@ class ImageJobsNode(BatchNode):
 
     on_error = "collect"
     progress_unit = "job"
+    progress_label = ""  # the progress bar's label: SRC's last part ("images"), from run_images
 
     def __init__(
         self,
@@ -442,6 +443,7 @@ class ImageBatchFlow(BatchFlow):
     shared_outputs = ("image_dropped",)  # the decoded images are scratch: they stay in the worker
     on_error = "collect"
     progress_unit = "job"
+    progress_label = ""  # as ImageJobsNode's
 
     def __init__(
         self,
@@ -807,6 +809,7 @@ def run_images(
             runner.existing_outputs = existing_objects(plan.out, protect_options(storage_options))
     else:
         runner = ImageBatchFlow(jobs=plan.jobs, max_pixels=max_pixels, quality=quality, **options)
+    runner.progress_label = os.path.basename(str(plan.src).rstrip("/")) or str(plan.src)
     runner.run(shared)
     stats = runner.batch_stats
     return ImagesSummary(
