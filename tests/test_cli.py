@@ -526,3 +526,60 @@ def test_readme_examples_write_where_git_ignores() -> None:
             ["git", "-C", str(ROOT), "check-ignore", "-q", probe], check=False, timeout=30
         )
         assert result.returncode == 0, f"{output} is not covered by .gitignore"
+
+
+# --- conveniences (issue 15.7) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", ["\t", "\\t", "tab", "TAB"])
+def test_a_tab_delimiter_by_any_spelling(
+    given: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_bytes(tmp_path / "t.tsv", "a\tb\n1\t2\n3\t4\n")
+    argv = ["csv", "stats", str(path), "--sum", "b", "--delimiter", given, "--json"]
+    code, out, err = run(argv, capsys)
+    assert (code, err) == (0, "")
+    assert json.loads(out)["sum"]["b"] == 6
+
+
+def test_quote_char_and_no_quoting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_bytes(tmp_path / "q.csv", "a,b\n'x,y',1\n'z',2\n")
+    argv = ["csv", "stats", str(path), "--sum", "b", "--json"]
+    code, out, _ = run([*argv, "--quote-char", "'"], capsys)
+    assert code == 0 and json.loads(out)["rows"] == 2
+    path = write_bytes(tmp_path / "n.csv", 'a,b\n"x,1\n"y,2\n')
+    code, out, err = run(
+        ["csv", "stats", str(path), "--sum", "b", "--json", "--no-quoting"], capsys
+    )
+    assert (code, err) == (0, "")
+    assert json.loads(out)["sum"]["b"] == 3
+
+
+def test_a_dash_reads_standard_input(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "batchcore", "csv", "stats", "-", "--sum", "amount", "--json"]
+    result = subprocess.run(
+        argv, input=SALES.read_bytes(), capture_output=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rows"] == 5000 and report["files"] == ["-"]
+    out_dir = tmp_path / "ds"
+    argv = [sys.executable, "-m", "batchcore", "csv", "to-parquet", "-", str(out_dir)]
+    result = subprocess.run(
+        argv, input=SALES.read_bytes(), capture_output=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(out_dir).num_rows == 5000
+
+
+def test_a_tiny_chunk_bytes_is_raised_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--chunk-bytes 1`` cut the 430 KB sample into 430,000 ranges (42 s)."""
+    import time
+
+    began = time.monotonic()
+    argv = ["csv", "stats", str(SALES), "--sum", "amount", "--chunk-bytes", "1", "--json"]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and json.loads(out)["rows"] == 5000
+    assert err.startswith("batchcore: note: --chunk-bytes 1 is below 1KiB; using 1KiB (")
+    assert err.count("\n") == 1
+    assert time.monotonic() - began < 20

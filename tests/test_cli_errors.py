@@ -181,7 +181,7 @@ def test_a_utf16_file_is_named_as_such(
     assert expected in err and "iconv" in err
 
 
-@pytest.mark.parametrize(("delimiter", "shown"), [(";", "';'"), ("|", "'|'"), ("\t", "$'\\t'")])
+@pytest.mark.parametrize(("delimiter", "shown"), [(";", "';'"), ("|", "'|'"), ("\t", "tab")])
 def test_a_header_of_one_field_suggests_the_delimiter(
     delimiter: str, shown: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -366,7 +366,7 @@ def _header_hint(plan: CsvPlan) -> str:
             "first, e.g. iconv -f UTF-16 -t UTF-8)"
         )
     if len(names) == 1:
-        for candidate, shown in ((";", "';'"), ("|", "'|'"), ("\t", "$'\\t'")):
+        for candidate, shown in ((";", "';'"), ("|", "'|'"), ("\t", "tab")):
             if candidate in names[0] and candidate != plan.options.delimiter:
                 return (
                     f" (the header is one field holding {shown}: is that the delimiter? "
