@@ -100,7 +100,8 @@ def run_batch(owner: Any, task: Task, items: Iterable[Any], plan: BatchPlan) -> 
     if plan.progress and hasattr(items, "__len__"):
         total = sum(units(item) for item in items) if units else len(items)  # type: ignore[arg-type]
     unit = str(getattr(owner, "progress_unit", "item"))
-    bar = progress_bar(plan.progress, total, type(owner).__name__, unit)
+    label = str(getattr(owner, "progress_label", "") or type(owner).__name__)  # what it reads
+    bar = progress_bar(plan.progress, total, label, unit)
     results: list[Any] = []
     began = time.perf_counter()
     # Only a backend that caps memory takes max_memory= (``resolve_options`` refused the others).

@@ -69,11 +69,17 @@ class RunResult:
 
 
 def merge_writes(shared: dict[str, Any], writes: dict[str, Any]) -> None:
-    """Apply one run's writes: dicts merge key by key, any other value replaces the old one."""
+    """Apply one run's writes: dicts merge key by key, any other value replaces the old one.
+
+    A dict that is new in ``shared`` goes in as a shallow copy: later runs merge into
+    ``shared``'s dict, and the run's own ``RunResult.writes`` must keep showing only its writes.
+    """
     for key, value in writes.items():
         current = shared.get(key)
         if isinstance(value, dict) and isinstance(current, dict):
             current.update(value)
+        elif isinstance(value, dict):
+            shared[key] = copy.copy(value)
         else:
             shared[key] = value
 

@@ -26,7 +26,9 @@ class _NoBar:
 def progress_bar(enabled: bool, total: int | None, desc: str, unit: str = "item") -> ProgressBar:
     """A tqdm bar advanced as results arrive (``total=None`` when the input length is unknown).
 
-    ``unit="B"`` shows bytes with binary prefixes (KiB, MiB, ...).
+    ``desc`` labels it (a node's ``progress_label``: what the user asked for, such as
+    ``sales.csv``). ``unit="B"`` counts bytes with SI prefixes, the counts carrying the unit as
+    the rate does: ``420kB/1.2MB [..., 3.1MB/s]`` (tqdm alone prints ``420k/1.2M ... 3.1MB/s``).
     """
     if not enabled:
         return _NoBar()
@@ -34,14 +36,20 @@ def progress_bar(enabled: bool, total: int | None, desc: str, unit: str = "item"
 
     from tqdm.auto import tqdm
 
-    binary = unit == "B"
+    in_bytes = unit == "B"
+    bar_format: str | None = None
+    if in_bytes:
+        counts = "{n_fmt}B/{total_fmt}B" if total is not None else "{n_fmt}B"
+        middle = "{l_bar}{bar}| " if total is not None else "{desc}: "
+        bar_format = middle + counts + " [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
     bar: ProgressBar = tqdm(
         total=total,
         desc=desc,
         unit=unit,
-        unit_scale=binary,
-        unit_divisor=1024 if binary else 1000,
+        unit_scale=in_bytes,
+        unit_divisor=1000,
         file=sys.stderr,
         dynamic_ncols=True,
+        bar_format=bar_format,
     )
     return bar

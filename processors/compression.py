@@ -70,12 +70,29 @@ _NOT_CSV = (
         b"PAR1",
         "is a Parquet file, not a CSV file; read it with pyarrow.parquet or the Parquet jobs",
     ),
+    # Byte-order marks of encodings that write ASCII as several bytes (UTF-32 before UTF-16,
+    # whose marks they begin with): such a file cannot be cut at its newline bytes.
+    *(
+        (
+            bom,
+            f"is {name} text (it starts with a {name} byte-order mark); batchcore reads "
+            f"ASCII-compatible encodings only: convert it first, e.g. "
+            f"iconv -f {name} -t UTF-8 FILE > FILE.utf8.csv",
+        )
+        for bom, name in (
+            (b"\xff\xfe\x00\x00", "UTF-32"),
+            (b"\x00\x00\xfe\xff", "UTF-32"),
+            (b"\xff\xfe", "UTF-16"),
+            (b"\xfe\xff", "UTF-16"),
+        )
+    ),
 )
 
 
 def sniff(head: bytes) -> str | None:
     """The compression format of a file that starts with ``head`` ("gzip", "bz2", "xz", "zstd"),
-    or ``None`` for plain bytes; ``NotCsvError`` for a zip archive or a Parquet file (the caller
+    or ``None`` for plain bytes; ``NotCsvError`` for a zip archive, a Parquet file or UTF-16/32
+    text (the caller
     adds the file's name with ``with_path``). ``head`` is its first ``MAGIC_BYTES`` bytes or all
     of a shorter file."""
     if head.startswith(b"\x1f\x8b"):

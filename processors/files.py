@@ -280,7 +280,13 @@ def _take_lock(final: Path) -> int:
     run holds it (its files are then left alone)."""
     path = lock_path(final)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            # The lock is the run's first write: name the output the user gave, not our file.
+            raise PermissionError(exc.errno, f"cannot write: {exc.strerror}", str(final)) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

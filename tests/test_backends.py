@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -584,3 +585,76 @@ def test_frames_are_described_by_shape() -> None:
 
     assert short_repr(pd.DataFrame({"a": range(4)})) == "<DataFrame shape=(4, 1)>"
     assert short_repr(np.zeros((2, 3))) == "<ndarray shape=(2, 3)>"
+
+
+POOL_SCRIPT = textwrap.dedent(
+    """
+    import json, os, time
+    import psutil
+    from batchcore import BatchNode
+    from batchcore.backends.base import default_workers
+
+    class Pid(BatchNode):
+        def prep(self, shared):
+            return range(40)
+
+        def exec(self, item):
+            time.sleep(0.005)
+            return os.getpid()
+
+        def post(self, shared, prep_res, exec_res):
+            shared["pids"] = set(exec_res)
+
+    report = []
+    for workers in (2, 3, 2, None, None, 2, 4, None):
+        shared = {}
+        Pid(backend="process", workers=workers, chunksize=1).run(shared)
+        asked = workers or default_workers()
+        alive = len(psutil.Process().children(recursive=True))
+        report.append([asked, len(shared["pids"]), alive])
+    print(json.dumps(report))
+    """
+)
+
+
+def test_one_warm_process_pool_per_program_resized_to_each_batch() -> None:
+    """Issue 15.2: nodes asking 2, 3, 2, default, default, 2, 4, default workers share one pool,
+    resized for each batch: never more busy workers than asked, never a second pool."""
+    result = subprocess.run(
+        [sys.executable, "-c", POOL_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    for asked, busy, alive in json.loads(result.stdout):
+        assert busy <= asked
+        assert alive <= asked + 1  # the pool's workers and its zygote, nothing left over
+
+
+@pytest.mark.parametrize("name", ["thread", "process"])
+def test_a_batch_starts_no_more_workers_than_items(name: str) -> None:
+    """Issue 15.3: workers=16 for 3 items starts 3 workers, not 16 (each one costs a start)."""
+    from batchcore.backends.process import ProcessBackend
+    from batchcore.backends.thread import ThreadBackend
+
+    backend = (ProcessBackend if name == "process" else ThreadBackend)(workers=16)
+    with backend:
+        shared: dict[str, Any] = {"items": [1, 2, 3]}
+        Square(backend=backend).run(shared)
+        assert shared["out"] == [1, 4, 9]
+        (pool,) = backend._idle  # type: ignore[attr-defined]
+        assert len(pool.workers) <= 3
+
+
+def test_workers_far_above_the_cpus_are_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 15.3: ``workers=1000`` on a few CPUs is almost always a mistake: say so, once."""
+    from batchcore.backends.base import default_workers
+    from batchcore.backends.process import ProcessBackend
+
+    with caplog.at_level("WARNING", logger="batchcore"):
+        ProcessBackend(workers=default_workers()).close()
+        assert "far above" not in caplog.text
+        ProcessBackend(workers=100 * default_workers()).close()
+    assert f"workers={100 * default_workers()} is far above" in caplog.text

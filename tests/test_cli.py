@@ -444,3 +444,142 @@ def test_a_reader_that_stops_early_gets_no_traceback() -> None:
         code = proc.wait(timeout=30)
     assert "Traceback" not in err
     assert code in (0, 141)
+
+
+def test_workers_far_above_the_ranges_start_no_more_than_needed() -> None:
+    """Issue 15.3: ``--workers 1000`` on the one-range sample used to start 1000 workers (74 s);
+    it starts what the ranges need, with a warning about the worker count."""
+    argv = [sys.executable, "-m", "batchcore", "csv", "stats", str(SALES), "--sum", "amount"]
+    argv += ["--backend", "process", "--workers", "1000", "--json"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] == 5000
+    assert "workers=1000 is far above" in result.stderr
+
+
+@pytest.mark.parametrize("chunk_bytes", ["64KiB", "16MiB"])
+def test_float_sums_carry_no_noise(chunk_bytes: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 15.8: sums as exact as Python's ``math.fsum`` of the values (pandas' Kahan sums
+    agree), in total and per group, however the file is cut: 643481.7, not 643481.6999999989."""
+    import math
+
+    argv = ["csv", "stats", str(SALES), "--sum", "amount", "--group-by", "region", "--json"]
+    code, out, err = run([*argv, "--chunk-bytes", chunk_bytes, "--backend", "thread"], capsys)
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    frame = pd.read_csv(SALES)
+    assert report["sum"]["amount"] == math.fsum(frame["amount"])
+    for key, values in frame.groupby("region")["amount"]:
+        assert report["groups"][key]["sum"]["amount"] == math.fsum(values), key
+
+
+def test_summaries_say_1_part_and_1_bad_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15.8: "1 parts", "1 bad rows" were printed as such."""
+    out_dir = tmp_path / "ds"
+    code, out, _ = run(["csv", "to-parquet", str(SALES), str(out_dir)], capsys)
+    assert (code, out) == (0, f"{out_dir}: 5,000 rows in 1 part\n")
+    path = write_bytes(tmp_path / "one.csv", "a,b\n1,2\n3\n")
+    code, out, _ = run(["csv", "stats", str(path), "--sum", "a", "--skip-bad-rows"], capsys)
+    assert code == 0
+    assert out.startswith(f"{path}: 1 row in ") and out.splitlines()[0].endswith(
+        "; 1 bad row skipped"
+    )
+
+
+def test_progress_bars_name_what_was_asked_for_and_show_bytes_alike(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15.8: "sales.csv" and "images", not StatsNode or ImageJobsNode; the byte counts
+    carry the unit their rate does (420kB/420kB, 3.1MB/s), not a bare 420k."""
+    import re
+
+    argv = ["csv", "stats", str(SALES), "--sum", "amount", "--chunk-bytes", "50KB", "--json"]
+    code, _, err = run([*argv, "--progress"], capsys)
+    assert code == 0
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("sales.csv: 100%"), last
+    assert re.search(r" \d+(\.\d+)?kB/\d+(\.\d+)?kB ", last), last
+    images = Path(__file__).resolve().parents[1] / "data" / "images"
+    argv = ["images", str(images), "-o", str(tmp_path / "o"), "-f", "grayscale", "--progress"]
+    code, _, err = run(argv, capsys)
+    assert code == 0
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert last.startswith("images: 100%"), last
+
+
+def test_readme_examples_write_where_git_ignores() -> None:
+    """Issue 15.8: running the README's examples in a clone leaves ``git status`` clean."""
+    import re
+    import shutil
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    readme = (ROOT / "README.md").read_text()
+    outputs = set(re.findall(r"^batchcore csv to-parquet data/\S+ (\S+)", readme, re.M))
+    outputs |= set(re.findall(r"^batchcore images data/\S+ -o (\S+)", readme, re.M))
+    assert outputs
+    for output in sorted(outputs):
+        probe = f"{output}/part-0.parquet"
+        result = subprocess.run(
+            ["git", "-C", str(ROOT), "check-ignore", "-q", probe], check=False, timeout=30
+        )
+        assert result.returncode == 0, f"{output} is not covered by .gitignore"
+
+
+# --- conveniences (issue 15.7) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given", ["\t", "\\t", "tab", "TAB"])
+def test_a_tab_delimiter_by_any_spelling(
+    given: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_bytes(tmp_path / "t.tsv", "a\tb\n1\t2\n3\t4\n")
+    argv = ["csv", "stats", str(path), "--sum", "b", "--delimiter", given, "--json"]
+    code, out, err = run(argv, capsys)
+    assert (code, err) == (0, "")
+    assert json.loads(out)["sum"]["b"] == 6
+
+
+def test_quote_char_and_no_quoting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_bytes(tmp_path / "q.csv", "a,b\n'x,y',1\n'z',2\n")
+    argv = ["csv", "stats", str(path), "--sum", "b", "--json"]
+    code, out, _ = run([*argv, "--quote-char", "'"], capsys)
+    assert code == 0 and json.loads(out)["rows"] == 2
+    path = write_bytes(tmp_path / "n.csv", 'a,b\n"x,1\n"y,2\n')
+    code, out, err = run(
+        ["csv", "stats", str(path), "--sum", "b", "--json", "--no-quoting"], capsys
+    )
+    assert (code, err) == (0, "")
+    assert json.loads(out)["sum"]["b"] == 3
+
+
+def test_a_dash_reads_standard_input(tmp_path: Path) -> None:
+    argv = [sys.executable, "-m", "batchcore", "csv", "stats", "-", "--sum", "amount", "--json"]
+    result = subprocess.run(
+        argv, input=SALES.read_bytes(), capture_output=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["rows"] == 5000 and report["files"] == ["-"]
+    out_dir = tmp_path / "ds"
+    argv = [sys.executable, "-m", "batchcore", "csv", "to-parquet", "-", str(out_dir)]
+    result = subprocess.run(
+        argv, input=SALES.read_bytes(), capture_output=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert pq.read_table(out_dir).num_rows == 5000
+
+
+def test_a_tiny_chunk_bytes_is_raised_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--chunk-bytes 1`` cut the 430 KB sample into 430,000 ranges (42 s)."""
+    import time
+
+    began = time.monotonic()
+    argv = ["csv", "stats", str(SALES), "--sum", "amount", "--chunk-bytes", "1", "--json"]
+    code, out, err = run(argv, capsys)
+    assert code == 0 and json.loads(out)["rows"] == 5000
+    assert err.startswith("batchcore: note: --chunk-bytes 1 is below 1KiB; using 1KiB (")
+    assert err.count("\n") == 1
+    assert time.monotonic() - began < 20

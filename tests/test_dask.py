@@ -7,8 +7,10 @@ and the error without the extra.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -162,3 +164,70 @@ def test_without_the_extra_the_error_says_what_to_install() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert 'pip install "batchcore[dask]"' in result.stdout
+
+
+@pytest.fixture()
+def cluster_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A scheduler and a worker started in another folder than the client's, as on a real
+    cluster; yields the scheduler's address, with the test in a folder holding ``data/``."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with distributed.LocalCluster(
+        n_workers=1,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=":0",
+        silence_logs=logging.ERROR,
+    ) as local:
+        home = tmp_path / "home"
+        (home / "data").mkdir(parents=True)
+        root = Path(__file__).resolve().parents[1]
+        (home / "data" / "sales.csv").write_bytes((root / "data" / "sales.csv").read_bytes())
+        monkeypatch.chdir(home)
+        yield local.scheduler_address
+
+
+def run_cli_on(address: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DASK_SCHEDULER_ADDRESS": address}
+    return subprocess.run(
+        [sys.executable, "-m", "batchcore", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+def test_relative_paths_reach_workers_started_in_another_folder(cluster_elsewhere: str) -> None:
+    """Issue 15.1: a relative input and a relative output folder are the client's, not the
+    workers': both are made absolute before anything is sent to a worker."""
+    stats = run_cli_on(
+        cluster_elsewhere,
+        ["csv", "stats", "data/sales.csv", "--sum", "amount", "--backend", "dask", "--json"],
+    )
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["rows"] == 5000
+
+    images = Path(__file__).resolve().parents[1] / "data" / "images"
+    argv = ["images", str(images), "-o", "out_rel", "-f", "grayscale", "--backend", "dask"]
+    result = run_cli_on(cluster_elsewhere, argv)
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in Path("out_rel").rglob("*") if p.is_file())
+    assert len(written) >= 4, result.stdout
+    assert not (Path("..") / "elsewhere" / "out_rel").exists()
+
+    shutil.copytree(images, "data/images")  # a relative source folder too
+    argv = ["images", "data/images", "-o", "out_rel2", "-f", "grayscale", "--backend", "dask"]
+    result = run_cli_on(cluster_elsewhere, argv)
+    assert result.returncode == 0, result.stderr
+    assert "0 failed" in result.stdout
+    assert len([p for p in Path("out_rel2").rglob("*") if p.is_file()]) == len(written)
+
+    parquet = run_cli_on(
+        cluster_elsewhere,
+        ["csv", "to-parquet", "data/sales.csv", "pq_rel", "--backend", "dask"],
+    )
+    assert parquet.returncode == 0, parquet.stderr
+    assert any(Path("pq_rel").glob("*.parquet"))

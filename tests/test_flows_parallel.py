@@ -156,3 +156,20 @@ def test_shared_outputs_keeps_scratch_keys_in_the_worker(parallel_backend: str) 
     assert shared["outputs"] == EXPECTED
     assert "image" not in shared and "last_saved" not in shared  # scratch keys never came back
     assert all(set(run.writes) == {"outputs"} for run in shared["post_got"])
+
+
+def test_each_run_result_holds_only_its_own_writes(parallel_backend: str) -> None:
+    """Issue 15.4: a dict key that is new in ``shared`` must not alias run 0's writes."""
+
+    class Captured(StudentFlow):
+        def post(self, shared: dict[str, Any], prep_res: Any, exec_res: Any) -> None:
+            shared["runs"] = exec_res
+
+    flow = Captured(start=Flow(start=Grade()), backend=parallel_backend, workers=2)
+    flow.set_params({"class": "a"})
+    shared: dict[str, Any] = {}  # "grades" is created by the runs (setdefault)
+    flow.run(shared)
+    runs = shared["runs"]
+    assert [list(run.writes["grades"]) for run in runs] == [["a0"], ["a1"], ["a2"]]
+    assert runs[0].writes["grades"] is not shared["grades"]
+    assert list(shared["grades"]) == ["a0", "a1", "a2"]

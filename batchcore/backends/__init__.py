@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .base import Backend
+from .base import Backend, default_workers
 
 __all__ = [
     "Backend",
@@ -50,7 +50,8 @@ def get_backend(name: str, workers: int | None = None, **options: Any) -> Backen
     """Return the shared backend for ``(name, workers, options)``, so pools stay warm across
     batches. ``options`` go to the backend's factory (``address=`` for Dask, for instance)."""
     check_backend_name(name)
-    key = (name, workers, tuple(sorted(options.items())))
+    # ``workers=None`` means the CPU count: one backend for both, not a second pool beside it.
+    key = (name, default_workers() if workers is None else workers, tuple(sorted(options.items())))
     with _SHARED_LOCK:
         backend = _SHARED.get(key)
         if backend is None:
@@ -75,18 +76,20 @@ def shutdown() -> None:
         backend.close()
 
 
-def _imported_on_first_use(module: str, class_name: str) -> BackendFactory:
+def _imported_on_first_use(module: str, class_name: str, **defaults: Any) -> BackendFactory:
     """A factory for a built-in backend whose module is imported when the first one is made
-    (Dask's raises ``ImportError`` then, saying which extra to install)."""
+    (Dask's raises ``ImportError`` then, saying which extra to install); ``defaults`` are
+    keywords every backend it makes gets."""
 
     def factory(**options: Any) -> Backend:
         backend_class = getattr(importlib.import_module(module, __name__), class_name)
-        return backend_class(**options)  # type: ignore[no-any-return]
+        return backend_class(**defaults, **options)  # type: ignore[no-any-return]
 
     return factory
 
 
 register_backend("sequential", _imported_on_first_use(".sequential", "SequentialBackend"))
 register_backend("thread", _imported_on_first_use(".thread", "ThreadBackend"))
-register_backend("process", _imported_on_first_use(".process", "ProcessBackend"))
+# Backends by name share one warm process pool, resized to each batch (``ProcessBackend``).
+register_backend("process", _imported_on_first_use(".process", "ProcessBackend", program_pool=True))
 register_backend("dask", _imported_on_first_use(".dask", "DaskBackend"))

@@ -258,11 +258,12 @@ class Backend:
     ) -> Iterator[Chunk]:
         raise NotImplementedError(f"{type(self).__name__}.map")
 
-    def start(self, imports: Sequence[str] = ()) -> None:
+    def start(self, imports: Sequence[str] = (), items: int | None = None) -> None:
         """Start the workers now instead of at the first batch, without waiting for them.
 
         ``imports``: modules the coming batch will import in every worker (a hint: a process
-        pool that starts now has them imported before its workers fork)."""
+        pool that starts now has them imported before its workers fork). ``items``: how many
+        items it has, when known: no more workers than that are started."""
 
     def is_warm(self) -> bool:
         """True when a batch would start at once, its workers already booted."""

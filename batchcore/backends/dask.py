@@ -234,7 +234,7 @@ class DaskBackend(Backend):
             self._owns_client = True
             return self._client
 
-    def start(self, imports: Sequence[str] = ()) -> None:
+    def start(self, imports: Sequence[str] = (), items: int | None = None) -> None:
         """Connect (or start the local cluster) now rather than at the first batch."""
         self.client()
 

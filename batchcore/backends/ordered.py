@@ -599,8 +599,20 @@ class PooledBackend(Backend):
         self._idle: list[Transport] = []
         self._lock = threading.Lock()
 
-    def make_pool(self, imports: Sequence[str] = ()) -> Transport:
+    def make_pool(self, imports: Sequence[str] = (), size: int | None = None) -> Transport:
+        """A new pool of ``size`` workers (``self.workers`` when ``None``)."""
         raise NotImplementedError(f"{type(self).__name__}.make_pool")
+
+    def pool_size(self, items: Iterable[Any]) -> int:
+        """Workers a batch of ``items`` needs: ``workers``, but never more than there are items
+        (when they have a length), since a worker that gets no item only costs its start."""
+        count = known_length(items)
+        return self.workers if count is None else max(1, min(self.workers, count))
+
+    def fit(self, pool: Transport, size: int, imports: Sequence[str]) -> Transport:
+        """An idle ``pool`` made ready for a batch that needs ``size`` workers: as it is here
+        (idle extra threads cost nothing); the process backend resizes it."""
+        return pool
 
     def map(
         self,
@@ -611,17 +623,19 @@ class PooledBackend(Backend):
         timeout: float | None = None,
         fail_fast: bool = True,
     ) -> Iterator[Chunk]:
-        pool = self._lease()
+        pool = self._lease(size=self.pool_size(items))
         try:
             yield from OrderedRun(pool, task, items, chunksize, timeout, fail_fast)
         finally:
             self._give_back(pool)
 
-    def start(self, imports: Sequence[str] = ()) -> None:
+    def start(self, imports: Sequence[str] = (), items: int | None = None) -> None:
         """Start the workers now instead of at the first batch; returns without waiting for them
         to boot, so the caller can do other work meanwhile. A new pool has ``imports`` imported
-        in its workers as they boot; a running pool is left as it is."""
-        self._give_back(self._lease(imports))
+        in its workers as they boot; a running pool is only fitted to the batch (``fit``).
+        ``items``: the coming batch's item count, when known (no more workers than items)."""
+        size = self.workers if items is None else max(1, min(self.workers, items))
+        self._give_back(self._lease(imports, size))
 
     def is_warm(self) -> bool:
         """True when an idle pool's workers have all booted: a batch would start at once."""
@@ -630,11 +644,15 @@ class PooledBackend(Backend):
                 pool.poll_ready()
             return any(pool.workers and all(w.ready for w in pool.workers) for pool in self._idle)
 
-    def _lease(self, imports: Sequence[str] = ()) -> Transport:
+    def _lease(self, imports: Sequence[str] = (), size: int | None = None) -> Transport:
+        """The idle pool, fitted to ``size`` workers (``self.workers`` when ``None``), or a new
+        pool of that size when none is idle (another batch runs at the same time)."""
+        size = self.workers if size is None else size
         with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self.make_pool(imports)
+            pool = self._idle.pop() if self._idle else None
+        if pool is not None:
+            return self.fit(pool, size, imports)
+        return self.make_pool(imports, size)
 
     def _give_back(self, pool: Transport) -> None:
         with self._lock:

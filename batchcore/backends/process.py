@@ -40,12 +40,19 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..errors import SerializationError, WorkerStartupError, describe_exit, format_bytes
+from ..errors import (
+    SerializationError,
+    WorkerStartupError,
+    check_positive_int,
+    describe_exit,
+    format_bytes,
+)
 from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
 from .ordered import Died, Done, Job, OrderedRun, PooledBackend, Transport, WorkerState
 from .shm import PARENT_ENV, message_size, seal, sweep
@@ -79,6 +86,7 @@ TERMINATE_GRACE = 1.0  # seconds a worker gets to exit after SIGTERM before SIGK
 # pages (1.25 GB/s measured here, under load), 50 ms is 60-150 MB. A read costs ~2 us a worker.
 MEMORY_POLL = 0.05
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+WORKERS_PER_CPU = 4  # more worker processes than this per CPU is warned about (a likely typo)
 NODE_HINT = (
     "Create such resources inside exec (or prep), or use backend='thread', which does not pickle."
 )
@@ -214,9 +222,11 @@ class ProcessPool(Transport):
 
     shared_memory = True  # big buffers of items and results travel through ``shm``
 
-    def __init__(self, size: int, imports: Sequence[str] = ()) -> None:
+    def __init__(self, size: int, imports: Sequence[str] = (), share: int | None = None) -> None:
+        """``share``: the worker count the CPUs are shared out by (thread limits, ``worker_env``):
+        the batch's ``workers``, when it starts fewer (fewer items than workers)."""
         self.size = size
-        self.env = worker_env(size)
+        self.env = worker_env(share or size)
         self.batch = 0
         self.task_blob = b""
         self.task_label = ""
@@ -229,6 +239,31 @@ class ProcessPool(Transport):
         self.zygote = Zygote(self.env, BOOT, imports) if use_zygote(self.env) else None
         for _ in range(size):
             self.workers.append(self.spawn())
+
+    def fits(self, workers: int) -> bool:
+        """Whether a batch that asks for ``workers`` would give each worker this pool's thread
+        limits (``worker_env``): only then can this pool serve it."""
+        return all(worker_env(workers)[name] == self.env[name] for name in THREAD_LIMIT_VARS)
+
+    def resize(self, size: int) -> None:
+        """Grow an idle pool to ``size`` workers (the zygote forks them in milliseconds) or
+        shrink it, stopping the workers beyond ``size`` as ``close`` does (an idle one reads the
+        end of its task pipe and exits). A batch then never has more workers than it asked for,
+        and one warm pool serves every worker count of a program (``ProcessBackend``)."""
+        check_positive_int("size", size)
+        extra, self.workers = self.workers[size:], self.workers[:size]
+        self.size = size
+        while len(self.workers) < size:
+            self.workers.append(self.spawn())
+        for worker in extra:
+            worker.inbox.close()
+        deadline = time.monotonic() + TERMINATE_GRACE
+        for worker in extra:
+            self.drain(worker, deadline)
+            if not worker.ready:
+                worker.proc.kill()
+            worker.release()
+        _stop_processes([worker.proc for worker in extra], TERMINATE_GRACE)
 
     def spawn(self) -> ProcessWorker:
         task_r, task_w = os.pipe()
@@ -514,14 +549,64 @@ class ProcessPool(Transport):
             pass  # the worker is gone (or our stream is): nothing more to deliver
 
 
+# The idle process pool of the whole program, and its lock, shared by every ``ProcessBackend``.
+_PROGRAM_IDLE: list[Transport] = []
+_PROGRAM_LOCK = threading.Lock()
+
+
 class ProcessBackend(PooledBackend):
-    """Runs items in ``workers`` processes; the pool stays warm between batches and nodes."""
+    """Runs items in ``workers`` processes; the pool stays warm between batches and nodes.
+
+    With ``program_pool=True`` (the backends ``get_backend`` makes, so every ``backend="process"``
+    by name) all such backends share one warm pool, resized to each batch's ``workers`` when it is
+    leased (``ProcessPool.resize``): nodes asking for 2, 3, then 4 workers leave one pool (and its
+    zygote) alive, never one per worker count, and a batch never runs more workers than it asked
+    for. A pool whose per-worker thread limits would change (fewer workers than CPUs give each
+    worker more BLAS threads) is replaced instead. A ``ProcessBackend(...)`` built by hand keeps a
+    pool of its own, closed with it. A second batch running at the same time, from another
+    thread, gets a pool of its own, closed after it.
+    """
 
     name = "process"
     caps_memory = os.path.exists("/proc/self/statm")  # Linux: where a worker's RSS can be read
 
-    def make_pool(self, imports: Sequence[str] = ()) -> ProcessPool:
-        return ProcessPool(self.workers, imports)
+    def __init__(self, workers: int | None = None, *, program_pool: bool = False) -> None:
+        super().__init__(workers)
+        cpus = default_workers()
+        if self.workers > WORKERS_PER_CPU * cpus:
+            log.warning(
+                "batchcore: workers=%d is far above the %d CPU%s this process may use: CPU-bound "
+                "items gain nothing past one process per CPU, and each worker costs a start and "
+                "its own memory (a batch starts no more workers than it has items)",
+                self.workers,
+                cpus,
+                "" if cpus == 1 else "s",
+            )
+        if program_pool:
+            self._idle = _PROGRAM_IDLE
+            self._lock = _PROGRAM_LOCK
+
+    def make_pool(self, imports: Sequence[str] = (), size: int | None = None) -> ProcessPool:
+        return ProcessPool(self.workers if size is None else size, imports, self.workers)
+
+    def fit(self, pool: Transport, size: int, imports: Sequence[str]) -> Transport:
+        """The idle pool as it is when it has between ``size`` (what the batch needs) and
+        ``workers`` (what it asked for) workers; else grown to ``size`` or shrunk to
+        ``workers``. Replaced when its workers' thread limits are not this backend's."""
+        assert isinstance(pool, ProcessPool)
+        if not pool.fits(self.workers):
+            pool.close()
+            return self.make_pool(imports, size)
+        if not size <= pool.size <= self.workers:
+            pool.resize(size if pool.size < size else self.workers)
+        return pool
+
+    def close(self) -> None:
+        with self._lock:
+            pools = list(self._idle)
+            self._idle.clear()  # in place: it may be the program's, which other backends share
+        for pool in pools:
+            pool.close()
 
     def map(
         self,
@@ -534,7 +619,7 @@ class ProcessBackend(PooledBackend):
         max_memory: int | None = None,
     ) -> Iterator[Chunk]:
         """``PooledBackend.map``; a worker holding more than ``max_memory`` bytes is stopped."""
-        pool = self._lease()
+        pool = self._lease(size=self.pool_size(items))
         assert isinstance(pool, ProcessPool)
         pool.max_memory = max_memory
         try:

@@ -159,5 +159,5 @@ class ThreadBackend(PooledBackend):
 
     name = "thread"
 
-    def make_pool(self, imports: Sequence[str] = ()) -> ThreadPool:
-        return ThreadPool(self.workers)
+    def make_pool(self, imports: Sequence[str] = (), size: int | None = None) -> ThreadPool:
+        return ThreadPool(self.workers if size is None else size)

@@ -7,8 +7,10 @@ exit code   when
 1           some items failed, bad data (``DataError``), any other ``BatchcoreError``,
             an I/O error (disk full, ...)
 2           usage: bad arguments (argparse), ``UsageError``, a path or URL that cannot be
-            used (missing, wrong kind, already there, not permitted: access denied), an
-            option's ``ValueError``/``TypeError``
+            used (missing, wrong kind, already there, not permitted: access denied, a
+            read-only file system), an
+            option's ``ValueError``/``TypeError``, a missing extra (``ImportError`` with its
+            ``pip install`` hint)
 130         interrupted (Ctrl-C)
 141         stdout closed early (``batchcore ... | head``)
 143         terminated (SIGTERM, as a supervisor stops a job): stopped as for Ctrl-C
@@ -19,6 +21,7 @@ Anything else is a bug, and its traceback is the useful report.
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -90,12 +93,14 @@ def exit_code(exc: BaseException) -> int | None:
         return EXIT_FAILED
     if isinstance(exc, BrokenPipeError):
         return None  # ``main`` turns it into EXIT_BROKEN_PIPE, quietly
-    if isinstance(exc, PATH_ERRORS):
+    if isinstance(exc, PATH_ERRORS) or (isinstance(exc, OSError) and exc.errno == errno.EROFS):
         return EXIT_USAGE
     if isinstance(exc, OSError):
         return EXIT_FAILED
     if isinstance(exc, ValueError | TypeError):  # options rejected before any work
         return EXIT_USAGE
+    if isinstance(exc, ImportError) and "pip install" in str(exc):
+        return EXIT_USAGE  # an optional extra not installed (--backend dask): its hint says which
     return None
 
 

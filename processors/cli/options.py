@@ -118,6 +118,12 @@ def storage_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
+def plural(count: int, noun: str) -> str:
+    """``count`` (with thousands separators) and ``noun``, plural unless ``count`` is 1:
+    ``1 part``, ``2 parts``, ``1 bad row``."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def resume_note(source: str, resumed: int, total: int, what: str) -> str:
     """The stderr line of a ``--resume`` run: how much came from ``source`` (its journal)."""
     if not resumed:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -63,15 +64,29 @@ def _inputs(path: Inputs) -> str | list[str]:
 
 @dataclass
 class ColumnStats:
-    """Sum, count of non-null values, min and max of one numeric column; mergeable."""
+    """Sum, count of non-null values, min and max of one numeric column; mergeable.
+
+    A float sum is kept as ``sum`` (rounded to a double) plus ``residual``, what the rounding
+    left out, and merged with ``math.fsum``: sums of ranges and groups add up without float noise
+    (643481.7, not 643481.6999999989), whatever the order and the cut. Integer and decimal sums
+    are exact already."""
 
     sum: float | int = 0
     count: int = 0
     min: float | int | None = None
     max: float | int | None = None
+    residual: float = 0.0
 
     def merge(self, other: ColumnStats) -> None:
-        self.sum += other.sum
+        if isinstance(self.sum, float) or isinstance(other.sum, float):
+            terms = [self.sum, self.residual, other.sum, other.residual]
+            if all(math.isfinite(term) for term in terms):
+                self.sum = math.fsum(terms)
+                self.residual = math.fsum([*terms, -self.sum])
+            else:  # inf, -inf or nan: IEEE addition says what they make (fsum would raise)
+                self.sum, self.residual = self.sum + other.sum, 0.0
+        else:
+            self.sum += other.sum
         self.count += other.count
         if other.min is not None and (self.min is None or other.min < self.min):
             self.min = other.min
@@ -153,14 +168,35 @@ def group_key(value: Any) -> str:
     return "null" if value is None else str(value)
 
 
-def _column_stats(array: pa.ChunkedArray) -> ColumnStats:
+def _column_stats(array: pa.ChunkedArray | pa.Array) -> ColumnStats:
     extremes = pc.min_max(array)
-    return ColumnStats(
-        sum=pc.sum(array).as_py() or 0,
+    stats = ColumnStats(
         count=pc.count(array).as_py(),
         min=extremes["min"].as_py(),
         max=extremes["max"].as_py(),
     )
+    if pa.types.is_floating(array.type):  # pyarrow's sum carries float noise: ours does not
+        column = array.combine_chunks() if isinstance(array, pa.ChunkedArray) else array
+        values = _numpy(column)
+        if column.null_count:
+            values = values[_valid(column)]
+        stats.sum, stats.residual = careful_sum(values)
+    else:
+        stats.sum = pc.sum(array).as_py() or 0
+    return stats
+
+
+def careful_sum(values: np.ndarray[Any, Any]) -> tuple[float, float]:
+    """The sum of float ``values`` as a double and what rounding to it left out: numpy's
+    pairwise summation in extended precision (``longdouble``: 64-bit mantissas on x86), so the
+    double is the correctly rounded sum but for sums within a hair of a rounding boundary, and
+    the pair merges exactly (``ColumnStats.merge``). Where ``longdouble`` is a plain double
+    (ARM macOS) it is pairwise summation, still far better than adding one by one."""
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is nan, as for any sum
+        total = np.sum(values, dtype=np.longdouble)
+        high = float(total)
+        low = float(total - np.longdouble(high))
+    return high, low if math.isfinite(low) else 0.0
 
 
 def _numpy(array: pa.Array) -> np.ndarray[Any, Any]:
@@ -194,8 +230,9 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
     """Rows and column statistics per value of ``key``, with numpy's unbuffered ``ufunc.at``.
 
     (``Table.group_by`` would do, but it loads pyarrow's dataset module and with it all of
-    pandas: a fifth of a second and ~40 MiB in every worker.) Sums add in file order, so every
-    backend gives the same bits.
+    pandas: a fifth of a second and ~40 MiB in every worker.) Integer sums add in file order;
+    a float column's values are gathered per group (a stable sort, so in file order) and summed
+    with ``careful_sum``: every backend and cut gives the same bits, without float noise.
     """
     encoded = pc.dictionary_encode(table[key].combine_chunks())
     names = [*encoded.dictionary.to_pylist(), None]  # the last code stands for a missing key
@@ -204,7 +241,7 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
     if encoded.indices.null_count:  # (pc.fill_null with a Python value would import pandas too)
         codes = np.where(_valid(encoded.indices), codes, size - 1)
     rows = np.bincount(codes, minlength=size)
-    present_codes = np.flatnonzero(rows)
+    present_codes: list[int] = np.flatnonzero(rows).tolist()
     groups = {names[code]: GroupStats(int(rows[code])) for code in present_codes}
     for name in sums:
         column = table[name].combine_chunks()
@@ -217,8 +254,16 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
         valid = _valid(column)
         at, kept = (codes, values) if column.null_count == 0 else (codes[valid], values[valid])
         counts = np.bincount(at, minlength=size)
-        totals = np.zeros(size, dtype=values.dtype)
-        np.add.at(totals, at, kept)
+        sums_of: dict[int, tuple[float | int, float]] = {}
+        if values.dtype.kind == "f":  # each group's values side by side, summed with care
+            ordered = kept[np.argsort(at, kind="stable")]
+            ends = np.cumsum(counts)
+            for code in present_codes:
+                sums_of[code] = careful_sum(ordered[ends[code] - counts[code] : ends[code]])
+        else:
+            totals = np.zeros(size, dtype=values.dtype)
+            np.add.at(totals, at, kept)
+            sums_of = {code: (totals[code].item(), 0.0) for code in present_codes}
         if values.dtype.kind == "f":
             minima, maxima = np.full(size, np.inf), np.full(size, -np.inf)
         else:
@@ -229,11 +274,13 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
         np.maximum.at(maxima, at, kept)
         for code in present_codes:
             present = counts[code] > 0
+            total, residual = sums_of[code]
             groups[names[code]].columns[name] = ColumnStats(
-                totals[code].item(),
+                total,
                 int(counts[code]),
                 minima[code].item() if present else None,
                 maxima[code].item() if present else None,
+                residual,
             )
     return groups
 

@@ -184,7 +184,7 @@ def _count_blocks(
     the parent only counts while there are no workers to count. Remote files are counted by
     the workers only, on every backend: the client never downloads them.
     """
-    backend.start()  # returns at once; a warm pool or a thread pool is already there
+    backend.start(items=len(spans))  # returns at once; a warm or thread pool is already there
     remote = any(not source.is_local for source in sources)
     scans: list[BlockScan] = []
     for position, (file, start, end) in enumerate(spans):
@@ -505,6 +505,13 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         if len(spans) > 1 and backend.parallel:
             return _count_blocks(sources, quote, lines, spans, backend)
         return [scan_block(sources[f], start, end, quote, lines) for f, start, end in spans]
+
+    @property
+    def progress_label(self) -> str:
+        """The progress bar's label: the input as the user named it, its last part
+        (``sales.csv``), rather than the node's class."""
+        path = self.csv_report.path.rstrip("/")
+        return path.rsplit("/", 1)[-1] if path else ""
 
     @property
     def current_range(self) -> CsvRange | None:

@@ -64,6 +64,41 @@ UNTERMINATED = "a quoted field opened in this record is never closed (unterminat
 MAX_RECORD_BYTES = 4 << 20
 
 
+# Names people type for a column type that pyarrow does not know by that name.
+TYPE_ALIASES = {
+    "int": "int64",
+    "integer": "int64",
+    "long": "int64",
+    "float": "float64",
+    "real": "float64",
+    "number": "float64",
+    "str": "string",
+    "text": "string",
+    "boolean": "bool",
+    "datetime": "timestamp[us]",
+    "timestamp": "timestamp[us]",
+}
+# The type names an error suggests (pyarrow's ``type_for_alias`` takes these and more).
+COMMON_TYPES = (
+    "int64, int32, float64, float32, string, bool, date32, timestamp[s|ms|us|ns], decimal128(P, S)"
+)
+
+
+def type_for_name(name: str) -> pa.DataType:
+    """The Arrow type a ``column_types`` name means: pyarrow's aliases (``float64``,
+    ``timestamp[ms]``...), ``decimal128(P, S)``, and the everyday names of ``TYPE_ALIASES``
+    (``int``, ``float``, ``str``...). ``ValueError`` listing the common names otherwise."""
+    text = name.strip()
+    text = TYPE_ALIASES.get(text.lower(), text)
+    decimal = re.fullmatch(r"decimal(?:128)?\(\s*(\d+)\s*,\s*(\d+)\s*\)", text)
+    if decimal:
+        return pa.decimal128(int(decimal.group(1)), int(decimal.group(2)))
+    try:
+        return pa.type_for_alias(text)
+    except ValueError:
+        raise ValueError(f"unknown type {name!r}; use one of {COMMON_TYPES}") from None
+
+
 @dataclass(frozen=True)
 class CsvOptions:
     """How to read a CSV file; validated when created."""
@@ -111,9 +146,9 @@ class CsvOptions:
         for name, value in (self.column_types or {}).items():
             if isinstance(value, str):
                 try:
-                    pa.type_for_alias(value)
-                except ValueError:
-                    raise ValueError(f"column_types[{name!r}]: unknown type {value!r}") from None
+                    type_for_name(value)
+                except ValueError as exc:
+                    raise ValueError(f"column_types[{name!r}]: {exc}") from None
 
     @property
     def quote_byte(self) -> int | None:
@@ -160,7 +195,7 @@ class RangeData:
 
 def _types(options: CsvOptions) -> dict[str, pa.DataType]:
     return {
-        name: pa.type_for_alias(value) if isinstance(value, str) else value
+        name: type_for_name(value) if isinstance(value, str) else value
         for name, value in (options.column_types or {}).items()
     }
 
@@ -314,10 +349,30 @@ def check_columns(plan: CsvPlan) -> None:
     missing += [name for name in _types(options) if name not in names]
     if missing:
         raise UnknownColumnError(
-            f"{plan.path} has no column {missing[0]!r}; its columns are {names}"
+            f"{plan.path} has no column {missing[0]!r}; its columns are {names}{_header_hint(plan)}"
             if names
             else f"{plan.path} has no column {missing[0]!r}: the file has no columns"
         )
+
+
+def _header_hint(plan: CsvPlan) -> str:
+    """Why a header may not name the columns asked for, when its look says so: a header of one
+    field holding another likely delimiter, or NUL bytes between letters (UTF-16 without a
+    byte-order mark)."""
+    names = plan.names
+    if any("\x00" in name for name in names):
+        return (
+            " (NUL bytes between its letters: the file looks like UTF-16; convert it to UTF-8 "
+            "first, e.g. iconv -f UTF-16 -t UTF-8)"
+        )
+    if len(names) == 1:
+        for candidate, shown in ((";", "';'"), ("|", "'|'"), ("\t", "tab")):
+            if candidate in names[0] and candidate != plan.options.delimiter:
+                return (
+                    f" (the header is one field holding {shown}: is that the delimiter? "
+                    f"pass --delimiter {shown} / delimiter={candidate!r})"
+                )
+    return ""
 
 
 def infer_schema(plan: CsvPlan) -> CsvPlan:
@@ -535,6 +590,11 @@ def _locate(plan: CsvPlan, rng: CsvRange, data: bytes, exc: Exception) -> CsvFor
             reason = (
                 f"bytes that are not valid {plan.options.encoding} "
                 "(pass encoding=... / --encoding if the file uses another one)"
+            )
+        elif column is not None and column in (plan.options.column_types or {}):
+            reason = (
+                f"{detail} does not fit the column's type {kind} (given by column_types / "
+                f"--type {column}=...; choose another, or fix the value)"
             )
         else:
             reason = (

@@ -258,6 +258,7 @@ class ImageJobsNode(BatchNode):
 
     on_error = "collect"
     progress_unit = "job"
+    progress_label = ""  # the progress bar's label: SRC's last part ("images"), from run_images
 
     def __init__(
         self,
@@ -442,6 +443,7 @@ class ImageBatchFlow(BatchFlow):
     shared_outputs = ("image_dropped",)  # the decoded images are scratch: they stay in the worker
     on_error = "collect"
     progress_unit = "job"
+    progress_label = ""  # as ImageJobsNode's
 
     def __init__(
         self,
@@ -622,11 +624,14 @@ def plan_images(
     }
     existing = existing_objects(out_text, options) if remote_out and skip_existing else set()
     real_out = Path(os.path.realpath(out_path))
+    # Jobs name absolute paths: a worker's current folder (a Dask worker started elsewhere)
+    # is not the caller's. The plan keeps OUT as given, for the summary.
+    abs_out = Path(os.path.abspath(out_path))
     claimed: dict[str, ImageJob] = {}
     plan = ImagesPlan(src_as_given, out_text if remote_out else out_path, chains)
     for source, relative in sources:
         name = _name_of(source)
-        source_text = str(source) if isinstance(source, Path) else source.url
+        source_text = os.path.abspath(source) if isinstance(source, Path) else source.url
         stem, dot_suffix = os.path.splitext(name)
         suffix = ext or dot_suffix[1:]
         if relative != ".":
@@ -635,7 +640,7 @@ def plan_images(
             except ValueError as exc:
                 raise ImagesUsageError(f"{exc}: its outputs would leave {out_text}") from None
         if not remote_out:
-            folder = out_path / relative
+            folder = abs_out / relative
             real_folder = Path(os.path.realpath(folder))
             if not real_folder.is_relative_to(real_out):
                 raise ImagesUsageError(
@@ -665,7 +670,7 @@ def plan_images(
                 chain,
                 output,
                 output_format(suffix),
-                out_text if remote_out else str(out_path),
+                out_text if remote_out else str(abs_out),
                 source.size if isinstance(source, Source) else -1,
                 options,
                 source.version if isinstance(source, Source) else "",
@@ -804,6 +809,7 @@ def run_images(
             runner.existing_outputs = existing_objects(plan.out, protect_options(storage_options))
     else:
         runner = ImageBatchFlow(jobs=plan.jobs, max_pixels=max_pixels, quality=quality, **options)
+    runner.progress_label = os.path.basename(str(plan.src).rstrip("/")) or str(plan.src)
     runner.run(shared)
     stats = runner.batch_stats
     return ImagesSummary(
