@@ -316,8 +316,10 @@ def done_in(journal: Path) -> int:
         return 0
 
 
+# SIGKILL at drawn points, on every backend: tests/test_checkpoint_kills.py. Here: one kill
+# early, and Ctrl-C, which commits what finished on the way out.
 @pytest.mark.parametrize("backend", ["sequential", "thread", "process"])
-@pytest.mark.parametrize(("kill_after", "how"), [(1, "SIGKILL"), (150, "SIGKILL"), (1, "SIGINT")])
+@pytest.mark.parametrize(("kill_after", "how"), [(1, "SIGKILL"), (1, "SIGINT")])
 def test_a_parent_killed_or_interrupted_resumes_and_loses_nothing(
     backend: str, kill_after: int, how: str, tmp_path: Path
 ) -> None:

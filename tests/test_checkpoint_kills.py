@@ -57,9 +57,9 @@ DEPTH = 2  # chunks a worker holds: the one it runs and the next (Dask: 2 tasks 
 # the wait behind the other worker's chunk, the trip to the parent, a loaded machine
 SLACK = 1.0
 SMALL_GROUP = 16  # a group size the child may set, so the count bound bites in a short run
-# hypothesis examples per backend: each is two runs in subprocesses (~15-25 s a backend)
+# hypothesis examples per backend: each is two runs in subprocesses (~5-8 s each)
 # (and the two explicit kills: a late one with the real GROUP, one mid-run with a small one)
-EXAMPLES = {"sequential": 2, "thread": 2, "process": 2, "dask": 1}
+EXAMPLES = {"sequential": 1, "thread": 1, "process": 1, "dask": 1}
 
 CHILD = textwrap.dedent(
     """

@@ -216,7 +216,7 @@ def outputs(folder: Path) -> dict[str, int]:
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("how", ["SIGKILL"])
 def test_images_killed_resume_and_run_only_the_images_not_recorded(
     how: str, photos: Path, tmp_path: Path
 ) -> None:
