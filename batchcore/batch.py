@@ -10,13 +10,12 @@ import time
 from collections import deque
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from .backends.base import Failure, Task
 from .backends.streams import write_out
 from .errors import RemoteTraceback, short_repr
-from .journal import CheckpointError, Journal, keyed
+from .journal import CheckpointError, Journal, journal_path, keyed
 from .options import BatchPlan
 from .progress import progress_bar
 
@@ -169,10 +168,7 @@ def open_journal(checkpoint: str | os.PathLike[str] | Journal, owner: Any) -> Jo
         fingerprint += f" {settings()}"
     if isinstance(checkpoint, Journal):
         return checkpoint.open(fingerprint)
-    path = Path(checkpoint)
-    if path.is_dir() or str(checkpoint).endswith(os.sep):
-        path = path / f"{name}.sqlite"
-    return Journal(path).open(fingerprint)
+    return Journal(journal_path(checkpoint, owner)).open(fingerprint)
 
 
 class _Resume:

@@ -37,7 +37,7 @@ from typing import Any
 
 from .errors import BatchcoreError
 
-__all__ = ["CheckpointError", "Journal", "item_key"]
+__all__ = ["CheckpointError", "Journal", "item_key", "journal_path"]
 
 GROUP = 4096  # results per committed row (a group), at most
 LOOKUP = 4096  # keys looked up at a time
@@ -56,6 +56,15 @@ create table if not exists groups (
     results blob not null     -- the pickled list of their results (None for a failed one)
 );
 """
+
+
+def journal_path(checkpoint: str | os.PathLike[str], owner: Any) -> Path:
+    """The journal file ``checkpoint=`` names for ``owner``: the path itself, or in a folder
+    one file per node class (``module.Class.sqlite``)."""
+    path = Path(checkpoint)
+    if path.is_dir() or os.fspath(checkpoint).endswith(os.sep):
+        path = path / f"{type(owner).__module__}.{type(owner).__qualname__}.sqlite"
+    return path
 
 
 class CheckpointError(BatchcoreError):

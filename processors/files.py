@@ -49,6 +49,7 @@ __all__ = [
     "StagedFolder",
     "is_temp_name",
     "lock_path",
+    "newest_staging",
     "remove_stale_temps",
     "side_folders",
     "temp_path",
@@ -268,6 +269,13 @@ def _side_folder(final: Path, kind: str) -> Path:
         return folder
 
 
+def newest_staging(final: Path, adopt: Callable[[Path], bool]) -> Path | None:
+    """Of the staging folders earlier runs left beside ``final``, the one last written to for
+    which ``adopt`` is true (``None``: none is)."""
+    chosen = [folder for folder in side_folders(final, "staging") if adopt(folder)]
+    return max(chosen, key=lambda folder: folder.stat().st_mtime_ns, default=None)
+
+
 def side_folders(final: Path, kind: str) -> list[Path]:
     """The ``.NAME.KIND-*`` folders beside ``final`` that earlier runs left."""
     pattern = re.compile(rf"^\.{re.escape(final.name)}\.{kind}-\d+-[0-9a-f]{{8,}}$")
@@ -380,8 +388,7 @@ class StagedFolder:
                 _fsync(final.parent, folder=True)
             check(final)
             earlier = side_folders(final, "staging")
-            chosen = [folder for folder in earlier if adopt is not None and adopt(folder)]
-            kept = max(chosen, key=lambda folder: folder.stat().st_mtime_ns, default=None)
+            kept = None if adopt is None else newest_staging(final, adopt)
             for stale in [*earlier, *side_folders(final, "old")]:
                 if stale != kept:  # their run is gone: we hold its lock
                     shutil.rmtree(stale, ignore_errors=True)

@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 from batchcore import use_backend
 
 from ..errors import CsvFormatError
-from ..files import StagedFolder, is_temp_name, side_folders, write_atomically
+from ..files import StagedFolder, is_temp_name, newest_staging, side_folders, write_atomically
 from ..outputs import RemoteDataset, is_remote, join_url, local_part, read_text
 from ..resume import cache_journal
 from ..storage import is_url, protect_options
@@ -459,7 +459,7 @@ class ParquetNode(CSVBatchNode):
             self.staged = StagedFolder.begin(
                 local_part(self.out_dir),
                 lambda out_dir: check_out_dir(out_dir, self.overwrite),
-                adopt=(lambda staging: (staging / JOURNAL).exists()) if self.resume else None,
+                adopt=_resumable if self.resume else None,
             )
             if self.resume:  # beside the parts it lists, in the staging folder: they go together
                 self.journal = self.staged.staging / JOURNAL
@@ -478,8 +478,7 @@ class ParquetNode(CSVBatchNode):
         final = Path(os.path.realpath(local_part(self.out_dir)))
         if not final.parent.is_dir():
             return None
-        earlier = [f for f in side_folders(final, "staging") if (f / JOURNAL).exists()]
-        newest = max(earlier, key=lambda folder: folder.stat().st_mtime_ns, default=None)
+        newest = newest_staging(final, _resumable)
         return None if newest is None else newest / JOURNAL
 
     def split_file(self) -> Path | None:
@@ -564,6 +563,11 @@ def _complete(out_dir: str, storage_options: Any) -> dict[str, Any] | None:
     summary.pop("files", None)
     summary.pop("run", None)
     return {**summary, "out_dir": out_dir, "complete": True, "resumed": 0}
+
+
+def _resumable(staging: Path) -> bool:
+    """Whether an earlier run's staging folder holds a journal: a resumable run's."""
+    return (staging / JOURNAL).exists()
 
 
 def _remove_journal(path: Path) -> None:

@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from batchcore import Backend, BatchNode, Journal, Node
 from batchcore.backends.base import default_workers
+from batchcore.journal import journal_path
 from batchcore.options import resolve_options
 
 from ..compression import open_decompressed
@@ -428,11 +429,9 @@ class CSVBatchNode(BatchNode, _ParsesRange):
         checkpoint = resolve_options(self, None).checkpoint
         if checkpoint is None:
             return None
-        if isinstance(checkpoint, Journal):
-            return Path(f"{checkpoint.path}.split.json")
-        path = Path(checkpoint)
-        if path.is_dir() or os.fspath(checkpoint).endswith(os.sep):  # as open_journal names it
-            path = path / f"{type(self).__module__}.{type(self).__qualname__}.sqlite"
+        path = (
+            checkpoint.path if isinstance(checkpoint, Journal) else journal_path(checkpoint, self)
+        )
         return Path(f"{path}.split.json")
 
     def _start_readers(self, inputs: list[str | os.PathLike[str]]) -> None:
