@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from journal_helpers import Full
 
 from batchcore import BatchFlow, BatchNode, CheckpointError, Journal, Node, use_backend
 
@@ -232,18 +233,6 @@ def test_post_gets_every_result_in_input_order_whatever_was_done(
     finally:
         journal_module.GROUP, journal_module.LOOKUP = real
     assert shared["out"] == [x * x for x in items]
-
-
-class Full(Journal):
-    """A journal whose file cannot grow past its first pages: SQLite's "database or disk is
-    full", as on a full disk."""
-
-    def open(self, fingerprint: str) -> Journal:
-        super().open(fingerprint)
-        assert self.connection is not None
-        pages = self.connection.execute("pragma page_count").fetchone()[0]
-        self.connection.execute(f"pragma max_page_count = {pages + 1}")
-        return self
 
 
 def test_a_full_disk_fails_the_run_cleanly_and_the_journal_stays_readable(tmp_path: Path) -> None:

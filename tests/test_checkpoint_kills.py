@@ -37,9 +37,10 @@ import pytest
 from conftest import backend_params
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from journal_helpers import Full
 
 import batchcore
-from batchcore import BatchNode, CheckpointError, Journal, WorkerCrashedError
+from batchcore import BatchNode, CheckpointError, WorkerCrashedError
 from batchcore import journal as journal_module
 from batchcore.journal import item_key
 
@@ -445,17 +446,6 @@ def test_results_are_committed_within_a_second_even_when_no_more_arrive(
     assert shared["seen"] == 10
 
 
-class Cramped(Journal):
-    """A journal whose file cannot grow past its first pages (as on a full disk)."""
-
-    def open(self, fingerprint: str) -> Journal:
-        super().open(fingerprint)
-        assert self.connection is not None
-        pages = self.connection.execute("pragma page_count").fetchone()[0]
-        self.connection.execute(f"pragma max_page_count = {pages + 1}")
-        return self
-
-
 class Wide(BatchNode):
     """Six items of 20 kB results; the last is slow, so the first five wait for the timed
     commit, which a cramped journal cannot take."""
@@ -477,7 +467,7 @@ def test_a_full_disk_met_by_the_timed_commit_fails_the_run_and_the_rerun_resumes
 ) -> None:
     path = tmp_path / "j.sqlite"
     with pytest.raises(CheckpointError, match=r"could not record .* full"):
-        Wide(checkpoint=Cramped(path)).run({})
+        Wide(checkpoint=Full(path)).run({})
     assert journal_is_readable(path) == 0  # nothing half-written
     shared: dict[str, Any] = {}
     Wide(checkpoint=path).run(shared)  # room to grow now: all run, and the journal takes them
