@@ -37,7 +37,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from harness import write_report  # noqa: E402
+from harness import compile_bytecode, write_report  # noqa: E402
 
 DEFAULT_PATH = Path("/tmp/batchcore-bench/sales-1g.csv")
 T2 = ["--sum", "amount", "--sum", "qty", "--group-by", "region", "--json"]
@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=ROOT / "benchmarks/results/resume.md")
     args = parser.parse_args()
     path = args.path.resolve()
+    compile_bytecode()
     common = ["--backend", args.backend, "--workers", "2"]
     if args.chunk_bytes:
         common += ["--chunk-bytes", args.chunk_bytes]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psutil
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -583,3 +585,68 @@ def test_a_tiny_chunk_bytes_is_raised_with_a_note(capsys: pytest.CaptureFixture[
     assert err.startswith("batchcore: note: --chunk-bytes 1 is below 1KiB; using 1KiB (")
     assert err.count("\n") == 1
     assert time.monotonic() - began < 20
+
+
+EARLY_POOL_SCRIPT = """
+import json, sys
+import psutil
+from batchcore.processors.cli import build_parser, start_pool_early
+
+start_pool_early(build_parser().parse_args(sys.argv[1:]))
+print(json.dumps([bool(psutil.Process().children()), "pyarrow" in sys.modules]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "early"),
+    [
+        (["csv", "stats", str(SALES), "--backend", "process"], True),
+        (["csv", "to-parquet", str(SALES), "OUT", "--backend", "process"], True),
+        (["images", str(SALES.parent), "-o", "OUT", "--backend", "process"], True),
+        (["csv", "stats", str(SALES)], False),  # auto: threads or sequential
+        (["csv", "stats", str(SALES), "--backend", "thread"], False),
+        (["csv", "stats", "s3://bucket/sales.csv", "--backend", "process"], False),
+        (["csv", "to-parquet", str(SALES), "s3://bucket/out", "--backend", "process"], False),
+        (["csv", "stats", "-", "--backend", "process"], False),
+    ],
+)
+def test_a_process_run_on_local_files_starts_its_pool_before_the_job_imports(
+    argv: list[str], early: bool
+) -> None:
+    """The pool's zygote imports numpy and pyarrow on another core while the command imports
+    them; for URLs the node starts the pool itself, with the store's client preloaded."""
+    result = subprocess.run(
+        [sys.executable, "-c", EARLY_POOL_SCRIPT, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    started, imported = json.loads(result.stdout)
+    assert started is early
+    assert imported is False  # the pool started before the command's heavy imports
+
+
+def test_an_early_pool_closes_when_the_command_fails_before_its_batch(tmp_path: Path) -> None:
+    """A missing input fails before any batch: the pool started for it goes with the program."""
+    argv = [sys.executable, "-m", "batchcore", "csv", "stats", str(tmp_path / "missing.csv")]
+    with subprocess.Popen(
+        [*argv, "--backend", "process"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as proc:
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "missing.csv" in err
+    stray = [p for p in psutil.process_iter(["pid"]) if _session_of(p.pid) == proc.pid]
+    assert stray == []
+
+
+def _session_of(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None

@@ -101,6 +101,22 @@ def remove_stopped_writes(args: argparse.Namespace) -> None:
                 remove_stale_temps(Path(path))
 
 
+def start_pool_early(args: argparse.Namespace) -> None:
+    """With ``--backend process`` on local files, start the worker pool before the handler imports
+    numpy and pyarrow: the pool's zygote imports them on another core meanwhile, and the workers
+    are ready when the first batch starts instead of ~0.3 s later. For URLs the CSV node starts
+    the pool itself, with the store's client preloaded; a job that needs fewer workers than the
+    CPUs (fewer ranges or images) has its pool fitted down when its batch starts."""
+    if getattr(args, "backend", None) != "process":
+        return
+    places = [*getattr(args, "paths", ()), *getattr(args, "src", ())]
+    places += [getattr(args, name, None) or "" for name in ("out", "out_dir")]
+    if any("://" in place or place == "-" for place in places):
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    batchcore.get_backend("process", args.workers).start(items=cpus or 1)
+
+
 def run(argv: list[str] | None) -> int:
     """Parse ``argv`` and run its command's handler, turning how it ended into an exit code."""
     parser = build_parser()
@@ -113,6 +129,7 @@ def run(argv: list[str] | None) -> int:
     handler: Handler = args.handler
     try:
         with batchcore.use_backend(max_memory=getattr(args, "max_memory", None)):
+            start_pool_early(args)
             return handler(args)
     except CommandFailed as exc:  # its one line is already on stderr
         return exc.code
