@@ -435,6 +435,8 @@ def storage_error(
         )
     elif kind == "transient":
         what = _transient_what(decisive, attempts)
+    elif _no_ranges(decisive):
+        what = NO_RANGES
     else:
         what = _reason(decisive)
     error = _ERROR_TYPES[kind](redact(url, secrets), redact(what, secrets), attempts)
@@ -502,7 +504,24 @@ STORAGE_PACKAGES = frozenset(
 
 
 def _from_storage(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in STORAGE_PACKAGES
+    return (
+        isinstance(exc, OSError)
+        or type(exc).__module__.split(".")[0] in STORAGE_PACKAGES
+        or _no_ranges(exc)
+    )
+
+
+# fsspec's HTTP filesystem raises a bare ValueError when a server answers a ranged GET with the
+# whole file (status 200): its advice (``block_size=0``) is for fsspec's callers, not our users.
+NO_RANGES = (
+    "the server does not answer ranged reads (HTTP Range requests), which reading a file in "
+    "parts needs: download the file first (e.g. curl -o FILE URL) and give its path, or serve "
+    "it from a server that supports ranges"
+)
+
+
+def _no_ranges(exc: BaseException) -> bool:
+    return type(exc) is ValueError and "support range requests" in str(exc)
 
 
 def failure_bound(

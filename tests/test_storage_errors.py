@@ -13,11 +13,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from batchcore.processors import storage_errors
+from batchcore.processors.cli import main
 from batchcore.processors.storage_errors import (
     S3FS_RETRIES,
     StorageConnectionError,
@@ -35,6 +37,7 @@ from batchcore.processors.storage_errors import (
 pytest.importorskip("moto")
 s3fs = pytest.importorskip("s3fs")
 
+from csv_helpers import SALES  # noqa: E402
 from s3server import S3Server, close_s3fs_sessions  # noqa: E402
 
 SECRET = "s3cr3t-Value/with+chars"  # what must never show
@@ -591,3 +594,47 @@ def test_classify_arrows_errors() -> None:
         str(said)
         == "s3://b/k: the server kept failing after 4 attempts: SlowDown: Please slow down."
     )
+
+
+# --- a server without ranged reads ------------------------------------------------------------
+
+
+@pytest.fixture
+def rangeless_server(tmp_path: Path) -> Iterator[str]:
+    """Python's own file server: it answers a ranged GET with the whole file (status 200)."""
+    (tmp_path / "sales.csv").write_bytes(SALES.read_bytes())
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # the client hangs up on the whole file it did not ask for: expected
+
+    server = Server(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("backend", ["sequential", "process"])
+def test_a_server_without_ranged_reads_is_named_with_what_to_do(
+    rangeless_server: str, backend: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fsspec's own words were a bare ValueError advising ``block_size=0``, naming no URL."""
+    url = f"{rangeless_server}/sales.csv"
+    argv = ["csv", "stats", url, "--sum", "amount", "--chunk-bytes", "64KiB"]
+    assert main([*argv, "--backend", backend]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"batchcore: error: {url}: the server does not answer ranged reads")
+    assert "curl -o" in err
+    assert "block_size" not in err
