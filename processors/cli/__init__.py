@@ -114,7 +114,8 @@ def start_pool_early(args: argparse.Namespace) -> None:
     if any("://" in place or place == "-" for place in places):
         return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    batchcore.get_backend("process", args.workers).start(items=cpus or 1)
+    imports = ["PIL.Image"] if args.command == "images" else []  # else each worker's first image
+    batchcore.get_backend("process", args.workers).start(imports, items=cpus or 1)
 
 
 def run(argv: list[str] | None) -> int:
