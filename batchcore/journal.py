@@ -34,6 +34,7 @@ import sqlite3
 import struct
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from hashlib import blake2b
 from itertools import islice
@@ -55,7 +56,8 @@ _CREATE = """
 create table if not exists meta (name text primary key, value text not null);
 create table if not exists groups (
     id integer primary key,
-    positions blob not null,  -- int64 each: the items' places in the run that recorded them
+    spans blob not null,      -- int64 pairs: (position, count) of each run of consecutive items
+                              -- (their places in the run that recorded them), in order
     keys blob not null,       -- KEY_BYTES each: item_key(item)
     oks blob not null,        -- one byte each: 1 done, 0 failed (on_error="collect"): rerun
     results blob not null     -- the pickled list of their results (None for a failed one)
@@ -172,8 +174,8 @@ class Journal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            connection.execute("pragma journal_mode=wal")
             connection.execute("pragma synchronous=normal")  # WAL: durable against a crash
+            connection.execute("pragma journal_mode=wal")
             connection.executescript(_CREATE)
             rows = dict(connection.execute("select name, value from meta").fetchall())
             if not rows:
@@ -307,26 +309,24 @@ class Journal:
     def _commit(self) -> None:
         if not self.results or self.connection is None:
             return
-        import numpy as np
-
-        begins, lengths, keys, oks = [], [], [], []
+        spans = array("q")  # (position, count) pairs, consecutive positions merged
+        keys, oks = [], []
         for first, run, start, stop, ok in self.spans:
-            begins.append(first + start)
-            lengths.append(stop - start)
+            if spans and spans[-2] + spans[-1] == first + start:
+                spans[-1] += stop - start
+            else:
+                spans += array("q", (first + start, stop - start))
             keys.append(run[start * KEY_BYTES : stop * KEY_BYTES])
             oks.append((b"\x01" if ok else b"\x00") * (stop - start))
-        counts = np.array(lengths, dtype="<i8")  # each span's positions: begin, begin + 1, ...
-        shifts = np.array(begins, dtype="<i8") - (np.cumsum(counts) - counts)
-        positions = np.arange(len(self.results), dtype="<i8") + np.repeat(shifts, counts)
         row = (
-            positions.tobytes(),
+            spans.tobytes(),
             b"".join(keys),
             b"".join(oks),
             pickle.dumps(self.results, protocol=5),
         )
         try:
             self.connection.execute(
-                "insert into groups (positions, keys, oks, results) values (?, ?, ?, ?)", row
+                "insert into groups (spans, keys, oks, results) values (?, ?, ?, ?)", row
             )
         except sqlite3.Error as exc:
             raise CheckpointError(
