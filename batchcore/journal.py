@@ -108,6 +108,7 @@ _INT64 = range(-(1 << 63), 1 << 63)
 _STR_HASH = blake2b(digest_size=KEY_BYTES, person=b"batchcore.str")
 _BYTES_HASH = blake2b(digest_size=KEY_BYTES, person=b"batchcore.bytes")
 _pack_double = struct.Struct("<d").pack
+_OWN_KEYS = {int, float, str, bytes}  # the kinds content_key does not key by their pickle
 
 
 def content_key(item: Any) -> bytes:
@@ -120,13 +121,9 @@ def content_key(item: Any) -> bytes:
     if kind is float:
         return _FLOAT_PREFIX + _pack_double(item)
     if kind is str:
-        hasher = _STR_HASH.copy()
-        hasher.update(item.encode("utf-8", "surrogatepass"))
-        return hasher.digest()
+        return _digest(_STR_HASH, item.encode("utf-8", "surrogatepass"))
     if kind is bytes:
-        hasher = _BYTES_HASH.copy()
-        hasher.update(item)
-        return hasher.digest()
+        return _digest(_BYTES_HASH, item)
     try:
         data = pickle.dumps(item, protocol=5)
     except Exception as exc:
@@ -395,11 +392,13 @@ def keyed(items: Iterable[Any], owner: Any) -> Iterator[tuple[list[Any], bytes]]
 
 def _group_keys(owner: Any) -> Callable[[list[Any]], bytes]:
     """The keys of a group of ``owner``'s items, end to end: a group of ints (or of floats) in
-    one numpy call, a group of anything else item by item. The same as ``key_function``'s, so
-    an item's key does not depend on its neighbours."""
+    one numpy call, a group of anything else item by item (in one comprehension when the items
+    are all of one kind: a call per item costs as much as the hashing). The same keys as
+    ``key_function``'s, so an item's key does not depend on its neighbours."""
     key = key_function(owner)
     if key is not content_key:
         return lambda group: b"".join(map(key, group))
+    dumps, hasher, size = pickle.dumps, blake2b, KEY_BYTES
 
     def keys(group: list[Any]) -> bytes:
         kinds = set(map(type, group))
@@ -414,9 +413,29 @@ def _group_keys(owner: Any) -> Callable[[list[Any]], bytes]:
             import numpy as np
 
             return _tagged(_FLOAT_TAG, np.array(group, dtype="<f8"))
+        elif kinds == {str}:
+            base = _STR_HASH
+            return b"".join(
+                [_digest(base, item.encode("utf-8", "surrogatepass")) for item in group]
+            )
+        elif kinds.isdisjoint(_OWN_KEYS):
+            try:
+                return b"".join(
+                    [hasher(dumps(item, 5), digest_size=size).digest() for item in group]
+                )
+            except Exception:  # content_key finds the item that does not pickle, and says which
+                pass
         return b"".join(map(content_key, group))
 
     return keys
+
+
+def _digest(base: Any, data: bytes) -> bytes:
+    """``data`` hashed by a copy of ``base`` (a BLAKE2b with its personalisation)."""
+    hasher = base.copy()
+    hasher.update(data)
+    digest: bytes = hasher.digest()
+    return digest
 
 
 def _tagged(tag: int, values: Any) -> bytes:
