@@ -10,12 +10,13 @@ import time
 from collections import deque
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any
 
 from .backends.base import Failure, Task
 from .backends.streams import write_out
 from .errors import RemoteTraceback, short_repr
-from .journal import CheckpointError, Journal, journal_path, keyed
+from .journal import KEY_BYTES, CheckpointError, Journal, journal_path, keyed
 from .options import BatchPlan
 from .progress import progress_bar
 
@@ -180,9 +181,9 @@ class _Resume:
         self.owner = owner
         self.items = items
         # In input order, runs of consecutive items: (True, their stored results, position of
-        # the first) or (False, their keys, position of the first). The feeder (maybe the
-        # backend's thread) appends, the parent's loop takes; ``taken``: of the first run.
-        self.runs: deque[tuple[bool, list[Any], int]] = deque()
+        # the first) or (False, their keys end to end, position of the first). The feeder
+        # (maybe the backend's thread) appends, the parent's loop takes; ``taken``: of the first.
+        self.runs: deque[tuple[bool, Any, int]] = deque()
         self.taken = 0
         self.resumed = 0
 
@@ -190,53 +191,76 @@ class _Resume:
         """The items not done yet, in order; the done ones are queued with their results. A
         node's ``checkpoint_usable(item, result)``, if it has one, can turn a stored result down
         (its output files are gone, say): that item runs again."""
+        return chain.from_iterable(self._pending_groups())  # no Python frame per item
+
+    def _pending_groups(self) -> Iterator[list[Any]]:
+        """``pending``'s items a group at a time, each queued after the runs it follows."""
         position = 0
         usable = getattr(self.owner, "checkpoint_usable", None)
         for items, keys in keyed(self.items, self.owner):
             found = self.journal.done(keys)
             if not found:  # a fresh run's every group: one run, no per-item work
                 self.runs.append((False, keys, position))
-                position += len(keys)
-                yield from items
+                position += len(items)
+                yield items
                 continue
-            if usable is None and len(found) == len(keys):  # a rerun's every group: all done
-                self.runs.append((True, [found[key] for key in keys], position))
-                position += len(keys)
+            if usable is None and len(found) == len(items):  # a rerun's every group: all done
+                self.runs.append((True, list(found.values()), position))
+                position += len(items)
                 continue
-            runs: list[tuple[bool, list[Any], int]] = []  # made whole before they are queued
+            done = [
+                offset in found and (usable is None or usable(item, found[offset]))
+                for offset, item in enumerate(items)
+            ]
+            runs: list[tuple[bool, Any, int]] = []  # made whole before they are queued
             todo = []
-            for item, key in zip(items, keys, strict=True):
-                done = key in found and (usable is None or usable(item, found[key]))
-                if runs and runs[-1][0] == done:
-                    runs[-1][1].append(found[key] if done else key)
+            start = 0
+            for stop in range(1, len(items) + 1):
+                if stop < len(items) and done[stop] == done[start]:
+                    continue
+                if done[start]:
+                    runs.append((True, [found[at] for at in range(start, stop)], position + start))
                 else:
-                    runs.append((done, [found[key] if done else key], position))
-                if not done:
-                    todo.append(item)
-                position += 1
+                    runs.append(
+                        (False, keys[start * KEY_BYTES : stop * KEY_BYTES], position + start)
+                    )
+                    todo += items[start:stop]
+                start = stop
+            position += len(items)
             self.runs.extend(runs)
-            yield from todo
+            yield todo
 
     def take(self, results: list[Any], values: list[Any], failed: Container[int]) -> dict[int, int]:
         """A chunk's results, for the next pending items: recorded (those at offsets in
         ``failed`` as failures) and appended to ``results`` after the done results queued
         before each. Returns the failed ones' positions in the input, by offset."""
+        if values and not failed:  # the usual chunk: all done, inside the run at the front
+            done, keys, first = self.runs[0]
+            stop = self.taken + len(values)
+            if not done and stop * KEY_BYTES < len(keys):
+                self.journal.record_run(first, keys, self.taken, values)
+                results += values
+                self.taken = stop
+                return {}
         positions: dict[int, int] = {}
         offset = 0
         while offset < len(values):
             self.flush(results)
             _, keys, first = self.runs[0]
-            count = min(len(values) - offset, len(keys) - self.taken)
+            size = len(keys) // KEY_BYTES
+            count = min(len(values) - offset, size - self.taken)
             span = range(offset, offset + count)
-            at = first + self.taken
             if not failed or not any(index in failed for index in span):
-                chunk = values[offset : offset + count]
-                self.journal.record_run(at, keys[self.taken : self.taken + count], chunk)
+                chunk = values if count == len(values) else values[offset : offset + count]
+                self.journal.record_run(first, keys, self.taken, chunk)
                 results += chunk
             else:
                 records = []
+                at = first + self.taken
                 for step, index in enumerate(span):
-                    key = keys[self.taken + step]
+                    key = keys[
+                        (self.taken + step) * KEY_BYTES : (self.taken + step + 1) * KEY_BYTES
+                    ]
                     if index in failed:
                         records.append((at + step, key, False, None))
                         positions[index] = at + step
@@ -246,7 +270,7 @@ class _Resume:
                 self.journal.record(records)
             self.taken += count
             offset += count
-            if self.taken == len(keys):
+            if self.taken == size:
                 self.runs.popleft()
                 self.taken = 0
         return positions

@@ -6,17 +6,19 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+from array import array
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from journal_helpers import Full
 
@@ -94,6 +96,25 @@ class Lambdas(BatchNode):
 
     def exec(self, item: Any) -> int:
         return int(item())
+
+
+def test_a_journal_of_another_format_is_refused_and_says_how_to_start_over(
+    tmp_path: Path,
+) -> None:
+    from batchcore.journal import SCHEMA
+
+    marks, journal = tmp_path / "marks", tmp_path / "journal.sqlite"
+    marks.mkdir()
+    Marks(marks, checkpoint=journal).run({"items": [1, 2]})
+    with closing(sqlite3.connect(journal)) as connection:  # as an older batchcore left it
+        connection.execute("update meta set value = ? where name = 'schema'", (str(SCHEMA - 1),))
+        connection.commit()
+    with pytest.raises(CheckpointError, match="To start over, delete the file") as caught:
+        Marks(marks, checkpoint=journal).run({"items": [1, 2]})
+    assert f"format {SCHEMA - 1}" in str(caught.value) and f"format {SCHEMA} only" in str(
+        caught.value
+    )
+    assert runs(marks) == [1, 2]  # refused before anything ran
 
 
 def test_a_node_s_own_settings_in_its_fingerprint_refuse_another_setting(tmp_path: Path) -> None:
@@ -235,6 +256,69 @@ def test_post_gets_every_result_in_input_order_whatever_was_done(
     assert shared["out"] == [x * x for x in items]
 
 
+SCALARS = st.one_of(
+    st.integers(-(1 << 70), 1 << 70),  # beyond 64 bits too: those are keyed by their pickle
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.text(max_size=5),
+    st.binary(max_size=5),
+    st.tuples(st.integers(0, 3)),
+)
+
+
+@settings(max_examples=200)
+@given(st.lists(SCALARS, max_size=20))
+@example(["\ud800", "a"])  # a lone surrogate: a str that plain UTF-8 cannot encode
+def test_an_item_s_key_is_its_own_whatever_its_group(items: list[Any]) -> None:
+    """A group is keyed in one call (numpy, for ints or floats; a comprehension for items of one
+    kind), an item alone by item_key: the two agree, so a rerun finds an item whatever its
+    neighbours; distinct items (by value and type: 1, 1.0, True, "1", b"1") have distinct keys."""
+    from batchcore.journal import KEY_BYTES, _group_keys, item_key
+
+    kinds = (int, float, str, tuple)
+    for group in (items, *([x for x in items if type(x) is kind] for kind in kinds)):
+        keys = _group_keys(None)(group)
+        assert keys == b"".join(item_key(x) for x in group)
+        assert len(keys) == KEY_BYTES * len(group)
+    distinct = {(type(x), x if type(x) is not float else struct.pack("<d", x)) for x in items}
+    assert len({item_key(x) for x in items}) == len(distinct)
+
+
+class Typed(BatchNode):
+    """Returns each item with its type's name; marks every exec in ``folder``."""
+
+    def __init__(self, folder: Path, **options: Any) -> None:
+        super().__init__(**options)
+        self.folder = folder
+
+    def prep(self, shared: dict[str, Any]) -> Any:
+        return shared["items"]
+
+    def exec(self, item: Any) -> tuple[Any, str]:
+        (self.folder / uuid.uuid4().hex).write_text(repr(item))
+        return item, type(item).__name__
+
+    def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> None:
+        shared["out"] = exec_res
+
+
+def test_a_rerun_finds_items_among_items_of_other_types(tmp_path: Path) -> None:
+    marks, journal = tmp_path / "marks", tmp_path / "j.sqlite"
+    marks.mkdir()
+    for items in ([1, 2, 3], [0.5, 1.5, -0.0], [1 << 64], ["a", b"a"]):  # groups of one type
+        Typed(marks, checkpoint=journal).run({"items": items})
+    for path in marks.iterdir():
+        path.unlink()
+    items = [3, "a", 1.0, True, 1, 1 << 64, 0.0, -0.0, b"a", 1.5, "b", 2]
+    shared: dict[str, Any] = {"items": items}
+    node = Typed(marks, backend="thread", checkpoint=journal)
+    node.run(shared)
+    assert shared["out"] == [(x, type(x).__name__) for x in items]
+    ran = sorted(path.read_text() for path in marks.iterdir())
+    assert ran == sorted(["1.0", "True", "0.0", "'b'"])  # the others came from the journal
+    assert node.batch_stats.resumed == 8
+
+
 def test_a_full_disk_fails_the_run_cleanly_and_the_journal_stays_readable(tmp_path: Path) -> None:
     from batchcore import journal as journal_module
 
@@ -261,8 +345,8 @@ def test_the_journal_is_plain_sqlite_and_a_duplicate_item_is_one_key(tmp_path: P
     marks.mkdir()
     Marks(marks, checkpoint=Journal(path)).run({"items": [5, 5, 6]})
     with closing(sqlite3.connect(path)) as connection:  # (sqlite3's own "with" keeps it open)
-        [(positions, oks)] = connection.execute("select positions, oks from groups").fetchall()
-    assert len(positions) == 3 * 8 and oks == b"\x01\x01\x01"  # one row: the group
+        [(spans, oks)] = connection.execute("select spans, oks from groups").fetchall()
+    assert array("q", spans).tolist() == [0, 3] and oks == b"\x01\x01\x01"  # one row: the group
     journal = Journal(path).open(f"{__name__}.Marks checkpoint_version=1")
     try:
         assert journal.count() == 2  # 5 and 6: the same content is the same key
