@@ -10,9 +10,12 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from csv_helpers import ROOT, csv_text
@@ -355,3 +358,106 @@ def test_memory_stays_about_two_chunks_on_a_200_mb_stream() -> None:
     assert growth < bound, (
         f"peak RSS grew {growth / MiB:.1f} MiB over 200 MB, bound {bound / MiB:.0f} MiB"
     )
+
+
+FAULTS_CHILD = textwrap.dedent(
+    """
+    import io, resource, sys
+    from batchcore.processors.csv.stream import record_chunks
+
+    TOTAL, CHUNK = int(sys.argv[1]), int(sys.argv[2])
+    ROW = b'%d,2024-01-01,"a note, with\\na newline",%d.5\\n'
+    PATTERN = b"".join(ROW % (i, i) for i in range(30_000))
+    TOTAL -= TOTAL % len(PATTERN)
+
+    class Endless(io.RawIOBase):
+        def __init__(self):
+            self.left = TOTAL
+            self.at = 0
+        def readable(self):
+            return True
+        def readinto(self, buffer):
+            size = min(len(buffer), self.left, len(PATTERN) - self.at)
+            buffer[:size] = PATTERN[self.at : self.at + size]
+            self.at = (self.at + size) % len(PATTERN)
+            self.left -= size
+            return size
+
+    chunks = record_chunks(Endless(), quote=34, chunk_bytes=CHUNK, max_record_bytes=1 << 20)
+    total = sum(len(next(chunks).data) for _ in range(3))  # the buffers in use are faulted in
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for chunk in chunks:
+        total += len(chunk.data)
+    assert total == TOTAL, total
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """
+)
+
+
+@pytest.mark.slow
+def test_chunk_buffers_are_used_again_not_faulted_in_afresh() -> None:
+    """A fresh buffer per chunk costs a page fault per 4 KiB page (and far more where huge
+    pages must be backed anew): ~0.5 s of system time per GB. Chunks of 16 MiB (the default;
+    Arrow's jemalloc, used before, kept smaller ones) over 200 MB, one held at a time: the
+    buffers are faulted in once, not per chunk."""
+    done = subprocess.run(
+        [sys.executable, "-c", FAULTS_CHILD, str(200 * 10**6), str(16 * MiB)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    faults = int(done.stdout.strip())
+    fresh = 200 * 10**6 // 4096  # every page of every chunk faulted in afresh
+    assert faults < fresh // 10, f"{faults} page faults over 200 MB (afresh: {fresh})"
+
+
+def test_a_chunk_still_held_is_never_filled_again() -> None:
+    """Buffers are used again only when nothing holds them: a chunk, a slice of it or a numpy
+    view of its bytes keeps its buffer from being refilled while later chunks are read."""
+    data = b"".join(b'%d,"x, %d"\n' % (i, i * 7) for i in range(200_000))
+    found = record_chunks(
+        io.BytesIO(data), quote=QUOTE, chunk_bytes=64 << 10, max_record_bytes=1024
+    )
+    held: list[tuple[int, Any, bytes]] = []
+    for number, chunk in enumerate(found):
+        keeper: Any = chunk.data
+        if number % 3 == 1:
+            keeper = chunk.data.slice(5, 100)
+        elif number % 3 == 2:
+            keeper = np.frombuffer(chunk.data, dtype=np.uint8)
+        held.append((number, keeper, bytes(memoryview(keeper))))
+        del chunk, keeper
+        if len(held) > 4:  # let the oldest go; check what is still held is unchanged
+            held.pop(0)
+        for at, keeper, copy in held:
+            assert bytes(memoryview(keeper)) == copy, at
+
+
+def test_streams_in_threads_share_buffers_safely() -> None:
+    """The buffers are shared by the streams of a process (parts read by several threads):
+    each stream's chunks still hold exactly its own bytes."""
+    texts = [
+        b"".join(b'%d,"%s, %d"\n' % (i, name, i) for i in range(100_000)) for name in (b"a", b"b")
+    ]
+    joined: dict[int, list[bytes]] = {0: [], 1: []}
+
+    def read(which: int) -> None:
+        stream = io.BytesIO(texts[which])
+        held: list[pa.Buffer | bytes] = []
+        for chunk in record_chunks(
+            stream, quote=QUOTE, chunk_bytes=32 << 10, max_record_bytes=1024
+        ):
+            held = [*held[-2:], chunk.data]
+            joined[which].append(bytes(chunk.data))
+            assert all(
+                bytes(data) == joined[which][-len(held) + at] for at, data in enumerate(held)
+            )
+
+    threads = [threading.Thread(target=read, args=(which,)) for which in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [b"".join(joined[which]) for which in (0, 1)] == texts

@@ -11,16 +11,17 @@ workers while the reader decompresses on::
 
 The quote state is carried across pieces as in ``split.py`` (a parity count, which RFC 4180's
 doubled quotes keep right), and only the new piece is scanned, with numpy in cache-sized steps.
-Pieces are read in place into a buffer from Arrow's memory pool and a chunk is a slice of it,
-so memory stays about ``2 x chunk_bytes`` (the buffer being filled, and the chunk before it) plus
-the chunks the caller still holds, unless a record is longer; no record may be longer than
-``max_record_bytes``.
+Pieces are read in place into a buffer, used again once no chunk of it is held, and a chunk is
+a slice of it, so memory stays about ``2 x chunk_bytes`` (the buffer being filled, and the chunk
+before it) plus the chunks the caller still holds, unless a record is longer; no record may be
+longer than ``max_record_bytes``.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -84,16 +85,57 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name}={value!r}: must be at least 1")
 
 
-@functools.cache
-def chunk_pool() -> pa.MemoryPool:
-    """Where chunk buffers come from: Arrow's jemalloc where the wheel has it. With Arrow's
-    default (mimalloc), a 16 MiB buffer made in one thread and freed in another cost a 1 GB
-    gzip run 1.3-2 s more system time; the C allocator's pool kept 75 MiB more resident on a
-    200 MB stream (``test_memory_stays_about_two_chunks_on_a_200_mb_stream``)."""
-    try:
-        return pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a build without jemalloc (Windows)
-        return pa.default_memory_pool()
+class _Buffers:
+    """Chunk buffers, each filled again once nothing holds it any more (its reference count
+    says so: a chunk handed on, or a worker's view of it, holds it); shared by the streams of
+    a process (the parts of a folder, read by several threads).
+
+    A fresh 16 MiB buffer per chunk costs a page fault per page: ~0.55 s of system time per GB
+    from Arrow's jemalloc (which returns freed pages at once), erratic from mimalloc (0-1.2 s per
+    GB, cross-thread frees), and up to 6 ms per MiB where fresh huge pages must be backed anew
+    (numpy advises them for arrays of 4 MiB or more; measured on the 2-core benchmark VM). A
+    ``bytearray`` is plain malloc'ed memory, and one used again is faulted in once."""
+
+    def __init__(self, keep: int, idle: int) -> None:
+        self.keep = keep
+        self.idle = idle
+        self.arrays: list[bytearray] = []
+        self.streams = 0
+        self.lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes that nothing else holds."""
+        with self.lock:
+            small = None
+            for index in range(len(self.arrays)):
+                if sys.getrefcount(self.arrays[index]) == FREE:
+                    if len(self.arrays[index]) >= size:
+                        return self.arrays[index]
+                    small = index
+            array = bytearray(-(-size // BUFFER_GRAIN) * BUFFER_GRAIN)
+            if small is not None:  # a free buffer too small for a long record: replaced
+                self.arrays[small] = array
+            elif len(self.arrays) < self.keep:
+                self.arrays.append(array)
+            return array
+
+    def opened(self) -> None:
+        with self.lock:
+            self.streams += 1
+
+    def closed(self) -> None:
+        """A stream ended: with none left, keep only ``idle`` buffers (for the next file)."""
+        with self.lock:
+            self.streams -= 1
+            if not self.streams:
+                del self.arrays[self.idle :]
+
+
+FREE = 2  # sys.getrefcount of a buffer only ``_Buffers.arrays`` holds (and the call's argument)
+BUFFER_GRAIN = 1 << 20  # buffer sizes are rounded up to this: a bit more room, more reuse
+# Kept for reuse while streams run: the chunks in flight (a thread batch reads ~8 ahead); and
+# between streams, as many as one stream needs (the one being filled, the one being parsed).
+BUFFERS = _Buffers(keep=16, idle=2)
 
 
 def record_chunks(
@@ -107,6 +149,17 @@ def record_chunks(
     ``UnterminatedQuote`` when the stream ends inside a quoted field."""
     _check_positive("chunk_bytes", chunk_bytes)
     _check_positive("max_record_bytes", max_record_bytes)
+    BUFFERS.opened()
+    try:
+        yield from _chunks(stream, quote, chunk_bytes, max_record_bytes)
+    finally:
+        BUFFERS.closed()
+
+
+def _chunks(
+    stream: BinaryIO, quote: int | None, chunk_bytes: int, max_record_bytes: int
+) -> Iterator[StreamChunk]:
+    """``record_chunks``' loop, after its checks."""
     carried: bytes | memoryview = b""  # the partial record after the last chunk (or more)
     inside = False  # the quote state at the end of what is scanned (all of ``carried``)
     newlines = 0  # newline bytes in ``carried``
@@ -114,13 +167,15 @@ def record_chunks(
     line = 1  # the line carried[0] is on
     index = 0
     while True:
-        # Each piece goes into a buffer of its own: a chunk is a slice of it, handed on uncopied
-        # (one ``bytes`` copy less per chunk), and freed by whichever worker parsed it.
+        # Each piece goes into a buffer nothing else holds: a chunk is a slice of it, handed on
+        # uncopied (one ``bytes`` copy less per chunk), and its buffer is filled again once
+        # whichever worker parsed it has let it go.
         scanned = len(carried)
-        buffer = pa.allocate_buffer(scanned + chunk_bytes, memory_pool=chunk_pool())
-        view = memoryview(buffer).cast("B")  # Arrow exports signed bytes
+        array = BUFFERS.take(scanned + chunk_bytes)
+        buffer = pa.py_buffer(array)
+        view = memoryview(array)
         view[:scanned] = carried
-        got = _fill(stream, view[scanned:])
+        got = _fill(stream, view[scanned : scanned + chunk_bytes])
         if not got:
             break
         filled = buffer.slice(0, scanned + got)
