@@ -19,6 +19,7 @@ longer than ``max_record_bytes``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 import threading
@@ -85,25 +86,39 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name}={value!r}: must be at least 1")
 
 
+@functools.cache
+def chunk_pool() -> pa.MemoryPool:
+    """Where chunk buffers come from: Arrow's jemalloc where the wheel has it. With Arrow's
+    default (mimalloc), a 16 MiB buffer made in one thread and freed in another cost a 1 GB
+    gzip run 1.3-2 s more system time; the C allocator's pool kept 75 MiB more resident on a
+    200 MB stream (``test_memory_stays_about_two_chunks_on_a_200_mb_stream``)."""
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # a build without jemalloc (Windows)
+        return pa.default_memory_pool()
+
+
 class _Buffers:
-    """Chunk buffers, each filled again once nothing holds it any more (its reference count
-    says so: a chunk handed on, or a worker's view of it, holds it); shared by the streams of
-    a process (the parts of a folder, read by several threads).
+    """Chunk buffers, each filled again once nothing holds it any more; shared by the streams
+    of a process (the parts of a folder, read by several threads). A chunk is a slice of an
+    Arrow buffer made from a ``memoryview`` of a pooled one, so whatever holds the chunk (a
+    slice of it, a worker's view of its bytes, Arrow's reader) holds the pooled buffer, and the
+    pooled buffer's reference count says when it is free.
 
     A fresh 16 MiB buffer per chunk costs a page fault per page: ~0.55 s of system time per GB
-    from Arrow's jemalloc (which returns freed pages at once), erratic from mimalloc (0-1.2 s per
-    GB, cross-thread frees), and up to 6 ms per MiB where fresh huge pages must be backed anew
-    (numpy advises them for arrays of 4 MiB or more; measured on the 2-core benchmark VM). A
-    ``bytearray`` is plain malloc'ed memory, and one used again is faulted in once."""
+    from jemalloc (which returns freed pages at once); buffers used again are faulted in once.
+    (Not a ``bytearray``: it writes zeros over all of itself, a small file's bytes or not; not
+    numpy: it advises huge pages from 4 MiB, and a fresh huge page cost up to 6 ms per MiB on
+    the 2-core benchmark VM.)"""
 
     def __init__(self, keep: int, idle: int) -> None:
         self.keep = keep
         self.idle = idle
-        self.arrays: list[bytearray] = []
+        self.arrays: list[pa.Buffer] = []
         self.streams = 0
         self.lock = threading.Lock()
 
-    def take(self, size: int) -> bytearray:
+    def take(self, size: int) -> pa.Buffer:
         """A buffer of at least ``size`` bytes that nothing else holds."""
         with self.lock:
             small = None
@@ -112,7 +127,8 @@ class _Buffers:
                     if len(self.arrays[index]) >= size:
                         return self.arrays[index]
                     small = index
-            array = bytearray(-(-size // BUFFER_GRAIN) * BUFFER_GRAIN)
+            rounded = -(-size // BUFFER_GRAIN) * BUFFER_GRAIN
+            array = pa.allocate_buffer(rounded, memory_pool=chunk_pool())
             if small is not None:  # a free buffer too small for a long record: replaced
                 self.arrays[small] = array
             elif len(self.arrays) < self.keep:
@@ -171,9 +187,8 @@ def _chunks(
         # uncopied (one ``bytes`` copy less per chunk), and its buffer is filled again once
         # whichever worker parsed it has let it go.
         scanned = len(carried)
-        array = BUFFERS.take(scanned + chunk_bytes)
-        buffer = pa.py_buffer(array)
-        view = memoryview(array)
+        view = memoryview(BUFFERS.take(scanned + chunk_bytes)).cast("B")  # Arrow's are signed
+        buffer = pa.py_buffer(view)
         view[:scanned] = carried
         got = _fill(stream, view[scanned : scanned + chunk_bytes])
         if not got:
