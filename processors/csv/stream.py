@@ -19,7 +19,6 @@ longer than ``max_record_bytes``.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import sys
 import threading
@@ -86,39 +85,27 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name}={value!r}: must be at least 1")
 
 
-@functools.cache
-def chunk_pool() -> pa.MemoryPool:
-    """Where chunk buffers come from: Arrow's jemalloc where the wheel has it. With Arrow's
-    default (mimalloc), a 16 MiB buffer made in one thread and freed in another cost a 1 GB
-    gzip run 1.3-2 s more system time; the C allocator's pool kept 75 MiB more resident on a
-    200 MB stream (``test_memory_stays_about_two_chunks_on_a_200_mb_stream``)."""
-    try:
-        return pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a build without jemalloc (Windows)
-        return pa.default_memory_pool()
-
-
 class _Buffers:
-    """Chunk buffers, each filled again once nothing holds it any more; shared by the streams
-    of a process (the parts of a folder, read by several threads). A chunk is a slice of an
-    Arrow buffer made from a ``memoryview`` of a pooled one, so whatever holds the chunk (a
-    slice of it, a worker's view of its bytes, Arrow's reader) holds the pooled buffer, and the
-    pooled buffer's reference count says when it is free.
+    """Chunk buffers, each filled again once nothing holds it any more (its reference count
+    says so: a chunk handed on, or a worker's view of it, holds it); shared by the streams of
+    a process (the parts of a folder, read by several threads).
 
     A fresh 16 MiB buffer per chunk costs a page fault per page: ~0.55 s of system time per GB
-    from jemalloc (which returns freed pages at once); buffers used again are faulted in once.
-    (Not a ``bytearray``: it writes zeros over all of itself, a small file's bytes or not; not
-    numpy: it advises huge pages from 4 MiB, and a fresh huge page cost up to 6 ms per MiB on
-    the 2-core benchmark VM.)"""
+    from Arrow's jemalloc (which returns freed pages at once), and up to 6 ms per MiB where
+    fresh huge pages must be backed anew (numpy advises them from 4 MiB; measured on the 2-core
+    benchmark VM). A ``bytearray`` is plain malloc'ed memory: it writes zeros over itself once
+    (~7,000 more page faults on a 20 MB file), but a 1 GB gzip job then took 4.28 CPU s against
+    4.78 with pooled jemalloc buffers (same run, 6 each), with half the page faults (57,000
+    against 116,000): glibc served the job's per-range numpy temporaries from memory it held."""
 
     def __init__(self, keep: int, idle: int) -> None:
         self.keep = keep
         self.idle = idle
-        self.arrays: list[pa.Buffer] = []
+        self.arrays: list[bytearray] = []
         self.streams = 0
         self.lock = threading.Lock()
 
-    def take(self, size: int) -> pa.Buffer:
+    def take(self, size: int) -> bytearray:
         """A buffer of at least ``size`` bytes that nothing else holds."""
         with self.lock:
             small = None
@@ -127,8 +114,7 @@ class _Buffers:
                     if len(self.arrays[index]) >= size:
                         return self.arrays[index]
                     small = index
-            rounded = -(-size // BUFFER_GRAIN) * BUFFER_GRAIN
-            array = pa.allocate_buffer(rounded, memory_pool=chunk_pool())
+            array = bytearray(-(-size // BUFFER_GRAIN) * BUFFER_GRAIN)
             if small is not None:  # a free buffer too small for a long record: replaced
                 self.arrays[small] = array
             elif len(self.arrays) < self.keep:
@@ -187,8 +173,9 @@ def _chunks(
         # uncopied (one ``bytes`` copy less per chunk), and its buffer is filled again once
         # whichever worker parsed it has let it go.
         scanned = len(carried)
-        view = memoryview(BUFFERS.take(scanned + chunk_bytes)).cast("B")  # Arrow's are signed
-        buffer = pa.py_buffer(view)
+        array = BUFFERS.take(scanned + chunk_bytes)
+        buffer = pa.py_buffer(array)
+        view = memoryview(array)
         view[:scanned] = carried
         got = _fill(stream, view[scanned : scanned + chunk_bytes])
         if not got:
