@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchcore.processors.compression import open_input
+from batchcore.processors.csv import stream as stream_module
 from batchcore.processors.csv.split import RecordTooLong
 from batchcore.processors.csv.stream import (
     StreamChunk,
@@ -469,3 +470,41 @@ def test_streams_in_threads_share_buffers_safely() -> None:
     for thread in threads:
         thread.join()
     assert [b"".join(joined[which]) for which in (0, 1)] == texts
+
+
+def test_streams_one_after_another_use_the_same_few_buffers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files read one after another, two streams under way at a time (the CSV node reads the
+    next parts of a folder ahead), the last few chunks held: their chunk buffers come from the
+    same few. A chunk of exactly ``chunk_bytes`` (a file's first, which carries nothing over)
+    and the next, longer by the partial record carried into it, both fit."""
+    made: list[int] = []
+
+    def counted(size: int) -> bytearray:
+        made.append(size)
+        return bytearray(size)
+
+    monkeypatch.setattr(stream_module, "bytearray", counted, raising=False)
+    chunk_bytes = 1 << 20
+    row = b'%d,"a note, with a comma",%d.5\n'
+    rows = chunk_bytes // len(row % (0, 0))
+    files = [  # of 2.5 to 4.5 chunks, so that no two end at the same turn
+        b"".join(row % (i, part) for i in range(rows * (5 + part % 5) // 2)) for part in range(16)
+    ]
+    waiting = [
+        record_chunks(io.BytesIO(data), quote=QUOTE, chunk_bytes=chunk_bytes, max_record_bytes=1024)
+        for data in files
+    ]
+    running = [waiting.pop(0), waiting.pop(0)]
+    held: list[StreamChunk] = []
+    while running:  # a chunk from each running stream in turn; an ended one makes room
+        for stream in list(running):
+            chunk = next(stream, None)
+            if chunk is None:
+                running.remove(stream)
+                running += waiting[:1]
+                del waiting[:1]
+            else:
+                held = [*held[-3:], chunk]
+    assert len(made) <= 8, [size >> 20 for size in made]

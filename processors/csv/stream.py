@@ -114,7 +114,7 @@ class _Buffers:
                     if len(self.arrays[index]) >= size:
                         return self.arrays[index]
                     small = index
-            array = bytearray(-(-size // BUFFER_GRAIN) * BUFFER_GRAIN)
+            array = bytearray((size // BUFFER_GRAIN + 1) * BUFFER_GRAIN)
             if small is not None:  # a free buffer too small for a long record: replaced
                 self.arrays[small] = array
             elif len(self.arrays) < self.keep:
@@ -134,10 +134,14 @@ class _Buffers:
 
 
 FREE = 2  # sys.getrefcount of a buffer only ``_Buffers.arrays`` holds (and the call's argument)
-BUFFER_GRAIN = 1 << 20  # buffer sizes are rounded up to this: a bit more room, more reuse
+# Buffer sizes: the size asked for, rounded up past a multiple of this. A chunk of exactly 16 MiB
+# needs a bit more next time (the partial record carried over): without the headroom every
+# other buffer of a stream was replaced (66 fresh buffers for 32 parts, sequential).
+BUFFER_GRAIN = 1 << 20
 # Kept for reuse while streams run: the chunks in flight (a thread batch reads ~8 ahead); and
-# between streams, as many as one stream needs (the one being filled, the one being parsed).
-BUFFERS = _Buffers(keep=16, idle=2)
+# when none runs, as many as two streams need (parts read one after another, the next ahead:
+# each a buffer being filled and one being parsed), ~68 MiB left after a job.
+BUFFERS = _Buffers(keep=16, idle=4)
 
 
 def record_chunks(
