@@ -508,3 +508,43 @@ def test_streams_one_after_another_use_the_same_few_buffers(
             else:
                 held = [*held[-3:], chunk]
     assert len(made) <= 8, [size >> 20 for size in made]
+
+
+THRESHOLD_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np
+    from batchcore.processors.csv.stream import raise_mmap_threshold
+
+    if sys.argv[1] == "raised":
+        raise_mmap_threshold(17 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(100):  # a range's temporaries: made and written together, then freed
+        arrays = [np.ones(200_000, dtype=np.int64) for _ in range(4)]
+        del arrays
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_arrays_of_a_range_reuse_memory_once_the_threshold_is_raised() -> None:
+    """The stats make a few 1.6 MB numpy arrays per range; glibc hands their pages back when
+    they are freed (its trim threshold follows its mmap threshold, twice the largest block freed
+    so far) and faults them in afresh for the next range, unless a larger malloc'ed block has
+    been freed. The first chunk buffer (or read buffer) frees one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    faults = {}
+    for mode in ("default", "raised"):
+        done = subprocess.run(
+            [sys.executable, "-c", THRESHOLD_CHILD, mode],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        faults[mode] = int(done.stdout.strip())
+    afresh = 100 * 4 * 200_000 * 8 // 4096
+    assert faults["raised"] < afresh // 10 < faults["default"], faults
