@@ -41,6 +41,10 @@ by the parent from start to exit, its process tree's RSS sampled, its results ch
     python benchmarks/bench_remote.py --quick             # smoke test: 20 MB files, 1 repeat
     python benchmarks/bench_remote.py --parts compressed --engines default,process,polars
     python benchmarks/bench_remote.py --one polars --path DIR   # one child run, JSON out
+    python benchmarks/bench_remote.py --parts compressed --base /tmp/venv-main/bin/python
+
+``--base PYTHON`` adds the engine ``base``: the default backend run as ``PYTHON -m batchcore``,
+a Python whose batchcore is another checkout (the change's base), taking turns with the rest.
 """
 
 from __future__ import annotations
@@ -133,7 +137,13 @@ PARTS = 32
 REQUEST_COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # werkzeug colours some request lines
 GZIP_LEVEL = 6  # gzip's default, what a user's files most likely have
 
-BATCHCORE = {"default": None, "sequential": "sequential", "process": "process", "zlib": None}
+BATCHCORE = {
+    "default": None,
+    "sequential": "sequential",
+    "process": "process",
+    "zlib": None,
+    "base": None,
+}
 # Engines run as if ``isal`` (batchcore[gzip]) were not installed: gzip through pyarrow's zlib.
 WITHOUT_ISAL = {"zlib"}
 PEERS = ["pandas", "polars", "duckdb"]
@@ -142,6 +152,7 @@ ENGINES = {
     "sequential": "batchcore CLI `--backend sequential`",
     "process": "batchcore CLI `--backend process`",
     "zlib": "batchcore CLI, default backend, without `isal` (pyarrow's zlib)",
+    "base": "batchcore CLI at the base checkout (`--base`), default backend",
     "pandas": "pandas",
     "polars": "polars `scan_csv` streaming",
     "duckdb": "DuckDB `read_csv`",
@@ -479,14 +490,18 @@ def no_isal(folder: Path) -> Path:
     return shim
 
 
-def command(engine: str, source: str, endpoint: str | None) -> list[str]:
-    """The child's command line: the CLI itself, or this script's ``--one``."""
+def command(engine: str, source: str, endpoint: str | None, base: str | None = None) -> list[str]:
+    """The child's command line: the CLI itself (``base``'s for the engine ``base``), or this
+    script's ``--one``."""
     if engine in BATCHCORE:
-        cli = Path(sys.executable).with_name("batchcore")
+        cli = [str(Path(sys.executable).with_name("batchcore"))]
+        if engine == "base":
+            assert base is not None, "the engine base needs --base"
+            cli = [base, "-m", "batchcore"]
         backend = BATCHCORE[engine]
         chosen = ["--backend", backend] if backend else []
         remote = ["--storage-option", f"endpoint_url={endpoint}"] if endpoint else []
-        return [str(cli), "csv", "stats", source, *JOB.cli_args(), *remote, *chosen, "--json"]
+        return [*cli, "csv", "stats", source, *JOB.cli_args(), *remote, *chosen, "--json"]
     return [sys.executable, str(Path(__file__).resolve()), "--one", engine, "--path", source]
 
 
@@ -511,7 +526,7 @@ def run_part(
             before = server.cpu_seconds() if server else math.nan
             asked = server.requests() if server else (0, 0)
             run = run_child(
-                command(engine, sources[name], endpoint),
+                command(engine, sources[name], endpoint, args.base),
                 timeout=args.timeout,
                 extra_env=env,
                 interval=args.interval,
@@ -628,7 +643,7 @@ def remote_table(cells: Cells, engines: list[str]) -> list[str]:
 
 
 def compressed_table(cells: Cells, name: str, engines: list[str]) -> list[str]:
-    peers = [p for p in PEERS if (name, p) in cells]
+    peers = [p for p in [*PEERS, "base"] if (name, p) in cells]
     head = ["engine", "wall s (min-max)", "job s", "CPU s", "peak tree RSS MiB", "others' cores"]
     head += [f"x {p}" for p in peers]
     rows = []
@@ -776,6 +791,8 @@ def report(
         "- DuckDB: `select key, count(*), sum(...) from read_csv('path' or 'DIR/*.csv.gz') "
         "group by key`, default threads.",
     ]
+    if args.base:
+        lines += [f"- base: `{args.base} -m batchcore csv stats ...`, the default backend."]
     lines += [
         "",
         "## Notes",
@@ -809,7 +826,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parts", default="remote,compressed", help="remote,compressed")
     parser.add_argument("--remote-size", default=None, help="the object's size (default 300MB)")
     parser.add_argument("--compressed-size", default=None, help="uncompressed (default 1GB)")
-    parser.add_argument("--engines", default=",".join(ENGINES), help="engines to run")
+    parser.add_argument(
+        "--engines",
+        default=",".join(e for e in ENGINES if e != "base"),
+        help="engines to run (base: with --base)",
+    )
+    parser.add_argument(
+        "--base",
+        default=None,
+        metavar="PYTHON",
+        help="a Python whose batchcore is the base checkout: adds the engine base (its CLI, "
+        "default backend), so a change is timed against its base in the same run",
+    )
     parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3)")
     parser.add_argument(
         "--endpoint",
@@ -845,6 +873,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.env = parse_env(args.env, parser)
     args.parts = parse_list(parser, "--parts", args.parts, ["remote", "compressed"])
     engines = parse_list(parser, "--engines", args.engines, ENGINES)
+    if args.base and "base" not in engines:
+        engines.insert(engines.index("default") + 1 if "default" in engines else 0, "base")
+    if "base" in engines and not args.base:
+        parser.error("the engine base needs --base PYTHON")
     args.engines_remote = [e for e in engines if e in BATCHCORE and e not in WITHOUT_ISAL]
     args.engines_compressed = engines
     args.remote_size = args.remote_size or ("20MB" if args.quick else "300MB")
@@ -854,7 +886,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.timeout = args.timeout or (180.0 if args.quick else 900.0)
     if args.repeats < 1 or args.pause < 0 or args.interval <= 0:
         parser.error("--repeats must be >= 1, --pause >= 0 and --interval > 0")
-    partial = args.parts != ["remote", "compressed"] or engines != list(ENGINES)
+    partial = args.parts != ["remote", "compressed"] or set(engines) != set(ENGINES) - {"base"}
     # results of another server never overwrite the default server's
     stem = "remote" if args.server == "rclone" or args.endpoint else f"remote-{args.server}"
     args.output = args.output or default_output(stem, args.quick, args.env, partial)

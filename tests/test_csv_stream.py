@@ -6,13 +6,17 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterable
 from dataclasses import replace
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pytest
 from csv_helpers import ROOT, csv_text
@@ -20,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchcore.processors.compression import open_input
+from batchcore.processors.csv import stream as stream_module
 from batchcore.processors.csv.split import RecordTooLong
 from batchcore.processors.csv.stream import (
     StreamChunk,
@@ -355,3 +360,191 @@ def test_memory_stays_about_two_chunks_on_a_200_mb_stream() -> None:
     assert growth < bound, (
         f"peak RSS grew {growth / MiB:.1f} MiB over 200 MB, bound {bound / MiB:.0f} MiB"
     )
+
+
+FAULTS_CHILD = textwrap.dedent(
+    """
+    import io, resource, sys
+    from batchcore.processors.csv.stream import record_chunks
+
+    TOTAL, CHUNK = int(sys.argv[1]), int(sys.argv[2])
+    ROW = b'%d,2024-01-01,"a note, with\\na newline",%d.5\\n'
+    PATTERN = b"".join(ROW % (i, i) for i in range(30_000))
+    TOTAL -= TOTAL % len(PATTERN)
+
+    class Endless(io.RawIOBase):
+        def __init__(self):
+            self.left = TOTAL
+            self.at = 0
+        def readable(self):
+            return True
+        def readinto(self, buffer):
+            size = min(len(buffer), self.left, len(PATTERN) - self.at)
+            buffer[:size] = memoryview(PATTERN)[self.at : self.at + size]  # no copy of its own
+            self.at = (self.at + size) % len(PATTERN)
+            self.left -= size
+            return size
+
+    chunks = record_chunks(Endless(), quote=34, chunk_bytes=CHUNK, max_record_bytes=1 << 20)
+    total = sum(len(next(chunks).data) for _ in range(3))  # the buffers in use are faulted in
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for chunk in chunks:
+        total += len(chunk.data)
+    assert total == TOTAL, total
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trim", [None, "65536"], ids=["malloc-default", "malloc-trim-set"])
+def test_chunk_buffers_are_used_again_not_faulted_in_afresh(trim: str | None) -> None:
+    """A fresh buffer per chunk costs a page fault per 4 KiB page (and far more where huge
+    pages must be backed anew): ~0.5 s of system time per GB. Chunks of 16 MiB (the default;
+    Arrow's jemalloc, used before, kept smaller ones) over 200 MB, one held at a time: the
+    buffers are faulted in once, not per chunk. Also where glibc's thresholds are set (Dask sets
+    ``MALLOC_TRIM_THRESHOLD_`` for the processes it starts), which maps every temporary array
+    over 128 KiB afresh."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if trim is not None:
+        env["MALLOC_TRIM_THRESHOLD_"] = trim
+    done = subprocess.run(
+        [sys.executable, "-c", FAULTS_CHILD, str(200 * 10**6), str(16 * MiB)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    faults = int(done.stdout.strip())
+    fresh = 200 * 10**6 // 4096  # every page of every chunk faulted in afresh
+    assert faults < fresh // 10, f"{faults} page faults over 200 MB (afresh: {fresh})"
+
+
+def test_a_chunk_still_held_is_never_filled_again() -> None:
+    """Buffers are used again only when nothing holds them: a chunk, a slice of it or a numpy
+    view of its bytes keeps its buffer from being refilled while later chunks are read."""
+    data = b"".join(b'%d,"x, %d"\n' % (i, i * 7) for i in range(200_000))
+    found = record_chunks(
+        io.BytesIO(data), quote=QUOTE, chunk_bytes=64 << 10, max_record_bytes=1024
+    )
+    held: list[tuple[int, Any, bytes]] = []
+    for number, chunk in enumerate(found):
+        keeper: Any = chunk.data
+        if number % 3 == 1:
+            keeper = chunk.data.slice(5, 100)
+        elif number % 3 == 2:
+            keeper = np.frombuffer(chunk.data, dtype=np.uint8)
+        held.append((number, keeper, bytes(memoryview(keeper))))
+        del chunk, keeper
+        if len(held) > 4:  # let the oldest go; check what is still held is unchanged
+            held.pop(0)
+        for at, keeper, copy in held:
+            assert bytes(memoryview(keeper)) == copy, at
+
+
+def test_streams_in_threads_share_buffers_safely() -> None:
+    """The buffers are shared by the streams of a process (parts read by several threads):
+    each stream's chunks still hold exactly its own bytes."""
+    texts = [
+        b"".join(b'%d,"%s, %d"\n' % (i, name, i) for i in range(100_000)) for name in (b"a", b"b")
+    ]
+    joined: dict[int, list[bytes]] = {0: [], 1: []}
+
+    def read(which: int) -> None:
+        stream = io.BytesIO(texts[which])
+        held: list[pa.Buffer | bytes] = []
+        for chunk in record_chunks(
+            stream, quote=QUOTE, chunk_bytes=32 << 10, max_record_bytes=1024
+        ):
+            held = [*held[-2:], chunk.data]
+            joined[which].append(bytes(chunk.data))
+            assert all(
+                bytes(data) == joined[which][-len(held) + at] for at, data in enumerate(held)
+            )
+
+    threads = [threading.Thread(target=read, args=(which,)) for which in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [b"".join(joined[which]) for which in (0, 1)] == texts
+
+
+def test_streams_one_after_another_use_the_same_few_buffers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files read one after another, two streams under way at a time (the CSV node reads the
+    next parts of a folder ahead), the last few chunks held: their chunk buffers come from the
+    same few. A chunk of exactly ``chunk_bytes`` (a file's first, which carries nothing over)
+    and the next, longer by the partial record carried into it, both fit."""
+    made: list[int] = []
+
+    def counted(size: int) -> bytearray:
+        made.append(size)
+        return bytearray(size)
+
+    monkeypatch.setattr(stream_module, "bytearray", counted, raising=False)
+    chunk_bytes = 1 << 20
+    row = b'%d,"a note, with a comma",%d.5\n'
+    rows = chunk_bytes // len(row % (0, 0))
+    files = [  # of 2.5 to 4.5 chunks, so that no two end at the same turn
+        b"".join(row % (i, part) for i in range(rows * (5 + part % 5) // 2)) for part in range(16)
+    ]
+    waiting = [
+        record_chunks(io.BytesIO(data), quote=QUOTE, chunk_bytes=chunk_bytes, max_record_bytes=1024)
+        for data in files
+    ]
+    running = [waiting.pop(0), waiting.pop(0)]
+    held: list[StreamChunk] = []
+    while running:  # a chunk from each running stream in turn; an ended one makes room
+        for stream in list(running):
+            chunk = next(stream, None)
+            if chunk is None:
+                running.remove(stream)
+                running += waiting[:1]
+                del waiting[:1]
+            else:
+                held = [*held[-3:], chunk]
+    assert len(made) <= 8, [size >> 20 for size in made]
+
+
+THRESHOLD_CHILD = textwrap.dedent(
+    """
+    import resource, sys
+    import numpy as np
+    from batchcore.processors.csv.stream import raise_mmap_threshold
+
+    if sys.argv[1] == "raised":
+        raise_mmap_threshold(17 << 20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(100):  # a range's temporaries: made and written together, then freed
+        arrays = [np.ones(200_000, dtype=np.int64) for _ in range(4)]
+        del arrays
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_arrays_of_a_range_reuse_memory_once_the_threshold_is_raised() -> None:
+    """The stats make a few 1.6 MB numpy arrays per range; glibc hands their pages back when
+    they are freed (its trim threshold follows its mmap threshold, twice the largest block freed
+    so far) and faults them in afresh for the next range, unless a larger malloc'ed block has
+    been freed. The first chunk buffer (or read buffer) frees one."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    faults = {}
+    for mode in ("default", "raised"):
+        done = subprocess.run(
+            [sys.executable, "-c", THRESHOLD_CHILD, mode],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr
+        faults[mode] = int(done.stdout.strip())
+    afresh = 100 * 4 * 200_000 * 8 // 4096
+    assert faults["raised"] < afresh // 10 < faults["default"], faults

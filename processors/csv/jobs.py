@@ -227,12 +227,15 @@ def _valid(array: pa.Array) -> np.ndarray[Any, Any]:
 
 
 def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, GroupStats]:
-    """Rows and column statistics per value of ``key``, with numpy's unbuffered ``ufunc.at``.
+    """Rows and column statistics per value of ``key``, from one stable sort of the rows by key.
 
     (``Table.group_by`` would do, but it loads pyarrow's dataset module and with it all of
-    pandas: a fifth of a second and ~40 MiB in every worker.) Integer sums add in file order;
-    a float column's values are gathered per group (a stable sort, so in file order) and summed
-    with ``careful_sum``: every backend and cut gives the same bits, without float noise.
+    pandas: a fifth of a second and ~40 MiB in every worker.) The rows are ordered by group
+    once, keeping file order within each (a radix sort while there are at most 65,536 keys), and
+    every column is then reduced a segment per group: integer sums, minima and maxima with
+    ``reduceat``, a float column's segment with ``careful_sum``. So each group's statistics are
+    those of its values in file order: every backend and cut gives the same bits, without float
+    noise. (Per-group ``ufunc.at`` updates cost a 1 GB job ~1 s more.)
     """
     encoded = pc.dictionary_encode(table[key].combine_chunks())
     names = [*encoded.dictionary.to_pylist(), None]  # the last code stands for a missing key
@@ -240,9 +243,11 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
     codes = _numpy(encoded.indices)
     if encoded.indices.null_count:  # (pc.fill_null with a Python value would import pandas too)
         codes = np.where(_valid(encoded.indices), codes, size - 1)
+    codes = codes.astype(_code_type(size), copy=False)
     rows = np.bincount(codes, minlength=size)
     present_codes: list[int] = np.flatnonzero(rows).tolist()
     groups = {names[code]: GroupStats(int(rows[code])) for code in present_codes}
+    order: np.ndarray[Any, Any] | None = None  # all rows by group: shared by columns without nulls
     for name in sums:
         column = table[name].combine_chunks()
         if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
@@ -251,38 +256,63 @@ def group_stats(table: pa.Table, key: str, sums: Sequence[str]) -> dict[Any, Gro
                 groups[names[code]].columns[name] = _column_stats(pc.filter(column, chosen))
             continue
         values = _numpy(column)
-        valid = _valid(column)
-        at, kept = (codes, values) if column.null_count == 0 else (codes[valid], values[valid])
-        counts = np.bincount(at, minlength=size)
-        sums_of: dict[int, tuple[float | int, float]] = {}
-        if values.dtype.kind == "f":  # each group's values side by side, summed with care
-            ordered = kept[np.argsort(at, kind="stable")]
-            ends = np.cumsum(counts)
-            for code in present_codes:
-                sums_of[code] = careful_sum(ordered[ends[code] - counts[code] : ends[code]])
+        if column.null_count == 0:
+            if order is None:
+                order = np.argsort(codes, kind="stable")
+            counts, ordered = rows, values[order]
         else:
-            totals = np.zeros(size, dtype=values.dtype)
-            np.add.at(totals, at, kept)
-            sums_of = {code: (totals[code].item(), 0.0) for code in present_codes}
-        if values.dtype.kind == "f":
-            minima, maxima = np.full(size, np.inf), np.full(size, -np.inf)
-        else:
-            info = np.iinfo(values.dtype)
-            minima = np.full(size, info.max, dtype=values.dtype)
-            maxima = np.full(size, info.min, dtype=values.dtype)
-        np.minimum.at(minima, at, kept)
-        np.maximum.at(maxima, at, kept)
-        for code in present_codes:
-            present = counts[code] > 0
-            total, residual = sums_of[code]
-            groups[names[code]].columns[name] = ColumnStats(
-                total,
-                int(counts[code]),
-                minima[code].item() if present else None,
-                maxima[code].item() if present else None,
-                residual,
-            )
+            valid = _valid(column)
+            at = codes[valid]
+            counts = np.bincount(at, minlength=size)
+            ordered = values[valid][np.argsort(at, kind="stable")]
+        per_group = _segment_stats(ordered, counts, present_codes)
+        for code, stats in zip(present_codes, per_group, strict=True):
+            groups[names[code]].columns[name] = stats
     return groups
+
+
+def _code_type(size: int) -> np.dtype[Any]:
+    """The narrowest integer type for ``size`` group codes: on 8 or 16 bits numpy's stable
+    argsort is a radix sort (~4x faster than its timsort of 32-bit codes)."""
+    if size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int64)
+
+
+def _segment_stats(
+    ordered: np.ndarray[Any, Any], counts: np.ndarray[Any, Any], codes: list[int]
+) -> list[ColumnStats]:
+    """The statistics of each group of ``codes``: ``ordered`` holds the values of every group
+    side by side in code order, ``counts[code]`` of them for ``code``, in file order."""
+    ends = np.cumsum(counts)
+    filled = [code for code in codes if counts[code]]
+    starts = (ends - counts)[filled]
+    minima: dict[int, Any] = {}
+    maxima: dict[int, Any] = {}
+    totals: dict[int, tuple[float | int, float]] = {}
+    if filled:  # (reduceat wants at least one start)
+        low, high = np.minimum.reduceat(ordered, starts), np.maximum.reduceat(ordered, starts)
+        minima = dict(zip(filled, low.tolist(), strict=True))
+        maxima = dict(zip(filled, high.tolist(), strict=True))
+        if ordered.dtype.kind == "f":
+            for code, start in zip(filled, starts.tolist(), strict=True):
+                totals[code] = careful_sum(ordered[start : ends[code]])
+        else:  # in the column's own type, as numpy sums it
+            sums = np.add.reduceat(ordered, starts, dtype=ordered.dtype).tolist()
+            totals = {code: (total, 0.0) for code, total in zip(filled, sums, strict=True)}
+    empty: tuple[float | int, float] = (0.0 if ordered.dtype.kind == "f" else 0, 0.0)
+    return [
+        ColumnStats(
+            totals.get(code, empty)[0],
+            int(counts[code]),
+            minima.get(code),
+            maxima.get(code),
+            totals.get(code, empty)[1],
+        )
+        for code in codes
+    ]
 
 
 class StatsNode(CSVBatchNode):

@@ -38,6 +38,7 @@ from .stream import (
     StreamChunk,
     StreamRecordTooLong,
     UnterminatedQuote,
+    raise_mmap_threshold,
     record_chunks,
     split_header,
 )
@@ -497,6 +498,7 @@ def _buffer(size: int) -> memoryview:
     buffer: bytearray | None = getattr(_local, "buffer", None)
     if buffer is None or len(buffer) < size:
         buffer = bytearray(max(size, 1 << 20))
+        raise_mmap_threshold(len(buffer))  # the range's numpy arrays then reuse freed memory
         _local.buffer = buffer
     return memoryview(buffer)[:size]
 

@@ -11,16 +11,18 @@ workers while the reader decompresses on::
 
 The quote state is carried across pieces as in ``split.py`` (a parity count, which RFC 4180's
 doubled quotes keep right), and only the new piece is scanned, with numpy in cache-sized steps.
-Pieces are read in place into a buffer from Arrow's memory pool and a chunk is a slice of it,
-so memory stays about ``2 x chunk_bytes`` (the buffer being filled, and the chunk before it) plus
-the chunks the caller still holds, unless a record is longer; no record may be longer than
-``max_record_bytes``.
+Pieces are read in place into a buffer, used again once no chunk of it is held, and a chunk is
+a slice of it, so memory stays about ``2 x chunk_bytes`` (the buffer being filled, and the chunk
+before it) plus the chunks the caller still holds, unless a record is longer; no record may be
+longer than ``max_record_bytes``.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -34,6 +36,7 @@ __all__ = [
     "StreamChunk",
     "StreamRecordTooLong",
     "UnterminatedQuote",
+    "raise_mmap_threshold",
     "record_chunks",
     "split_header",
 ]
@@ -84,16 +87,75 @@ def _check_positive(name: str, value: int) -> None:
         raise ValueError(f"{name}={value!r}: must be at least 1")
 
 
+class _Buffers:
+    """Chunk buffers, each filled again once nothing holds it any more (its reference count
+    says so: a chunk handed on, or a worker's view of it, holds it); shared by the streams of
+    a process (the parts of a folder, read by several threads).
+
+    A fresh 16 MiB buffer per chunk costs a page fault per page: ~0.55 s of system time per GB
+    from Arrow's jemalloc (which returns freed pages at once), and up to 6 ms per MiB where
+    fresh huge pages must be backed anew (numpy advises them from 4 MiB; measured on the 2-core
+    benchmark VM). A ``bytearray`` is plain malloc'ed memory: it writes zeros over itself once
+    (~7,000 more page faults on a 20 MB file), but a 1 GB gzip job then took 4.28 CPU s against
+    4.78 with pooled jemalloc buffers (same run, 6 each), with half the page faults (57,000
+    against 116,000): glibc served the job's per-range numpy temporaries from memory it held."""
+
+    def __init__(self, keep: int, idle: int) -> None:
+        self.keep = keep
+        self.idle = idle
+        self.arrays: list[bytearray] = []
+        self.streams = 0
+        self.lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of at least ``size`` bytes that nothing else holds."""
+        with self.lock:
+            small = None
+            for index in range(len(self.arrays)):
+                if sys.getrefcount(self.arrays[index]) == FREE:
+                    if len(self.arrays[index]) >= size:
+                        return self.arrays[index]
+                    small = index
+            array = bytearray((size // BUFFER_GRAIN + 1) * BUFFER_GRAIN)
+            raise_mmap_threshold(len(array))
+            if small is not None:  # a free buffer too small for a long record: replaced
+                self.arrays[small] = array
+            elif len(self.arrays) < self.keep:
+                self.arrays.append(array)
+            return array
+
+    def opened(self) -> None:
+        with self.lock:
+            self.streams += 1
+
+    def closed(self) -> None:
+        """A stream ended: with none left, keep only ``idle`` buffers (for the next file)."""
+        with self.lock:
+            self.streams -= 1
+            if not self.streams:
+                del self.arrays[self.idle :]
+
+
 @functools.cache
-def chunk_pool() -> pa.MemoryPool:
-    """Where chunk buffers come from: Arrow's jemalloc where the wheel has it. With Arrow's
-    default (mimalloc), a 16 MiB buffer made in one thread and freed in another cost a 1 GB
-    gzip run 1.3-2 s more system time; the C allocator's pool kept 75 MiB more resident on a
-    200 MB stream (``test_memory_stays_about_two_chunks_on_a_200_mb_stream``)."""
-    try:
-        return pa.jemalloc_memory_pool()
-    except NotImplementedError:  # a build without jemalloc (Windows)
-        return pa.default_memory_pool()
+def raise_mmap_threshold(size: int) -> None:
+    """Free one block of ``size`` bytes from malloc, once per size: glibc then serves blocks up
+    to that size (32 MiB at most) from memory it holds rather than mapping each afresh, as its
+    mmap threshold follows the largest block freed. The per-range numpy arrays of the stats
+    (~1.5 MB each for 16 MiB ranges) were mapped and faulted in anew every range: a 1 GB gzip
+    job took 116,000 page faults without this, 56,000 with it. No effect where the thresholds
+    are set (``MALLOC_TRIM_THRESHOLD_`` and friends): glibc then keeps them fixed."""
+    np.empty(size, dtype=np.uint8)  # malloc'ed and freed at once, never touched
+
+
+FREE = 2  # sys.getrefcount of a buffer only ``_Buffers.arrays`` holds (and the call's argument)
+# Buffer sizes: the size asked for, rounded up past a multiple of this. A chunk of exactly 16 MiB
+# needs a bit more next time (the partial record carried over): without the headroom every
+# other buffer of a stream was replaced (66 fresh buffers for 32 parts, sequential).
+BUFFER_GRAIN = 1 << 20
+# Kept for reuse while streams run: the chunks in flight (a thread batch reads ~8 ahead); and
+# when none runs, as many as two streams need (parts read one after another, the next ahead:
+# each a buffer being filled and one being parsed), ~68 MiB left after a job.
+BUFFERS = _Buffers(keep=16, idle=4)
 
 
 def record_chunks(
@@ -107,6 +169,17 @@ def record_chunks(
     ``UnterminatedQuote`` when the stream ends inside a quoted field."""
     _check_positive("chunk_bytes", chunk_bytes)
     _check_positive("max_record_bytes", max_record_bytes)
+    BUFFERS.opened()
+    try:
+        yield from _chunks(stream, quote, chunk_bytes, max_record_bytes)
+    finally:
+        BUFFERS.closed()
+
+
+def _chunks(
+    stream: BinaryIO, quote: int | None, chunk_bytes: int, max_record_bytes: int
+) -> Iterator[StreamChunk]:
+    """``record_chunks``' loop, after its checks."""
     carried: bytes | memoryview = b""  # the partial record after the last chunk (or more)
     inside = False  # the quote state at the end of what is scanned (all of ``carried``)
     newlines = 0  # newline bytes in ``carried``
@@ -114,13 +187,15 @@ def record_chunks(
     line = 1  # the line carried[0] is on
     index = 0
     while True:
-        # Each piece goes into a buffer of its own: a chunk is a slice of it, handed on uncopied
-        # (one ``bytes`` copy less per chunk), and freed by whichever worker parsed it.
+        # Each piece goes into a buffer nothing else holds: a chunk is a slice of it, handed on
+        # uncopied (one ``bytes`` copy less per chunk), and its buffer is filled again once
+        # whichever worker parsed it has let it go.
         scanned = len(carried)
-        buffer = pa.allocate_buffer(scanned + chunk_bytes, memory_pool=chunk_pool())
-        view = memoryview(buffer).cast("B")  # Arrow exports signed bytes
+        array = BUFFERS.take(scanned + chunk_bytes)
+        buffer = pa.py_buffer(array)
+        view = memoryview(array)
         view[:scanned] = carried
-        got = _fill(stream, view[scanned:])
+        got = _fill(stream, view[scanned : scanned + chunk_bytes])
         if not got:
             break
         filled = buffer.slice(0, scanned + got)
@@ -177,18 +252,23 @@ def _scan(
     start, and the quote state and newline count of the whole buffer. ``StreamRecordTooLong``
     for a whole record longer than ``limit``.
 
-    Counting is all that touches every byte (numpy ``count_nonzero``, several GB/s); record
-    ends are searched only near the end and near each block start, as ``split.py`` does."""
+    Counting is all that touches every byte (numpy ``count_nonzero``, several GB/s), its
+    comparisons written into one scratch array: not a fresh 256 KiB array per block, which
+    glibc maps and unmaps each time where its thresholds are set (``MALLOC_TRIM_THRESHOLD_``,
+    which Dask sets for the processes it starts): ~100,000 page faults per 200 MB. Record ends
+    are searched only near the end and near each block start, as ``split.py`` does."""
     array = np.frombuffer(buffer, dtype=np.uint8)
     grain = max(1, min(STEP, limit // 2))  # a record over ``limit`` covers a whole block
     starts = list(range(scanned, len(buffer), grain))
     quotes = [0] * len(starts)
     found = [0] * len(starts)
+    scratch = np.empty(min(grain, len(buffer)), dtype=bool)
     for which, start in enumerate(starts):
         block = array[start : start + grain]
-        found[which] = int(np.count_nonzero(block == NEWLINE))
+        equal = scratch[: len(block)]
+        found[which] = int(np.count_nonzero(np.equal(block, NEWLINE, out=equal)))
         if quote is not None:
-            quotes[which] = int(np.count_nonzero(block == quote))
+            quotes[which] = int(np.count_nonzero(np.equal(block, quote, out=equal)))
     states = [inside ^ bool(odd & 1) for odd in itertools.accumulate(quotes, initial=0)]
     record = 0
     before_record = 0
