@@ -102,19 +102,32 @@ def remove_stopped_writes(args: argparse.Namespace) -> None:
 
 
 def start_pool_early(args: argparse.Namespace) -> None:
-    """With ``--backend process`` on local files, start the worker pool before the handler imports
-    numpy and pyarrow: the pool's zygote imports them on another core meanwhile, and the workers
-    are ready when the first batch starts instead of ~0.3 s later. For URLs the CSV node starts
-    the pool itself, with the store's client preloaded; a job that needs fewer workers than the
-    CPUs (fewer ranges or images) has its pool fitted down when its batch starts."""
+    """With ``--backend process``, start the worker pool before the handler imports numpy and
+    pyarrow: the pool's zygote imports them on another core meanwhile, and the workers are ready
+    when the first batch starts instead of ~0.3 s later. For CSV inputs by URL the zygote also
+    imports the store's client (as the CSV node would ask); a job that needs fewer workers than
+    the CPUs (fewer ranges or images) has its pool fitted down when its batch starts."""
     if getattr(args, "backend", None) != "process":
         return
-    places = [*getattr(args, "paths", ()), *getattr(args, "src", ())]
-    places += [getattr(args, name, None) or "" for name in ("out", "out_dir")]
-    if any("://" in place or place == "-" for place in places):
-        return
+    inputs: list[str] = [*getattr(args, "paths", ()), *getattr(args, "src", ())]
+    outputs = [getattr(args, name, None) or "" for name in ("out", "out_dir")]
+    if "-" in inputs or any("://" in place for place in outputs):
+        return  # standard input is spooled first; a URL output's writers need its client too
+    remote = any("://" in place for place in inputs)
+    imports: list[str] = []
+    if args.command == "images":
+        if remote:
+            return  # the image job's workers import the store's client themselves
+        imports = ["PIL.Image"]  # else each worker imports it at its first image
+    elif remote:
+        from ..storage import reader_modules
+        from .options import storage_options
+
+        try:
+            imports = reader_modules(inputs, storage_options(args))
+        except Exception:  # a bad --storage-option: the handler says what is wrong
+            return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    imports = ["PIL.Image"] if args.command == "images" else []  # else each worker's first image
     batchcore.get_backend("process", args.workers).start(imports, items=cpus or 1)
 
 
