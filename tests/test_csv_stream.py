@@ -301,29 +301,35 @@ def test_a_truncated_gzip_stream_fails_the_iteration_instead_of_ending_it_short(
 
 # --- memory ---
 
-MEMORY_CHILD = textwrap.dedent(
+# The child scripts' input: TOTAL bytes of CSV made on the fly (argv: TOTAL, CHUNK), no file and
+# no copy of the whole held anywhere; whole records, so the stream ends at a record end.
+ENDLESS = """
+import io, sys
+
+TOTAL, CHUNK = int(sys.argv[1]), int(sys.argv[2])
+ROW = b'%d,2024-01-01,"a note, with\\na newline",%d.5\\n'
+PATTERN = b"".join(ROW % (i, i) for i in range(30_000))
+TOTAL -= TOTAL % len(PATTERN)
+
+class Endless(io.RawIOBase):
+    def __init__(self):
+        self.left = TOTAL
+        self.at = 0
+    def readable(self):
+        return True
+    def readinto(self, buffer):
+        size = min(len(buffer), self.left, len(PATTERN) - self.at)
+        buffer[:size] = memoryview(PATTERN)[self.at : self.at + size]  # no copy of its own
+        self.at = (self.at + size) % len(PATTERN)
+        self.left -= size
+        return size
+"""
+
+MEMORY_CHILD = ENDLESS + textwrap.dedent(
     """
     import io, sys
     from batchcore.processors.csv.stream import record_chunks
 
-    TOTAL, CHUNK = int(sys.argv[1]), int(sys.argv[2])
-    ROW = b'%d,2024-01-01,"a note, with\\na newline",%d.5\\n'
-    PATTERN = b"".join(ROW % (i, i) for i in range(30_000))
-    TOTAL -= TOTAL % len(PATTERN)  # whole records: the stream ends at a record end
-
-    class Endless(io.RawIOBase):
-        # TOTAL bytes of CSV made on the fly: no file, no copy of the whole held anywhere
-        def __init__(self):
-            self.left = TOTAL
-            self.at = 0
-        def readable(self):
-            return True
-        def readinto(self, buffer):
-            size = min(len(buffer), self.left, len(PATTERN) - self.at)
-            buffer[:size] = PATTERN[self.at : self.at + size]
-            self.at = (self.at + size) % len(PATTERN)
-            self.left -= size
-            return size
 
     stream = io.BufferedReader(Endless(), 1 << 20)
     chunks = record_chunks(stream, quote=34, chunk_bytes=CHUNK, max_record_bytes=1 << 20)
@@ -362,28 +368,11 @@ def test_memory_stays_about_two_chunks_on_a_200_mb_stream() -> None:
     )
 
 
-FAULTS_CHILD = textwrap.dedent(
+FAULTS_CHILD = ENDLESS + textwrap.dedent(
     """
     import io, resource, sys
     from batchcore.processors.csv.stream import record_chunks
 
-    TOTAL, CHUNK = int(sys.argv[1]), int(sys.argv[2])
-    ROW = b'%d,2024-01-01,"a note, with\\na newline",%d.5\\n'
-    PATTERN = b"".join(ROW % (i, i) for i in range(30_000))
-    TOTAL -= TOTAL % len(PATTERN)
-
-    class Endless(io.RawIOBase):
-        def __init__(self):
-            self.left = TOTAL
-            self.at = 0
-        def readable(self):
-            return True
-        def readinto(self, buffer):
-            size = min(len(buffer), self.left, len(PATTERN) - self.at)
-            buffer[:size] = memoryview(PATTERN)[self.at : self.at + size]  # no copy of its own
-            self.at = (self.at + size) % len(PATTERN)
-            self.left -= size
-            return size
 
     chunks = record_chunks(Endless(), quote=34, chunk_bytes=CHUNK, max_record_bytes=1 << 20)
     total = sum(len(next(chunks).data) for _ in range(3))  # the buffers in use are faulted in
