@@ -190,15 +190,23 @@ class _Resume:
     def pending(self) -> Iterator[Any]:
         """The items not done yet, in order; the done ones are queued with their results. A
         node's ``checkpoint_usable(item, result)``, if it has one, can turn a stored result down
-        (its output files are gone, say): that item runs again."""
+        (its output files are gone, say): that item runs again. Its ``checkpoint_recover(item)``
+        can give the result of an item the journal lacks from the item's own output (written
+        just before a kill, not yet recorded); ``None`` runs it."""
         return chain.from_iterable(self._pending_groups())  # no Python frame per item
 
     def _pending_groups(self) -> Iterator[list[Any]]:
         """``pending``'s items a group at a time, each queued after the runs it follows."""
         position = 0
         usable = getattr(self.owner, "checkpoint_usable", None)
+        recover = getattr(self.owner, "checkpoint_recover", None)
         for items, keys in keyed(self.items, self.owner):
             found = self.journal.done(keys)
+            if recover is not None and len(found) < len(items):
+                for offset, item in enumerate(items):
+                    if offset not in found and (result := recover(item)) is not None:
+                        found[offset] = result
+                found = dict(sorted(found.items()))  # in input order, as ``done`` gives them
             if not found:  # a fresh run's every group: one run, no per-item work
                 self.runs.append((False, keys, position))
                 position += len(items)

@@ -153,6 +153,25 @@ def test_a_stored_result_the_node_turns_down_runs_again(tmp_path: Path) -> None:
     assert runs(marks) == sorted([*range(9), 0, 3, 6]) and node.batch_stats.resumed == 6
 
 
+def test_an_item_the_node_recovers_from_its_output_does_not_run(
+    backend: str, tmp_path: Path
+) -> None:
+    """``checkpoint_recover(item)``: a result the journal lacks, rebuilt from the item's own
+    output (written just before a kill); ``None`` runs the item. Counted as resumed."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+
+    class Recovering(Marks):
+        def checkpoint_recover(self, item: int) -> int | None:
+            return item * item if item % 4 == 1 else None  # as if their outputs were there
+
+    shared: dict[str, Any] = {"items": list(range(12))}
+    node = Recovering(marks, backend=backend, checkpoint=tmp_path / "j.sqlite")
+    node.run(shared)
+    assert shared["out"] == [x * x for x in range(12)]
+    assert runs(marks) == [0, 2, 3, 4, 6, 7, 8, 10, 11] and node.batch_stats.resumed == 3
+
+
 def test_an_item_that_does_not_pickle_needs_a_checkpoint_key(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="define checkpoint_key"):
         Lambdas(checkpoint=tmp_path / "j.sqlite").run({})

@@ -110,10 +110,14 @@ def test_to_parquet_killed_resumes_with_only_the_missing_parts(
     command += ["--backend", backend, "--workers", "2"]
     done = interrupt(command, lambda: staging_journal(out), how, dict(os.environ))
     assert not out.exists()  # the dataset appears whole or not at all
+    # Every part in the staging folder is whole (renamed into place): those the journal lacks
+    # are kept by their footers, so exactly the parts written before the stop are not run again.
+    written = len(list(tmp_path.glob(".out.staging-*/part-*.parquet")))
+    assert written >= done
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     total = json.loads((out / "_SUCCESS").read_text())["parts"]
-    assert f"{done:,} of {total:,} parts came from the interrupted run" in again.stderr
+    assert f"{written:,} of {total:,} parts came from the interrupted run" in again.stderr
     assert sorted(os.listdir(out)) == ["_SUCCESS", *(f"part-{i:05d}.parquet" for i in range(total))]
     assert not list(tmp_path.glob(".out.*"))  # no staging folder, no journal left
     reference = tmp_path / "reference"
@@ -349,3 +353,29 @@ def test_a_file_given_in_another_place_is_written_again_under_its_new_part_names
     ids = sorted(row[0] for row in rows_of(out))
     assert ids == [*range(3000), *range(10_000, 13_000)]  # each row once: no part overwritten
     assert result["resumed"] == 0
+
+
+def test_parts_written_but_not_yet_journaled_are_kept_by_their_footer(tmp_path: Path) -> None:
+    """A kill between a part's rename and the journal's commit: the part's Parquet footer names
+    its range and job, so the rerun keeps it instead of writing it again. A torn part, or one
+    written for another range, is written again."""
+    data = tmp_path / "a.csv"
+    write_sales(data, [f"{i},{i % 7}" for i in range(4000)])
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="a bad day"):
+        flaky_run([data], out, fail_at=8)
+    journal = staging_journal(out)
+    assert journal is not None and committed(journal) == 8
+    with closing(sqlite3.connect(journal)) as connection:
+        connection.execute("delete from groups")  # as if the kill came before every commit
+        connection.commit()
+    parts = sorted(journal.parent.glob("part-*.parquet"))
+    assert len(parts) == 8
+    parts[3].write_bytes(parts[3].read_bytes()[:-100])  # its footer torn off
+    parts[5].write_bytes(parts[6].read_bytes())  # another range's part under its name
+    before = {part.name: part.stat().st_mtime_ns for part in parts}
+    result = flaky_run([data], out)
+    assert result["resumed"] == 6
+    rewritten = [name for name, mtime in before.items() if (out / name).stat().st_mtime_ns != mtime]
+    assert rewritten == [parts[3].name, parts[5].name]
+    assert sorted(row[0] for row in rows_of(out)) == list(range(4000))

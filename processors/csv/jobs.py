@@ -30,6 +30,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
@@ -415,6 +416,10 @@ PART = "part-{index}.parquet"  # index: the range's, 00012; or 00012-00003, a co
 REMOTE_PART = "part-{index}-{run}.parquet"  # 4th chunk, when its worker decompressed it (Dask)
 SUCCESS = "_SUCCESS"
 JOURNAL = "_checkpoint.sqlite"  # a resumable run's, in its staging folder; removed at the end
+# In a resumable run's parts, the Parquet footer's key for the range the part was written for
+# (its checkpoint key and the job's fingerprint, hashed): a part written just before a kill,
+# which the journal had not recorded yet, is kept on resume rather than written again.
+RANGE_TAG = b"batchcore.range"
 log = logging.getLogger("batchcore")
 
 
@@ -543,8 +548,32 @@ class ParquetNode(CSVBatchNode):
             self.remote.put_part(name, buffer.getvalue().to_pybytes())
             return name, table.num_rows
         final = self.part_dir / PART.format(index=_part_index(rng))
+        if self.resume:
+            metadata = {**(table.schema.metadata or {}), RANGE_TAG: self._range_tag(rng)}
+            table = table.replace_schema_metadata(metadata)
         write_atomically(final, lambda temporary: pq.write_table(table, str(temporary)))
         return final.name, table.num_rows
+
+    def _range_tag(self, rng: CsvRange) -> bytes:
+        key = repr((self.checkpoint_fingerprint(), self.checkpoint_key(rng))).encode()
+        return blake2b(key, digest_size=16).hexdigest().encode()
+
+    def checkpoint_recover(self, item: Any) -> tuple[str, int] | None:
+        """A resumed run's part for ``item`` that the journal lacks (the run was killed between
+        the part's rename and the journal's commit): kept when its footer names this range of
+        this job, its name and rows read from the footer; else ``None``, and it is written."""
+        if self.staged is None or not isinstance(item, CsvRange):
+            return None
+        import pyarrow.parquet as pq
+
+        path = self.part_dir / PART.format(index=_part_index(item))
+        try:
+            footer = pq.read_metadata(path)
+        except (OSError, pa.ArrowException):  # none, or not a whole Parquet file
+            return None
+        if (footer.metadata or {}).get(RANGE_TAG) != self._range_tag(item):
+            return None
+        return path.name, footer.num_rows
 
     def post(self, shared: dict[str, Any], prep_res: Any, exec_res: list[Any]) -> str:
         rows = sum(count for _, count in exec_res)
