@@ -84,10 +84,13 @@ def written(out: Path) -> int:
     return len(list(out.parent.glob(f".{out.name}.staging-*/part-*.parquet")))
 
 
-def kill_at(command: list[str], env: dict[str, str], out: Path, parts: int) -> tuple[int, float]:
+def kill_at(
+    command: list[str], env: dict[str, str], out: Path, parts: int
+) -> tuple[int, int, float]:
     """Run ``command`` and SIGKILL it (and its workers) once ``parts`` parts are written: 90% of
     the work done, as a user watching would see it. Returns how many of them its journal had
-    committed then (the others run again), and the seconds the run had taken."""
+    committed then, how many parts were written (the resumed run keeps those by their footers),
+    and the seconds the run had taken."""
     began = time.perf_counter()
     child = subprocess.Popen(
         command, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -99,7 +102,7 @@ def kill_at(command: list[str], env: dict[str, str], out: Path, parts: int) -> t
         time.sleep(0.002)
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
-    return committed(out), time.perf_counter() - began
+    return committed(out), written(out), time.perf_counter() - began
 
 
 def clear(out: Path) -> None:
@@ -128,7 +131,7 @@ def main() -> None:
     cli = [sys.executable, "-m", "batchcore", "csv"]
     stats = [*cli, "stats", str(path), *T2, *common]
     times: dict[str, list[float]] = {}
-    notes: dict[str, list[Any]] = {"killed": [], "resumed": [], "killed_after": []}
+    notes: dict[str, list[Any]] = {"killed": [], "written": [], "killed_after": []}
     load_before = os.getloadavg()[0]
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
@@ -167,15 +170,16 @@ def main() -> None:
                 times.setdefault(name, []).append(run(command, env, name)[0])
             clear(out)
             time.sleep(args.pause)
-            held, after = kill_at([*parquet, "--resume"], env, out, math.ceil(parts * 0.9))
+            held, kept, after = kill_at([*parquet, "--resume"], env, out, math.ceil(parts * 0.9))
             time.sleep(args.pause)
             resumed = "to-parquet: --resume after a kill at 90%"
             seconds, done = run([*parquet, "--resume"], env, resumed)
-            said = f"all {parts:,}" if held == parts else f"{held:,} of {parts:,}"
+            said = f"all {parts:,}" if kept == parts else f"{kept:,} of {parts:,}"
             assert f"{said} parts came from" in done.stderr, done.stderr
             assert json.loads((out / "_SUCCESS").read_text())["rows"] == rows
             times.setdefault(resumed, []).append(seconds)
             notes["killed"].append(held)
+            notes["written"].append(kept)
             notes["killed_after"].append(after)
         clear(out)
     total = time.perf_counter() - began
@@ -213,7 +217,9 @@ def main() -> None:
         "machine disturbs less than wall time. Every T2 answer is checked against the first; "
         "every resumed dataset's row count too. The kill: SIGKILL of the CLI and its workers "
         f"once {math.ceil(parts * 0.9)} of the {parts} parts were written (the journal had "
-        f"committed {min(notes['killed'])}-{max(notes['killed'])} of them: the rest ran again; "
+        f"committed {min(notes['killed'])}-{max(notes['killed'])} of them; the resumed run kept "
+        f"{min(notes['written'])}-{max(notes['written'])} parts, the journal's and the others "
+        "by their footers, and ran the rest; "
         f"the runs had taken {min(notes['killed_after']):.1f}-"
         f"{max(notes['killed_after']):.1f} s).",
         "",
