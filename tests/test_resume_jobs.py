@@ -324,16 +324,24 @@ def flaky_run(inputs: list[Path], out: Path, fail_at: int | None = None) -> dict
     return dict(shared["parquet"])
 
 
-def test_a_resumed_to_parquet_reuses_the_killed_run_s_split(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def failed_at_range_8(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A resumable to-parquet of 4,000 rows that failed at its range 8: the input, the output
+    folder, and the journal its staging folder kept."""
     data = tmp_path / "a.csv"
     write_sales(data, [f"{i},{i % 7}" for i in range(4000)])
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="a bad day"):
         flaky_run([data], out, fail_at=8)
-    kept = staging_journal(out)
-    assert kept is not None and Path(f"{kept}.split.json").is_file()
+    journal = staging_journal(out)
+    assert journal is not None
+    return data, out, journal
+
+
+def test_a_resumed_to_parquet_reuses_the_killed_run_s_split(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, out, kept = failed_at_range_8(tmp_path)
+    assert Path(f"{kept}.split.json").is_file()
     calls = count_scans(monkeypatch)
     result = flaky_run([data], out)
     assert not calls and result["resumed"] == 8  # no byte scanned, ranges 0-7 kept
@@ -359,13 +367,8 @@ def test_parts_written_but_not_yet_journaled_are_kept_by_their_footer(tmp_path: 
     """A kill between a part's rename and the journal's commit: the part's Parquet footer names
     its range and job, so the rerun keeps it instead of writing it again. A torn part, or one
     written for another range, is written again."""
-    data = tmp_path / "a.csv"
-    write_sales(data, [f"{i},{i % 7}" for i in range(4000)])
-    out = tmp_path / "out"
-    with pytest.raises(RuntimeError, match="a bad day"):
-        flaky_run([data], out, fail_at=8)
-    journal = staging_journal(out)
-    assert journal is not None and committed(journal) == 8
+    data, out, journal = failed_at_range_8(tmp_path)
+    assert committed(journal) == 8
     with closing(sqlite3.connect(journal)) as connection:
         connection.execute("delete from groups")  # as if the kill came before every commit
         connection.commit()
