@@ -12,6 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,20 @@ class Reply:
     truncate: bool = False
 
 
+@contextmanager
+def serving(server: http.server.HTTPServer) -> Iterator[str]:
+    """``server`` answering on a thread while the block runs; yields its ``http://`` endpoint."""
+    # shutdown() waits for serve_forever to poll: every 0.05 s, not the default 0.5 s
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 @pytest.fixture
 def fake_s3() -> Iterator[tuple[str, Reply]]:
     """An HTTP server answering every request with ``reply`` (an S3 error, or a body cut
@@ -112,17 +127,11 @@ def fake_s3() -> Iterator[tuple[str, Reply]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    # shutdown() waits for serve_forever to poll: every 0.05 s, not the default 0.5 s
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", reply
-    finally:
-        close_s3fs_sessions()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)) as endpoint:
+        try:
+            yield endpoint, reply
+        finally:
+            close_s3fs_sessions()
 
 
 @pytest.fixture
@@ -615,15 +624,8 @@ def rangeless_server(tmp_path: Path) -> Iterator[str]:
         def handle_error(self, request: Any, client_address: Any) -> None:
             pass  # the client hangs up on the whole file it did not ask for: expected
 
-    server = Server(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,))
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Server(("127.0.0.1", 0), Handler)) as endpoint:
+        yield endpoint
 
 
 @pytest.mark.parametrize("backend", ["sequential", "process"])

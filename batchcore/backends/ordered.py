@@ -603,10 +603,9 @@ class PooledBackend(Backend):
         """A new pool of ``size`` workers (``self.workers`` when ``None``)."""
         raise NotImplementedError(f"{type(self).__name__}.make_pool")
 
-    def pool_size(self, items: Iterable[Any]) -> int:
-        """Workers a batch of ``items`` needs: ``workers``, but never more than there are items
-        (when they have a length), since a worker that gets no item only costs its start."""
-        count = known_length(items)
+    def pool_size(self, count: int | None) -> int:
+        """Workers a batch of ``count`` items needs (``None``: unknown): ``workers``, but never
+        more than there are items, since a worker that gets no item only costs its start."""
         return self.workers if count is None else max(1, min(self.workers, count))
 
     def fit(self, pool: Transport, size: int, imports: Sequence[str]) -> Transport:
@@ -623,7 +622,7 @@ class PooledBackend(Backend):
         timeout: float | None = None,
         fail_fast: bool = True,
     ) -> Iterator[Chunk]:
-        pool = self._lease(size=self.pool_size(items))
+        pool = self._lease(size=self.pool_size(known_length(items)))
         try:
             yield from OrderedRun(pool, task, items, chunksize, timeout, fail_fast)
         finally:
@@ -634,8 +633,7 @@ class PooledBackend(Backend):
         to boot, so the caller can do other work meanwhile. A new pool has ``imports`` imported
         in its workers as they boot; a running pool is only fitted to the batch (``fit``).
         ``items``: the coming batch's item count, when known (no more workers than items)."""
-        size = self.workers if items is None else max(1, min(self.workers, items))
-        self._give_back(self._lease(imports, size))
+        self._give_back(self._lease(imports, self.pool_size(items)))
 
     def is_warm(self) -> bool:
         """True when an idle pool's workers have all booted: a batch would start at once."""
@@ -663,6 +661,7 @@ class PooledBackend(Backend):
 
     def close(self) -> None:
         with self._lock:
-            pools, self._idle = self._idle, []
+            pools = list(self._idle)
+            self._idle.clear()  # in place: it may be shared (``ProcessBackend``'s program pool)
         for pool in pools:
             pool.close()

@@ -54,7 +54,16 @@ from ..errors import (
     format_bytes,
 )
 from .base import WORKER_ENV, Chunk, Failure, Slot, Task, default_workers
-from .ordered import Died, Done, Job, OrderedRun, PooledBackend, Transport, WorkerState
+from .ordered import (
+    Died,
+    Done,
+    Job,
+    OrderedRun,
+    PooledBackend,
+    Transport,
+    WorkerState,
+    known_length,
+)
 from .shm import PARENT_ENV, message_size, seal, sweep
 from .streams import Output, write_out
 from .wire import SLOT_SIZE, SlotStruct, forward_record, log_levels, pickle_task, unpack
@@ -255,15 +264,7 @@ class ProcessPool(Transport):
         self.size = size
         while len(self.workers) < size:
             self.workers.append(self.spawn())
-        for worker in extra:
-            worker.inbox.close()
-        deadline = time.monotonic() + TERMINATE_GRACE
-        for worker in extra:
-            self.drain(worker, deadline)
-            if not worker.ready:
-                worker.proc.kill()
-            worker.release()
-        _stop_processes([worker.proc for worker in extra], TERMINATE_GRACE)
+        self._stop_all(extra)
 
     def spawn(self) -> ProcessWorker:
         task_r, task_w = os.pipe()
@@ -516,10 +517,17 @@ class ProcessPool(Transport):
             return
         self.closed = True
         workers, self.workers = self.workers, []
+        self._stop_all(workers, kill)
+        if self.zygote is not None:  # last: it reports how the workers above exited
+            self.zygote.close()
+
+    def _stop_all(self, workers: list[ProcessWorker], kill: bool = False) -> None:
+        """Stop ``workers``: an idle one reads the end of its task pipe and exits, after what it
+        still sends is delivered; a busy one (or all, with ``kill``) gets SIGTERM."""
         for worker in workers:
             if kill or worker.jobs:
                 worker.proc.send_signal(signal.SIGTERM)
-            worker.inbox.close()  # an idle worker reads the end of its task pipe and exits
+            worker.inbox.close()
         deadline = time.monotonic() + TERMINATE_GRACE
         for worker in workers:
             if not (kill or worker.jobs):
@@ -528,8 +536,6 @@ class ProcessPool(Transport):
                 worker.proc.kill()  # still booting: it has nothing to say and nothing to finish
             worker.release()
         _stop_processes([worker.proc for worker in workers], TERMINATE_GRACE)
-        if self.zygote is not None:  # last: it reports how the workers above exited
-            self.zygote.close()
 
     def poll_ready(self) -> None:
         for worker in self.workers:
@@ -601,13 +607,6 @@ class ProcessBackend(PooledBackend):
             pool.resize(size if pool.size < size else self.workers)
         return pool
 
-    def close(self) -> None:
-        with self._lock:
-            pools = list(self._idle)
-            self._idle.clear()  # in place: it may be the program's, which other backends share
-        for pool in pools:
-            pool.close()
-
     def map(
         self,
         task: Task,
@@ -619,7 +618,7 @@ class ProcessBackend(PooledBackend):
         max_memory: int | None = None,
     ) -> Iterator[Chunk]:
         """``PooledBackend.map``; a worker holding more than ``max_memory`` bytes is stopped."""
-        pool = self._lease(size=self.pool_size(items))
+        pool = self._lease(size=self.pool_size(known_length(items)))
         assert isinstance(pool, ProcessPool)
         pool.max_memory = max_memory
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 import batchcore
+from batchcore.backends.base import default_workers
 
 from .csv import add_csv_commands
 from .errors import (
@@ -127,8 +128,8 @@ def start_pool_early(args: argparse.Namespace) -> None:
             imports = reader_modules(inputs, storage_options(args))
         except Exception:  # a bad --storage-option: the handler says what is wrong
             return
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    batchcore.get_backend("process", args.workers).start(imports, items=cpus or 1)
+    # No more workers than CPUs yet: a batch with more items and workers grows the pool.
+    batchcore.get_backend("process", args.workers).start(imports, items=default_workers())
 
 
 def run(argv: list[str] | None) -> int:
