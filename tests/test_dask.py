@@ -31,16 +31,21 @@ from batchcore.backends.dask import DaskBackend  # noqa: E402
 pytestmark = pytest.mark.dask
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Any]:
-    """A cluster of our own (not the shared backend's), for the connection tests."""
-    with distributed.LocalCluster(
-        n_workers=2,
+def local_cluster(workers: int) -> Any:
+    """A LocalCluster of ``workers`` single-threaded worker processes, quiet, no dashboard."""
+    return distributed.LocalCluster(
+        n_workers=workers,
         threads_per_worker=1,
         processes=True,
         dashboard_address=":0",
         silence_logs=logging.ERROR,
-    ) as local:
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A cluster of our own (not the shared backend's), for the connection tests."""
+    with local_cluster(2) as local:
         yield local
 
 
@@ -173,13 +178,7 @@ def cluster_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    with distributed.LocalCluster(
-        n_workers=1,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=":0",
-        silence_logs=logging.ERROR,
-    ) as local:
+    with local_cluster(1) as local:
         home = tmp_path / "home"
         (home / "data").mkdir(parents=True)
         root = Path(__file__).resolve().parents[1]
