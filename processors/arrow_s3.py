@@ -27,6 +27,8 @@ Arrow's errors (``AWS Error ACCESS_DENIED ...``) are classified there like botoc
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
 import threading
 import urllib.parse
@@ -41,6 +43,7 @@ from .storage_errors import S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT
 __all__ = ["ArrowFile", "arrow_options", "object_info", "open_object", "read_range"]
 
 SWITCH = "BATCHCORE_ARROW_S3"  # "0": s3fs reads every range, as before Arrow's client did
+ARROW_S3_MODULE = "_s3fs"  # the extension module of pyarrow's S3 client; builds without it lack it
 # s3fs options that change nothing about reading a range of a known object.
 _IGNORED = frozenset(
     {
@@ -154,12 +157,16 @@ def arrow_options(options: Mapping[str, Any]) -> dict[str, Any] | None:
 
 @lru_cache(maxsize=1)
 def _arrow_has_s3() -> bool:
-    """Whether this pyarrow was built with its S3 client (PyPI's wheels are; some builds not)."""
-    try:
-        from pyarrow.fs import S3FileSystem  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether this pyarrow was built with its S3 client (PyPI's wheels are; some builds not),
+    told by the client's extension module file (``pyarrow/_s3fs.*.so``) without importing
+    pyarrow: the CLI asks before it starts its pool, and the import would delay that ~0.1 s."""
+    spec = importlib.util.find_spec("pyarrow")
+    folders = (spec.submodule_search_locations or ()) if spec else ()
+    return any(
+        os.path.isfile(os.path.join(folder, f"{ARROW_S3_MODULE}{suffix}"))
+        for folder in folders
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES
+    )
 
 
 def _attempts(retries: Any) -> int:

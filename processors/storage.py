@@ -126,6 +126,8 @@ def reader_modules(
     if arrow and all(_plain_object(text) for text in texts if protocol_of(text) in _ARROW_READS):
         modules.append("pyarrow.fs")
         protocols = [protocol for protocol in protocols if protocol not in _ARROW_READS]
+    if not protocols:
+        return modules  # without importing fsspec: the CLI asks before its pool starts
     try:
         from fsspec.registry import known_implementations
     except ImportError:
