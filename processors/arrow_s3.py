@@ -209,8 +209,10 @@ _OPENED_MAX = 16
 _OPENED_LOCK = threading.Lock()
 
 
-def _opened(settings: tuple[tuple[str, Any], ...], path: str, size: int, version: str) -> Any:
-    key = (settings, path, size, version)
+def _opened(
+    settings: tuple[tuple[str, Any], ...], path: str, size: int, version: str, thread: int = 0
+) -> Any:
+    key = (settings, path, size, version, thread)
     handle = _OPENED.get(key)
     if handle is None:
         handle = _filesystem(settings, path.split("/", 1)[0]).open_input_file(path)
@@ -243,11 +245,26 @@ def read_range(
     return data
 
 
-def _handle(url: str, size: int, version: str, options: Mapping[str, Any]) -> Any:
+def read_into(
+    url: str, size: int, version: str, options: Mapping[str, Any], start: int, buffer: memoryview
+) -> int | None:
+    """``buffer`` filled from ``start`` of the object ``url`` in one ranged GET by Arrow's
+    client, written straight into it (``read_range``'s ``bytes`` are fresh memory each time);
+    how many bytes were read, or ``None`` when ``options`` are not for Arrow. A reading file
+    has a position, so each thread reads through its own (opening one is a HEAD)."""
+    handle = _handle(url, size, version, options, threading.get_ident())
+    if handle is None:
+        return None
+    handle.seek(start)
+    got: int = handle.readinto(buffer)
+    return got
+
+
+def _handle(url: str, size: int, version: str, options: Mapping[str, Any], thread: int = 0) -> Any:
     settings = _settings(options)
     if settings is None:
         return None
-    return _opened(settings, url.split("://", 1)[1], size, version)
+    return _opened(settings, url.split("://", 1)[1], size, version, thread)
 
 
 def object_info(url: str, options: Mapping[str, Any]) -> tuple[int, str] | None:

@@ -320,6 +320,20 @@ class Source:
         data: bytes = self._retrying(lambda: fs.cat_file(self.url, start=start, end=end))
         return data
 
+    def readinto(self, start: int, buffer: memoryview) -> int:
+        """Fill ``buffer`` with the bytes from ``start`` on (fewer at the end): one positioned
+        read, or one ranged GET, into memory the caller reuses. Returns how many were read."""
+        if self.is_local:
+            with open(self.url, "rb", buffering=0) as handle:
+                return os.preadv(handle.fileno(), [buffer], start)
+        if protocol_of(self.url) in _ARROW_READS:
+            got = self._retrying(lambda: self._arrow_read_into(start, buffer))
+            if got is not None:
+                return got
+        data = self.read(start, start + len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
     def _arrow_open(self, block_size: int, readahead: bool) -> Any:
         """The object as a file of Arrow's S3 client, or ``None`` (see ``_arrow_read``). Not
         for a compressed file: its decompressor reads it as a stream, through s3fs."""
@@ -333,6 +347,12 @@ class Source:
         from .arrow_s3 import read_range
 
         return read_range(self.url, self.size, self.version, self.options, start, end)
+
+    def _arrow_read_into(self, start: int, buffer: memoryview) -> int | None:
+        """``readinto`` by Arrow's S3 client, or ``None`` (see ``_arrow_read``)."""
+        from .arrow_s3 import read_into
+
+        return read_into(self.url, self.size, self.version, self.options, start, buffer)
 
     def _retrying(self, call: Callable[[], T]) -> T:
         """``call()``, transient failures retried with backoff; else a ``StorageError`` that

@@ -124,6 +124,7 @@ def test_a_plain_file_is_read_in_ranges_and_the_parent_reads_few_bytes(
     parent of a process pool fetches headers, the inference head and windows, not ranges."""
     parent: list[int] = []
     real_open, real_read = storage.Source.open, storage.Source.read
+    real_readinto = storage.Source.readinto
 
     def counting_open(self: storage.Source, *args: Any, **kwargs: Any) -> Any:
         handle = real_open(self, *args, **kwargs)
@@ -137,6 +138,11 @@ def test_a_plain_file_is_read_in_ranges_and_the_parent_reads_few_bytes(
         handle.read = read
         return handle
 
+    def counting_readinto(self: storage.Source, start: int, buffer: memoryview) -> int:
+        got = real_readinto(self, start, buffer)
+        parent.append(got)
+        return got
+
     def counting_read(self: storage.Source, start: int, end: int) -> bytes:
         data = real_read(self, start, end)
         parent.append(len(data))
@@ -144,6 +150,7 @@ def test_a_plain_file_is_read_in_ranges_and_the_parent_reads_few_bytes(
 
     monkeypatch.setattr(storage.Source, "open", counting_open)
     monkeypatch.setattr(storage.Source, "read", counting_read)
+    monkeypatch.setattr(storage.Source, "readinto", counting_readinto)
     size = (https_server["root"] / "big.csv").stat().st_size
     chunk = 1 << 20
     served(https_server, clear=True)

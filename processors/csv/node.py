@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
+from functools import partial
 from hashlib import blake2b
 from itertools import chain
 from pathlib import Path
@@ -51,6 +52,7 @@ from .read import (
     infer_schema,
     read_header,
     read_range,
+    read_reusing,
     same_header,
     too_long,
 )
@@ -226,7 +228,11 @@ class _ParsesRange(Node):
         knows whether the guess was right (``CSVBatchNode._settle``)."""
         options = plan.options
         aligned, data = align_block(
-            plan.source.read, block, plan.size, options.quote_byte, options.max_record_bytes
+            partial(read_reusing, plan.source),
+            block,
+            plan.size,
+            options.quote_byte,
+            options.max_record_bytes,
         )
         result = _BlockResult(block, aligned)
         if aligned.end > aligned.start:
