@@ -594,30 +594,52 @@ from batchcore.processors.cli import build_parser, start_pool_early
 
 start_pool_early(build_parser().parse_args(sys.argv[1:]))
 heavy = [name for name in ("pyarrow", "fsspec") if name in sys.modules]
-print(json.dumps([bool(psutil.Process().children()), bool(heavy)]))
+children = psutil.Process().children()
+preloads = children[0].cmdline() if children else []
+print(json.dumps([bool(children), bool(heavy), preloads]))
 """
 
 
+CSV_JOB = "batchcore.processors.csv.jobs"
+
+
 @pytest.mark.parametrize(
-    ("argv", "early"),
+    ("argv", "early", "preloads"),
     [
-        (["csv", "stats", str(SALES), "--backend", "process"], True),
-        (["csv", "to-parquet", str(SALES), "OUT", "--backend", "process"], True),
-        (["images", str(SALES.parent), "-o", "OUT", "--backend", "process"], True),
-        (["csv", "stats", str(SALES)], False),  # auto: threads or sequential
-        (["csv", "stats", str(SALES), "--backend", "thread"], False),
-        (["csv", "stats", "s3://bucket/sales.csv", "--backend", "process"], True),
-        (["images", "s3://bucket/photos/", "-o", "OUT", "--backend", "process"], False),
-        (["csv", "to-parquet", str(SALES), "s3://bucket/out", "--backend", "process"], False),
-        (["csv", "stats", "-", "--backend", "process"], False),
+        (["csv", "stats", str(SALES), "--backend", "process"], True, [CSV_JOB]),
+        (
+            ["csv", "to-parquet", str(SALES), "OUT", "--backend", "process"],
+            True,
+            [CSV_JOB, "pyarrow.parquet"],
+        ),
+        (
+            ["images", str(SALES.parent), "-o", "OUT", "--backend", "process"],
+            True,
+            ["PIL.Image", "batchcore.processors.images.jobs"],
+        ),
+        (["csv", "stats", str(SALES)], False, []),  # auto: threads or sequential
+        (["csv", "stats", str(SALES), "--backend", "thread"], False, []),
+        (
+            ["csv", "stats", "s3://bucket/sales.csv", "--backend", "process"],
+            True,
+            [CSV_JOB, "pyarrow.fs"],
+        ),
+        (["images", "s3://bucket/photos/", "-o", "OUT", "--backend", "process"], False, []),
+        (
+            ["csv", "to-parquet", str(SALES), "s3://bucket/out", "--backend", "process"],
+            False,
+            [],
+        ),
+        (["csv", "stats", "-", "--backend", "process"], False, []),
     ],
 )
 def test_a_process_run_on_local_files_starts_its_pool_before_the_job_imports(
-    argv: list[str], early: bool
+    argv: list[str], early: bool, preloads: list[str]
 ) -> None:
     """The pool's zygote imports numpy and pyarrow on another core while the command imports
-    them (and fsspec); for CSV by URL with the store's client (Arrow's, with these credentials),
-    for a URL output or images by URL not early."""
+    them (and fsspec), and then what each worker would import at its first item (the job's
+    module, its libraries); for CSV by URL with the store's client (Arrow's, with these
+    credentials), for a URL output or images by URL not early."""
     keys = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
     result = subprocess.run(
         [sys.executable, "-c", EARLY_POOL_SCRIPT, *argv],
@@ -628,9 +650,11 @@ def test_a_process_run_on_local_files_starts_its_pool_before_the_job_imports(
         env={**os.environ, **keys},
     )
     assert result.returncode == 0, result.stderr
-    started, imported = json.loads(result.stdout)
+    started, imported, command = json.loads(result.stdout)
     assert started is early
     assert imported is False  # the pool started before the command's heavy imports
+    cut = command.index("") if "" in command else len(command)
+    assert set(preloads) <= set(command[:cut]), command  # before the zygote's first fork
 
 
 def test_an_early_pool_closes_when_the_command_fails_before_its_batch(tmp_path: Path) -> None:

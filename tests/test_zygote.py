@@ -313,3 +313,20 @@ def test_a_worker_exits_without_walking_every_object(
     assert said and all(said)
     for walked, frozen in ((int(a), int(b)) for a, b in said):
         assert walked < 2_000 and frozen > 10_000, (walked, frozen)
+
+
+def test_a_library_asked_for_is_imported_before_the_first_fork_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pool's ``imports`` come before the cut (imported before the first fork), even one the
+    zygote would otherwise import only after the first batch (Pillow), and none twice."""
+    monkeypatch.setenv(zygote.PRELOAD_ENV, "numpy,pyarrow,,pandas,PIL.Image")
+    assert zygote._preload_list(["PIL.Image", "pyarrow", "my.job"]) == (
+        "numpy",
+        "pyarrow",
+        "PIL.Image",
+        "my.job",
+        "",
+        "pandas",
+    )
+    assert zygote._preload_list() == ("numpy", "pyarrow", "", "pandas", "PIL.Image")

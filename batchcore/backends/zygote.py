@@ -211,8 +211,9 @@ def _preload_list(imports: Sequence[str] = ()) -> tuple[str, ...]:
     names = os.environ.get(PRELOAD_ENV)
     found = PRELOAD if names is None else tuple(name.strip() for name in names.split(","))
     cut = found.index("") if "" in found else len(found)
-    extra = tuple(name for name in imports if name not in found)
-    return found[:cut] + extra + found[cut:]
+    eager, later = found[:cut], found[cut:]
+    extra = tuple(name for name in imports if name not in eager)  # asked for: before any fork
+    return eager + extra + tuple(name for name in later if name not in extra)
 
 
 class ZygoteGone(Exception):

@@ -115,17 +115,22 @@ def start_pool_early(args: argparse.Namespace) -> None:
     if "-" in inputs or any("://" in place for place in outputs):
         return  # standard input is spooled first; a URL output's writers need its client too
     remote = any("://" in place for place in inputs)
+    # What each worker would import at its first item (the job's node, its libraries): the
+    # zygote imports them once, while the command still plans, not each worker on the clock.
     imports: list[str] = []
     if args.command == "images":
         if remote:
             return  # the image job's workers import the store's client themselves
-        imports = ["PIL.Image"]  # else each worker imports it at its first image
-    elif remote:
+        imports = ["PIL.Image", "batchcore.processors.images.jobs"]
+    else:
+        imports = ["batchcore.processors.csv.jobs"]
+        imports += ["pyarrow.parquet"] if args.csv_command == "to-parquet" else []
+    if remote and args.command == "csv":
         from ..storage import reader_modules
         from .options import storage_options
 
         try:
-            imports = reader_modules(inputs, storage_options(args))
+            imports += reader_modules(inputs, storage_options(args))
         except Exception:  # a bad --storage-option: the handler says what is wrong
             return
     # No more workers than CPUs yet: a batch with more items and workers grows the pool.
