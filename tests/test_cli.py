@@ -679,3 +679,35 @@ def _session_of(pid: int) -> int | None:
         return os.getsid(pid)
     except OSError:
         return None
+
+
+BLAS_SCRIPT = """
+import json, os, sys
+from batchcore.processors.cli import main
+
+code = main(sys.argv[1:])
+print(json.dumps([code, os.environ.get("OPENBLAS_NUM_THREADS")]))
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "1"), ("2", "2")])
+def test_the_command_keeps_numpy_from_starting_blas_threads(
+    given: str | None, expected: str
+) -> None:
+    """No command does linear algebra: numpy's OpenBLAS gets one thread (none of its own that
+    spin), unless the user set how many."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if given is not None:
+        env["OPENBLAS_NUM_THREADS"] = given
+    argv = ["csv", "stats", str(SALES), "--sum", "amount", "--backend", "sequential"]
+    done = subprocess.run(
+        [sys.executable, "-c", BLAS_SCRIPT, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    code, value = json.loads(done.stdout.splitlines()[-1])
+    assert code == 0 and value == expected

@@ -57,8 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The commands do no linear algebra, but numpy's OpenBLAS starts a thread per core when numpy
+# is imported, which spins while it waits: ~0.2 of the 4.8 CPU seconds of a 1 GB gzip CSV job,
+# taken from the parse on 2 cores. A user's own setting is kept.
+BLAS_THREADS = {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``batchcore`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    if "numpy" not in sys.modules:
+        for name, value in BLAS_THREADS.items():
+            os.environ.setdefault(name, value)
     try:
         with sigterm_stops():
             return run(argv)
