@@ -325,7 +325,8 @@ class Source:
         read, or one ranged GET, into memory the caller reuses. Returns how many were read."""
         if self.is_local:
             with open(self.url, "rb", buffering=0) as handle:
-                return os.preadv(handle.fileno(), [buffer], start)
+                handle.seek(start)
+                return handle.readinto(buffer)
         if protocol_of(self.url) in _ARROW_READS:
             got = self._retrying(lambda: self._arrow_read_into(start, buffer))
             if got is not None:
