@@ -33,6 +33,7 @@ import pyarrow as pa
 from .split import NEWLINE, STEP, RecordTooLong, first_end
 
 __all__ = [
+    "BUFFER_GRAIN",
     "StreamChunk",
     "StreamRecordTooLong",
     "UnterminatedQuote",
