@@ -10,6 +10,8 @@ import csv
 import io
 import os
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -240,3 +242,23 @@ def pandas_stats(path: Path, sums: Sequence[str], group_by: str | None = None) -
             for key, part in frame.groupby(group_by, dropna=False)
         }
     return result
+
+
+def faults_in_child(script: str, *args: str, trim: str | None = None) -> int:
+    """The page-fault count that ``script``, run with ``args`` in a fresh Python, prints last:
+    with glibc's malloc thresholds as they come, or with ``MALLOC_TRIM_THRESHOLD_=trim`` (as
+    Dask sets it for its processes: glibc's mmap threshold then stays at 128 KiB)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if trim is not None:
+        env["MALLOC_TRIM_THRESHOLD_"] = trim
+    done = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout.split()[-1])

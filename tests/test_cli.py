@@ -587,6 +587,20 @@ def test_a_tiny_chunk_bytes_is_raised_with_a_note(capsys: pytest.CaptureFixture[
     assert time.monotonic() - began < 20
 
 
+def script_says(script: str, argv: list[str], env: dict[str, str]) -> Any:
+    """What ``script``, run in a fresh Python with ``argv`` and ``env``, prints last, as JSON."""
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 EARLY_POOL_SCRIPT = """
 import json, sys
 import psutil
@@ -641,16 +655,7 @@ def test_a_process_run_on_local_files_starts_its_pool_before_the_job_imports(
     module, its libraries); for CSV by URL with the store's client (Arrow's, with these
     credentials), for a URL output or images by URL not early."""
     keys = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
-    result = subprocess.run(
-        [sys.executable, "-c", EARLY_POOL_SCRIPT, *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, **keys},
-    )
-    assert result.returncode == 0, result.stderr
-    started, imported, command = json.loads(result.stdout)
+    started, imported, command = script_says(EARLY_POOL_SCRIPT, argv, {**os.environ, **keys})
     assert started is early
     assert imported is False  # the pool started before the command's heavy imports
     cut = command.index("") if "" in command else len(command)
@@ -700,14 +705,5 @@ def test_the_command_keeps_numpy_from_starting_blas_threads(
     if given is not None:
         env["OPENBLAS_NUM_THREADS"] = given
     argv = ["csv", "stats", str(SALES), "--sum", "amount", "--backend", "sequential"]
-    done = subprocess.run(
-        [sys.executable, "-c", BLAS_SCRIPT, *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
-    code, value = json.loads(done.stdout.splitlines()[-1])
+    code, value = script_says(BLAS_SCRIPT, argv, env)
     assert code == 0 and value == expected

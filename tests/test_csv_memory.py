@@ -3,7 +3,6 @@ its workers) is sampled from outside, every 20 ms, and must not grow with the fi
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from csv_helpers import ROOT, SALES
+from csv_helpers import ROOT, SALES, faults_in_child
 
 pytestmark = pytest.mark.slow
 
@@ -145,18 +144,6 @@ def test_counting_and_reading_a_file_reuse_their_memory_where_malloc_thresholds_
     lines = SALES.read_bytes().splitlines(keepends=True)
     big = tmp_path / "big.csv"
     big.write_bytes(lines[0] + b"".join(lines[1:]) * 120)  # ~50 MB: twelve blocks
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env["MALLOC_TRIM_THRESHOLD_"] = "65536"
-    done = subprocess.run(
-        [sys.executable, "-c", COUNT_FAULTS_CHILD, str(big)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    faults = int(done.stdout.strip())
+    faults = faults_in_child(COUNT_FAULTS_CHILD, str(big), trim="65536")
     fresh = big.stat().st_size // 4096  # every page of the file faulted in afresh, once
     assert faults < fresh // 4, f"{faults} page faults over {big.stat().st_size:,} bytes"

@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from csv_helpers import SALES
+from csv_helpers import SALES, faults_in_child
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
@@ -554,7 +552,6 @@ def test_workers_read_one_object_without_importing_s3fs(
         speculative_ranges = True
 
         def exec(self, table: Any) -> bool:
-            import sys
 
             return "s3fs" in sys.modules or "botocore" in sys.modules
 
@@ -618,18 +615,7 @@ def test_the_blocks_of_an_object_are_read_into_one_buffer_not_fresh_memory(
     come and as Dask sets them."""
     big = HEADER + b"".join(ROWS) * 120  # ~50 MB: twelve blocks
     url = s3_put("big.csv", big)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    if trim is not None:
-        env["MALLOC_TRIM_THRESHOLD_"] = trim
-    done = subprocess.run(
-        [sys.executable, "-c", BLOCK_FAULTS_CHILD, url, json.dumps(s3_storage_options)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    faults = int(done.stdout.strip())
+    options = json.dumps(s3_storage_options)
+    faults = faults_in_child(BLOCK_FAULTS_CHILD, url, options, trim=trim)
     fresh = len(big) // 4096  # every page of every block faulted in afresh
     assert faults < fresh // 4, f"{faults} page faults over {len(big):,} bytes (afresh: {fresh})"
