@@ -5,6 +5,7 @@
     arrow_options(options) -> dict | None     s3fs's storage options as Arrow's, or None
     object_info(url, options) -> (size, version) | None          one HEAD; None: not for Arrow
     read_range(url, size, version, options, start, end) -> bytes | None   one ranged GET
+    read_into(url, size, version, options, start, buffer) -> int | None   one, into a buffer
     open_object(url, size, version, options, block_size, readahead) -> ArrowFile | None
 
 Why: a CSV job on one object mostly reads byte ranges of it, and s3fs costs a lot for that:
@@ -40,7 +41,7 @@ from batchcore.sealed import reveal
 
 from .storage_errors import S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT
 
-__all__ = ["ArrowFile", "arrow_options", "object_info", "open_object", "read_range"]
+__all__ = ["ArrowFile", "arrow_options", "object_info", "open_object", "read_into", "read_range"]
 
 SWITCH = "BATCHCORE_ARROW_S3"  # "0": s3fs reads every range, as before Arrow's client did
 ARROW_S3_MODULE = "_s3fs"  # the extension module of pyarrow's S3 client; builds without it lack it
