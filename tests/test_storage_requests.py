@@ -88,7 +88,7 @@ def test_a_remote_block_is_scanned_with_one_ranged_get(
     [source] = storage.expand(url, s3_storage_options)
     fs = storage.filesystem(url, source.options)  # cached: its methods were bound already
     gets: list[tuple[int, int]] = []
-    real, real_arrow = fs.cat_file, arrow_s3.read_range
+    real, real_arrow, real_into = fs.cat_file, arrow_s3.read_range, arrow_s3.read_into
 
     def counting(path: str, start: Any = None, end: Any = None, **kw: Any) -> Any:
         gets.append((start, end))
@@ -100,8 +100,16 @@ def test_a_remote_block_is_scanned_with_one_ranged_get(
             gets.append(args[-2:])
         return got
 
+    def counting_into(*args: Any) -> Any:
+        got = real_into(*args)
+        if got is not None:
+            start, buffer = args[-2:]
+            gets.append((start, start + len(buffer)))
+        return got
+
     monkeypatch.setattr(fs, "cat_file", counting)
     monkeypatch.setattr(arrow_s3, "read_range", counting_arrow)
+    monkeypatch.setattr(arrow_s3, "read_into", counting_into)
     scan = scan_block(source, 10, len(data) - 10, ord(","), lines=True)
     assert gets == [(10, len(data) - 10)]
     body = data[10:-10]

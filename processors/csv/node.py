@@ -52,7 +52,6 @@ from .read import (
     infer_schema,
     read_header,
     read_range,
-    read_reusing,
     same_header,
     too_long,
 )
@@ -70,6 +69,7 @@ from .split import (
     last_record_start,
     line_of,
     plan_ranges,
+    read_reusing,
     scan_block,
     unterminated_record,
 )

@@ -14,7 +14,6 @@ import io
 import os
 import re
 import stat
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -33,13 +32,19 @@ from ..errors import (
     UnknownColumnError,
 )
 from ..storage import Source
-from .split import NEWLINE, CsvRange, RecordTooLong, first_record_start, line_of, long_record
+from .split import (
+    NEWLINE,
+    CsvRange,
+    RecordTooLong,
+    first_record_start,
+    line_of,
+    long_record,
+    read_reusing,
+)
 from .stream import (
-    BUFFER_GRAIN,
     StreamChunk,
     StreamRecordTooLong,
     UnterminatedQuote,
-    raise_mmap_threshold,
     record_chunks,
     split_header,
 )
@@ -53,7 +58,6 @@ __all__ = [
     "make_plan",
     "read_header",
     "read_range",
-    "read_reusing",
     "same_header",
 ]
 
@@ -492,29 +496,6 @@ def _infer_schema(
 
 
 # --- workers ---------------------------------------------------------------------------------
-
-_local = threading.local()  # one reusable read buffer per thread: no fresh pages per chunk
-
-
-def _buffer(size: int) -> memoryview:
-    """This thread's read buffer, at least ``size`` bytes. Made a grain longer than asked: the
-    ranges of a file differ by a few bytes (16 MiB and the rest of a record), and a buffer of
-    exactly the first range's size was made again, and faulted in again, 4-5 times a file."""
-    buffer: bytearray | None = getattr(_local, "buffer", None)
-    if buffer is None or len(buffer) < size:
-        buffer = bytearray((size // BUFFER_GRAIN + 1) * BUFFER_GRAIN)
-        raise_mmap_threshold(len(buffer))  # the range's numpy arrays then reuse freed memory
-        _local.buffer = buffer
-    return memoryview(buffer)[:size]
-
-
-def read_reusing(source: Source, start: int, end: int) -> memoryview:
-    """Bytes ``start..end-1`` of ``source`` (fewer at its end) in this thread's read buffer,
-    which its next read overwrites: one positioned read or ranged GET, and no fresh pages. A
-    fresh ``bytes`` per 16 MiB block was faulted in anew each time (74,000 page faults, 0.4 s
-    of system CPU, in a 300 MB job on S3)."""
-    view = _buffer(end - start)
-    return view[: source.readinto(start, view)]
 
 
 def read_range(plan: CsvPlan, rng: CsvRange) -> RangeData:

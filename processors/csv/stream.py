@@ -19,7 +19,6 @@ longer than ``max_record_bytes``.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import sys
 import threading
@@ -30,14 +29,12 @@ from typing import BinaryIO
 import numpy as np
 import pyarrow as pa
 
-from .split import NEWLINE, STEP, RecordTooLong, first_end
+from .split import BUFFER_GRAIN, NEWLINE, STEP, RecordTooLong, first_end, raise_mmap_threshold
 
 __all__ = [
-    "BUFFER_GRAIN",
     "StreamChunk",
     "StreamRecordTooLong",
     "UnterminatedQuote",
-    "raise_mmap_threshold",
     "record_chunks",
     "split_header",
 ]
@@ -137,22 +134,7 @@ class _Buffers:
                 del self.arrays[self.idle :]
 
 
-@functools.cache
-def raise_mmap_threshold(size: int) -> None:
-    """Free one block of ``size`` bytes from malloc, once per size: glibc then serves blocks up
-    to that size (32 MiB at most) from memory it holds rather than mapping each afresh, as its
-    mmap threshold follows the largest block freed. The per-range numpy arrays of the stats
-    (~1.5 MB each for 16 MiB ranges) were mapped and faulted in anew every range: a 1 GB gzip
-    job took 116,000 page faults without this, 56,000 with it. No effect where the thresholds
-    are set (``MALLOC_TRIM_THRESHOLD_`` and friends): glibc then keeps them fixed."""
-    np.empty(size, dtype=np.uint8)  # malloc'ed and freed at once, never touched
-
-
 FREE = 2  # sys.getrefcount of a buffer only ``_Buffers.arrays`` holds (and the call's argument)
-# Buffer sizes: the size asked for, rounded up past a multiple of this. A chunk of exactly 16 MiB
-# needs a bit more next time (the partial record carried over): without the headroom every
-# other buffer of a stream was replaced (66 fresh buffers for 32 parts, sequential).
-BUFFER_GRAIN = 1 << 20
 # Kept for reuse while streams run: the chunks in flight (a thread batch reads ~8 ahead); and
 # when none runs, as many as two streams need (parts read one after another, the next ahead:
 # each a buffer being filled and one being parsed), ~68 MiB left after a job.
