@@ -244,7 +244,7 @@ def pandas_stats(path: Path, sums: Sequence[str], group_by: str | None = None) -
     return result
 
 
-def faults_in_child(script: str, *args: str, trim: str | None = None) -> int:
+def faults_in_child(script: str, *args: str, trim: str | None = None, timeout: float = 120) -> int:
     """The page-fault count that ``script``, run with ``args`` in a fresh Python, prints last:
     with glibc's malloc thresholds as they come, or with ``MALLOC_TRIM_THRESHOLD_=trim`` (as
     Dask sets it for its processes: glibc's mmap threshold then stays at 128 KiB)."""
@@ -256,7 +256,7 @@ def faults_in_child(script: str, *args: str, trim: str | None = None) -> int:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         env=env,
         check=False,
     )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import os
 import pickle
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from csv_helpers import ROOT, csv_text
+from csv_helpers import ROOT, csv_text, faults_in_child
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -394,19 +393,7 @@ def test_chunk_buffers_are_used_again_not_faulted_in_afresh(trim: str | None) ->
     buffers are faulted in once, not per chunk. Also where glibc's thresholds are set (Dask sets
     ``MALLOC_TRIM_THRESHOLD_`` for the processes it starts), which maps every temporary array
     over 128 KiB afresh."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    if trim is not None:
-        env["MALLOC_TRIM_THRESHOLD_"] = trim
-    done = subprocess.run(
-        [sys.executable, "-c", FAULTS_CHILD, str(200 * 10**6), str(16 * MiB)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
-    faults = int(done.stdout.strip())
+    faults = faults_in_child(FAULTS_CHILD, str(200 * 10**6), str(16 * MiB), trim=trim, timeout=300)
     fresh = 200 * 10**6 // 4096  # every page of every chunk faulted in afresh
     assert faults < fresh // 10, f"{faults} page faults over 200 MB (afresh: {fresh})"
 
@@ -503,7 +490,7 @@ THRESHOLD_CHILD = textwrap.dedent(
     """
     import resource, sys
     import numpy as np
-    from batchcore.processors.csv.stream import raise_mmap_threshold
+    from batchcore.processors.csv.split import raise_mmap_threshold
 
     if sys.argv[1] == "raised":
         raise_mmap_threshold(17 << 20)
@@ -522,18 +509,6 @@ def test_arrays_of_a_range_reuse_memory_once_the_threshold_is_raised() -> None:
     they are freed (its trim threshold follows its mmap threshold, twice the largest block freed
     so far) and faults them in afresh for the next range, unless a larger malloc'ed block has
     been freed. The first chunk buffer (or read buffer) frees one."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    faults = {}
-    for mode in ("default", "raised"):
-        done = subprocess.run(
-            [sys.executable, "-c", THRESHOLD_CHILD, mode],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            env=env,
-        )
-        assert done.returncode == 0, done.stderr
-        faults[mode] = int(done.stdout.strip())
+    faults = {mode: faults_in_child(THRESHOLD_CHILD, mode) for mode in ("default", "raised")}
     afresh = 100 * 4 * 200_000 * 8 // 4096
     assert faults["raised"] < afresh // 10 < faults["default"], faults

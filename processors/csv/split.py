@@ -39,6 +39,7 @@ __all__ = [
     "CsvItem",
     "CsvRange",
     "align_block",
+    "count_in",
     "ends_inside_quotes",
     "RecordTooLong",
     "line_of",
@@ -166,7 +167,7 @@ def align_block(
     data = read(block.start, fetched)
     length = block.size
     head = np.frombuffer(data, dtype=np.uint8)[:length]
-    quotes = _count(head, quote, _scratch(len(head))) if quote is not None else 0
+    quotes = count_in(head, quote) if quote is not None else 0
     inside = _guess(head, quote) if block.inside is None else block.inside
     first = 0 if block.opens else first_end(head, quote, inside)
     state = inside ^ bool(quotes & 1)
@@ -185,23 +186,6 @@ def align_block(
     start = block.start + first if first >= 0 else end
     view = memoryview(data)[start - block.start : end - block.start]
     return Aligned(inside, quotes, start, end), view
-
-
-def _scratch(size: int) -> np.ndarray:
-    """A scratch array for ``_count`` over ``size`` bytes."""
-    return np.empty(min(STEP, max(size, 1)), dtype=bool)
-
-
-def _count(array: np.ndarray, byte: int, scratch: np.ndarray) -> int:
-    """How many times ``byte`` occurs in ``array``, compared a step at a time into ``scratch``:
-    not into a fresh temporary per step, which malloc maps and unmaps each time where its
-    thresholds are set (``MALLOC_TRIM_THRESHOLD_``, as Dask sets it for its processes): 64 page
-    faults per 256 KiB step, 73,000 for a 300 MB file's quote count."""
-    total = 0
-    for start in range(0, len(array), len(scratch)):
-        part = array[start : start + len(scratch)]
-        total += int(np.count_nonzero(np.equal(part, byte, out=scratch[: len(part)])))
-    return total
 
 
 def _guess(head: np.ndarray, quote: int | None) -> bool:
@@ -243,18 +227,21 @@ def raise_mmap_threshold(size: int) -> None:
     np.empty(size, dtype=np.uint8)  # malloc'ed and freed at once, never touched
 
 
-_READING = threading.local()  # one reused read buffer per thread: no fresh pages per block
+# This thread's reused memory: ``read`` (``read_reusing``'s buffer), ``counting`` (what
+# ``count_bytes`` reads into) and ``scratch`` (``count_in``'s comparisons). Fresh buffers per
+# block were mapped and faulted in anew each time: tens of thousands of page faults a job.
+_THREAD = threading.local()
 
 
 def _buffer(size: int) -> memoryview:
     """This thread's read buffer, at least ``size`` bytes. Made a grain longer than asked: the
     ranges of a file differ by a few bytes (16 MiB and the rest of a record), and a buffer of
     exactly the first range's size was made again, and faulted in again, 4-5 times a file."""
-    buffer: bytearray | None = getattr(_READING, "buffer", None)
+    buffer: bytearray | None = getattr(_THREAD, "read", None)
     if buffer is None or len(buffer) < size:
         buffer = bytearray((size // BUFFER_GRAIN + 1) * BUFFER_GRAIN)
         raise_mmap_threshold(len(buffer))  # the range's numpy arrays then reuse freed memory
-        _READING.buffer = buffer
+        _THREAD.read = buffer
     return memoryview(buffer)[:size]
 
 
@@ -267,22 +254,27 @@ def read_reusing(source: Source, start: int, end: int) -> memoryview:
     return view[: source.readinto(start, view)]
 
 
-_COUNTING = threading.local()  # a read buffer and a scratch array per thread, for count_bytes
-
-
-def _counting() -> tuple[bytearray, np.ndarray]:
-    """This thread's buffers for ``count_bytes``: the same each call, so a file's blocks are
-    not each read into fresh memory (4 MiB, 1,024 page faults, per call)."""
-    held: tuple[bytearray, np.ndarray] | None = getattr(_COUNTING, "held", None)
-    if held is None:
-        held = _COUNTING.held = (bytearray(STEP * 16), _scratch(STEP))
-    return held
+def count_in(array: np.ndarray, byte: int) -> int:
+    """How many times ``byte`` occurs in ``array``, compared a step at a time into this
+    thread's scratch array: not into a fresh temporary per step, which malloc maps and unmaps
+    each time where its thresholds are set (``MALLOC_TRIM_THRESHOLD_``, as Dask sets it for its
+    processes): 64 page faults per 256 KiB step, 73,000 for a 300 MB file's quote count."""
+    scratch: np.ndarray | None = getattr(_THREAD, "scratch", None)
+    if scratch is None:
+        scratch = _THREAD.scratch = np.empty(STEP, dtype=bool)
+    total = 0
+    for start in range(0, len(array), STEP):
+        part = array[start : start + STEP]
+        total += int(np.count_nonzero(np.equal(part, byte, out=scratch[: len(part)])))
+    return total
 
 
 def count_bytes(handle: InputFile, start: int, end: int, targets: tuple[int, ...]) -> list[int]:
     """How many times each byte of ``targets`` occurs in ``start..end-1`` of an open binary file
     (one read of the range for all of them)."""
-    buffer, scratch = _counting()
+    buffer: bytearray | None = getattr(_THREAD, "counting", None)
+    if buffer is None:  # the same each call: 4 MiB, 1,024 page faults, per call were fresh
+        buffer = _THREAD.counting = bytearray(STEP * 16)
     view = memoryview(buffer)
     array = np.frombuffer(buffer, dtype=np.uint8)
     totals = [0] * len(targets)
@@ -294,9 +286,8 @@ def count_bytes(handle: InputFile, start: int, end: int, targets: tuple[int, ...
             break
         for offset in range(0, got, STEP):  # each step once through the cache, for all bytes
             step = array[offset : min(offset + STEP, got)]
-            equal = scratch[: len(step)]
             for which, byte in enumerate(targets):
-                totals[which] += int(np.count_nonzero(np.equal(step, byte, out=equal)))
+                totals[which] += count_in(step, byte)
         position += got
     return totals
 
@@ -360,8 +351,7 @@ def scan_block(
         # one ranged GET for the whole block (through a file object: one per 4 MiB), into the
         # thread's read buffer
         array = np.frombuffer(read_reusing(source, start, end), dtype=np.uint8)
-        scratch = _scratch(len(array))
-        counts = [_count(array, byte, scratch) for byte in targets]
+        counts = [count_in(array, byte) for byte in targets]
     else:
         with open_input(source, STEP * 16) as handle:
             counts = count_bytes(handle, start, end, targets)
