@@ -206,7 +206,7 @@ def _filesystem(frozen: tuple[tuple[str, Any], ...], bucket: str) -> Any:
 # Objects opened in this process, by settings, path, size and version: opening asks for the
 # size (a HEAD); each read after that is one ranged GET. A rewritten object has another key.
 _OPENED: dict[tuple[Any, ...], Any] = {}
-_OPENED_MAX = 16
+_OPENED_MAX = 64  # a handle per reading thread (and GET thread) per object
 _OPENED_LOCK = threading.Lock()
 
 

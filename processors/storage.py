@@ -25,15 +25,17 @@ import glob
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from types import TracebackType
 from typing import Any, Protocol, TypeVar
 
 from batchcore.sealed import Secret, reveal
 
 from .errors import MissingExtraError
+from .parallel_reads import gets_per_read, observe, pieces, run_all
 from .storage_errors import S3FS_RETRIES, retrying, with_s3_defaults
 
 __all__ = [
@@ -322,11 +324,32 @@ class Source:
 
     def readinto(self, start: int, buffer: memoryview) -> int:
         """Fill ``buffer`` with the bytes from ``start`` on (fewer at the end): one positioned
-        read, or one ranged GET, into memory the caller reuses. Returns how many were read."""
+        read, or ranged GETs (several at once for a large buffer from a slow store:
+        ``parallel_reads``), into memory the caller reuses. Returns how many were read."""
         if self.is_local:
             with open(self.url, "rb", buffering=0) as handle:
                 handle.seek(start)
                 return handle.readinto(buffer)
+        length = max(0, min(len(buffer), self.size - start))
+        spans = pieces(start, length, gets_per_read(self.url))
+        if len(spans) == 1:
+            began = time.monotonic()
+            got = self._read_piece(start, buffer)
+            observe(self.url, got, time.monotonic() - began)  # a slow store: pieces next time
+            return got
+        counts = run_all(
+            [partial(self._read_piece, at, buffer[at - start : end - start]) for at, end in spans]
+        )
+        got = 0
+        for (at, end), count in zip(spans, counts, strict=True):
+            got += count
+            if count < end - at:  # the object ends before the size it had: what is contiguous
+                break
+        return got
+
+    def _read_piece(self, start: int, buffer: memoryview) -> int:
+        """``buffer`` filled from ``start`` of this remote file by one ranged GET (a piece of
+        ``readinto``): Arrow's client writes it in place; fsspec's bytes are copied in."""
         if protocol_of(self.url) in _ARROW_READS:
             got = self._retrying(lambda: self._arrow_read_into(start, buffer))
             if got is not None:

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 
 import batchcore
 from batchcore.backends import base, shm
+from batchcore.processors.parallel_reads import THREAD_NAME as GET_THREADS
 
 settings.register_profile(
     "default",
@@ -216,6 +217,8 @@ def _warm_threads() -> set[int]:
         if thread in monitors or (HAS_DASK and thread.name.startswith(DASK_PROGRAM_THREADS)):
             idents.add(thread.ident or 0)
         elif thread.name == FSSPEC_LOOP_THREAD or thread in _fsspec_executor_threads():
+            idents.add(thread.ident or 0)
+        elif thread.name.startswith(GET_THREADS):  # parallel_reads' pool, kept for the next read
             idents.add(thread.ident or 0)
         elif dask_warm and _thread_module(thread).startswith(DASK_THREAD_MODULES):
             idents.add(thread.ident or 0)

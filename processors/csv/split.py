@@ -348,8 +348,8 @@ def scan_block(
     if not targets:
         return BlockScan(start, end, 0)
     if isinstance(source, Source) and not source.is_local:
-        # one ranged GET for the whole block (through a file object: one per 4 MiB), into the
-        # thread's read buffer
+        # one read of the whole block (its pieces' GETs at once, not a file object's one GET
+        # per 4 MiB after another), into the thread's read buffer
         array = np.frombuffer(read_reusing(source, start, end), dtype=np.uint8)
         counts = [count_in(array, byte) for byte in targets]
     else:
