@@ -143,10 +143,13 @@ BATCHCORE = {
     "sequential": "sequential",
     "process": "process",
     "zlib": None,
+    "one-get": None,
     "base": None,
 }
 # Engines run as if ``isal`` (batchcore[gzip]) were not installed: gzip through pyarrow's zlib.
 WITHOUT_ISAL = {"zlib"}
+# Engines run with one ranged GET per read (no pieces in flight at once: ``parallel_reads``).
+ONE_GET = {"one-get": {"BATCHCORE_GETS_PER_READ": "1"}}
 PEERS = ["pandas", "polars", "duckdb"]
 FLOOR = "floor"  # floor_csv.py: the least work of any pyarrow-based reader, timed by piece
 ENGINES = {
@@ -154,6 +157,7 @@ ENGINES = {
     "sequential": "batchcore CLI `--backend sequential`",
     "process": "batchcore CLI `--backend process`",
     "zlib": "batchcore CLI, default backend, without `isal` (pyarrow's zlib)",
+    "one-get": "batchcore CLI, default backend, one GET per read (`BATCHCORE_GETS_PER_READ=1`)",
     "base": "batchcore CLI at the base checkout (`--base`), default backend",
     "pandas": "pandas",
     "polars": "polars `scan_csv` streaming",
@@ -163,10 +167,11 @@ ENGINES = {
 INPUTS = {
     "disk": "local disk (page cache)",
     "s3": "S3 server",
+    "s3-link": "S3 server through a slow link (`--link`)",
     "gzip": "one .csv.gz",
     "gzip-parts": f"{PARTS} .csv.gz parts",
 }
-REMOTE_INPUTS = ["disk", "s3"]
+REMOTE_INPUTS = ["disk", "s3", "s3-link"]
 COMPRESSED_INPUTS = ["gzip", "gzip-parts"]
 
 Cells = dict[tuple[str, str], Cell]  # (input, engine) -> runs
@@ -413,6 +418,36 @@ def s3_server(args: argparse.Namespace) -> Iterator[Server]:
         server.stop()
 
 
+LINK_NOTE = (
+    "`slow_link.py` between the CLI and the server: every request waits the latency before it "
+    "reaches the server, each connection's answers flow at most at the rate (an object store "
+    "across a network); its CPU is not counted"
+)
+
+
+@contextlib.contextmanager
+def slow_link(args: argparse.Namespace, server: Server) -> Iterator[str | None]:
+    """With ``--link``, ``slow_link.py`` in front of ``server`` on a free loopback port for the
+    block (stopped after it): its endpoint; else ``None``."""
+    if not args.link:
+        yield None
+        return
+    port, target = free_port(), int(server.endpoint.rsplit(":", 1)[1])
+    command = [sys.executable, str(Path(__file__).resolve().with_name("slow_link.py"))]
+    command += ["--listen", str(port), "--target", str(target)]
+    command += ["--latency-ms", str(args.link_ms), "--rate-mbps", str(args.link_mbps)]
+    process = start_server(command, port, args.data_dir / "slow-link.log", "slow link")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def upload(server: Server, plain: Path) -> tuple[str, float]:
     """Create the bucket and put ``plain`` in it with s3fs; the URL and the seconds it took."""
     import s3fs
@@ -517,19 +552,22 @@ def run_part(
     sources: dict[str, str],
     engines: dict[str, list[str]],
     server: Server | None,
+    endpoints: dict[str, str] | None = None,
 ) -> Cells:
     """Every (input, engine) of one part, all of them taking turns within each repeat; with a
-    server, its CPU seconds during each run go into the run's ``details['server_cpu']``."""
+    server, its CPU seconds during each run go into the run's ``details['server_cpu']``.
+    ``endpoints``: the S3 endpoint of each remote input (the server's, or the slow link's)."""
     combos = [(name, engine) for name in sources for engine in engines[name]]
     cells: Cells = {combo: Cell() for combo in combos}
     for repeat in range(args.repeats):
         for name, engine in take_turns(combos, repeat):
             time.sleep(args.pause)
-            remote = name == "s3" and server is not None
+            endpoint = (endpoints or {}).get(name)
+            remote = endpoint is not None and server is not None
             env = {**args.env, **(server.env if remote and server else {})}
             if engine in WITHOUT_ISAL:
                 env["PYTHONPATH"] = str(no_isal(args.data_dir))
-            endpoint = server.endpoint if remote and server else None
+            env.update(ONE_GET.get(engine, {}))
             before = server.cpu_seconds() if server else math.nan
             asked = server.requests() if server else (0, 0)
             run = run_child(
@@ -551,7 +589,7 @@ def run_part(
                     run.error = f"unexpected CLI output: {exc!r}"
             cells[name, engine].runs.append(run)
             notes = [f"wall {run.wall:.2f} s", f"CPU {run.cpu_seconds:.2f} s"]
-            if server is not None and name == "s3":
+            if remote and server is not None:
                 notes.append(f"server CPU {run.details['server_cpu']:.2f} s")
             progress(f"{name} {engine} #{repeat + 1}", run, *notes)
     return cells
@@ -969,6 +1007,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="files go here")
     parser.add_argument("--output", type=Path, default=None, help="markdown file to write")
     parser.add_argument("--quick", action="store_true", help="20MB files, 1 repeat")
+    parser.add_argument(
+        "--link",
+        default=None,
+        metavar="MS:MBPS",
+        help="also read the object through slow_link.py, a proxy adding MS milliseconds to each "
+        "request and capping each connection at MBPS MB/s (an object store across a network: "
+        "30:90), as the input s3-link",
+    )
     parser.add_argument("--one", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -985,7 +1031,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("the engine base needs --base PYTHON")
     args.engines_remote = [e for e in engines if e in BATCHCORE and e not in WITHOUT_ISAL]
     args.floor_remote = [FLOOR] if FLOOR in engines else []  # on the local file: the bound
-    args.engines_compressed = engines
+    args.engines_compressed = [e for e in engines if e not in ONE_GET]
+    if args.link:
+        try:
+            args.link_ms, args.link_mbps = (float(x) for x in args.link.split(":"))
+        except ValueError:
+            parser.error(f"--link {args.link!r}: want MS:MBPS, e.g. 30:90")
+        if args.link_ms < 0 or args.link_mbps <= 0:
+            parser.error(f"--link {args.link!r}: MS must be >= 0 and MBPS > 0")
     args.remote_size = args.remote_size or ("20MB" if args.quick else "300MB")
     args.compressed_size = args.compressed_size or ("20MB" if args.quick else "1GB")
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -1055,12 +1108,16 @@ def main(argv: list[str] | None = None) -> int:
                 backing = server.backing_file(url.removeprefix("s3://"))
                 # the local file and the server's copy of it both read from the page cache
                 warm_page_cache([files["disk"], *([backing] if backing else [])])
-                sources = {"disk": str(files["disk"]), "s3": url}
-                engines = {
-                    "disk": [*args.engines_remote, *args.floor_remote],
-                    "s3": args.engines_remote,
-                }
-                remote = run_part(args, sources, engines, server)
+                with slow_link(args, server) as link:
+                    sources = {"disk": str(files["disk"]), "s3": url}
+                    endpoints = {"s3": server.endpoint}
+                    if link:
+                        sources["s3-link"], endpoints["s3-link"] = url, link
+                        notes.append(f"Slow link (`--link {args.link}`): {LINK_NOTE}")
+                    plain_engines = [e for e in args.engines_remote if e not in ONE_GET]
+                    engines = {name: args.engines_remote for name in sources}
+                    engines["disk"] = [*plain_engines, *args.floor_remote]
+                    remote = run_part(args, sources, engines, server, endpoints)
                 if server.process is not None:
                     notes.append(f"Server RSS at the end: {server.rss_mib():.0f} MiB")
         if "compressed" in args.parts and args.engines_compressed:
