@@ -12,9 +12,9 @@ Why: a CSV job on one object mostly reads byte ranges of it, and s3fs costs a lo
 importing s3fs/aiobotocore/botocore takes ~0.3 s of CPU per process (the parent, the zygote), a
 client ~0.15 s more per process, and each 16 MiB GET ~15-20 ms of Python (aiohttp) under the
 GIL. Arrow's client is C++ and comes with pyarrow: importing it takes ~10 ms, a client ~20-40
-ms, and a GET runs without the GIL. So ``storage.py`` finds one plain object with a HEAD here,
-and reads ranges (``Source.read``) and uncompressed files (``Source.open``) here; listing
-prefixes and globs, compressed streams and writes stay with fsspec/s3fs.
+ms, and a GET runs without the GIL. So ``storage.py`` finds one object with a HEAD here, and
+reads its ranges (``Source.read``) and the object as a file (``Source.open``: a header, a
+compressed stream) here; listing prefixes and globs, and writes stay with fsspec/s3fs.
 
 Only when nothing would change: every storage option must have an exact Arrow equivalent (keys,
 token, anonymous access, endpoint, region, timeouts) and the credentials must be given (as
@@ -34,6 +34,7 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Mapping
+from concurrent.futures import Future
 from functools import lru_cache
 from typing import Any
 
@@ -289,13 +290,23 @@ class ArrowFile:
     """A remote object as the readers want it (``read``, ``readinto``, ``seek``, ``tell``),
     each read one ranged GET by Arrow's client; with ``readahead``, a read fetches
     ``block_size`` more and the next reads within it are served from memory (as s3fs's
-    ``readahead`` cache does: for the many small reads of a header)."""
+    ``readahead`` cache does: for the many small reads of a header).
 
-    def __init__(self, handle: Any, size: int, block_size: int, readahead: bool) -> None:
+    With ``ahead``, for a stream read front to back (a compressed object): whole blocks of
+    ``block_size``, the next ``ahead`` of them fetched at once in the background by
+    ``parallel_reads``' pool while the reader decompresses this one, so a store's round trip
+    and each connection's rate stop holding the decompressor up (~``ahead`` blocks more
+    memory). A block whose fetch failed is fetched again when it is read."""
+
+    def __init__(
+        self, handle: Any, size: int, block_size: int, readahead: bool, ahead: int = 0
+    ) -> None:
         self.handle = handle
         self.size = size
         self.block_size = block_size
         self.readahead = readahead
+        self.ahead = ahead
+        self.coming: dict[int, Future[bytes]] = {}  # block number -> its fetch in the pool
         self.position = 0
         self.cached = b""
         self.cached_at = 0
@@ -304,6 +315,8 @@ class ArrowFile:
         end = self.size if size is None or size < 0 else min(self.size, self.position + size)
         if end <= self.position:
             return b""
+        if self.ahead:
+            return self._read_blocks(end)
         start = self.position
         if not (self.cached_at <= start and end <= self.cached_at + len(self.cached)):
             fetch_end = min(self.size, end + self.block_size) if self.readahead else end
@@ -316,6 +329,43 @@ class ArrowFile:
         data = self.cached[offset : offset + end - start]
         self.position += len(data)
         return data
+
+    def _read_blocks(self, end: int) -> bytes:
+        """``read`` with ``ahead``: the bytes up to ``end`` from the blocks holding them."""
+        parts = []
+        while self.position < end:
+            if not self.cached_at <= self.position < self.cached_at + len(self.cached):
+                self._load(self.position // self.block_size)
+            offset = self.position - self.cached_at
+            part = self.cached[offset : offset + end - self.position]
+            if not part:  # the object is shorter than its size said
+                break
+            parts.append(part)
+            self.position += len(part)
+        return b"".join(parts)
+
+    def _load(self, number: int) -> None:
+        """Make block ``number`` the cached one (from its fetch ahead, if started), and start
+        fetching the ``ahead`` blocks after it."""
+        from .parallel_reads import submit
+
+        for stale in [n for n in self.coming if n < number or n > number + self.ahead]:
+            self.coming.pop(stale).cancel()  # a seek elsewhere: not needed now
+        start = number * self.block_size
+        coming = self.coming.pop(number, None)
+        data = None
+        if coming is not None:
+            try:
+                data = coming.result()
+            except Exception:  # fetched again below, in this thread: its retries apply
+                data = None
+        if data is None:
+            data = self._fetch(start, min(self.size, start + self.block_size))
+        self.cached, self.cached_at = data, start
+        for later in range(number + 1, number + 1 + self.ahead):
+            at = later * self.block_size
+            if at < self.size and later not in self.coming:
+                self.coming[later] = submit(self._fetch, at, min(self.size, at + self.block_size))
 
     def _fetch(self, start: int, end: int) -> bytes:
         """One ranged GET."""
@@ -344,6 +394,9 @@ class ArrowFile:
 
     def close(self) -> None:
         self.cached = b""
+        for coming in self.coming.values():
+            coming.cancel()  # one already running ends by itself; its bytes are dropped
+        self.coming.clear()
 
     def __enter__(self) -> ArrowFile:
         return self
@@ -353,9 +406,15 @@ class ArrowFile:
 
 
 def open_object(
-    url: str, size: int, version: str, options: Mapping[str, Any], block_size: int, readahead: bool
+    url: str,
+    size: int,
+    version: str,
+    options: Mapping[str, Any],
+    block_size: int,
+    readahead: bool,
+    ahead: int = 0,
 ) -> ArrowFile | None:
     """The object ``url`` as a file of Arrow's client (``ArrowFile``), or ``None`` when
     ``options`` are not for Arrow."""
     handle = _handle(url, size, version, options)
-    return None if handle is None else ArrowFile(handle, size, block_size, readahead)
+    return None if handle is None else ArrowFile(handle, size, block_size, readahead, ahead)

@@ -39,6 +39,7 @@ __all__ = [
     "observe",
     "pieces",
     "run_all",
+    "submit",
 ]
 
 T = TypeVar("T")
@@ -116,6 +117,11 @@ def run_all(calls: Sequence[Callable[[], T]]) -> list[T]:
     finally:
         wait(futures)  # they write into the caller's buffer: none may still run after us
     return [first, *(future.result() for future in futures)]
+
+
+def submit(call: Callable[..., T], *args: object) -> Future[T]:
+    """``call(*args)`` in the pool, now: a fetch ahead of a stream's reader."""
+    return _threads().submit(call, *args)
 
 
 def _threads() -> ThreadPoolExecutor:

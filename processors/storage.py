@@ -116,9 +116,9 @@ def reader_modules(
     registry names them: what a worker will import before its first read. None for local paths
     or without fsspec (reading them fails later, with the extra to install).
 
-    ``pyarrow.fs`` instead of ``s3fs`` when each ``s3://`` path names one plain object (no
-    pattern, folder or compression suffix) and ``options`` suit Arrow's S3 client: the workers
-    then only read ranges (``Source.read``), with Arrow's client, and never import s3fs."""
+    ``pyarrow.fs`` instead of ``s3fs`` when each ``s3://`` path names one object (no pattern
+    or folder) and ``options`` suit Arrow's S3 client: the workers then read its ranges or its
+    compressed stream with Arrow's client, and never import s3fs."""
     texts = [os.fspath(path) for path in paths]
     protocols = sorted({protocol_of(text) for text in texts} - {"file"})
     if not protocols:
@@ -144,14 +144,10 @@ def _arrow_ready(options: Mapping[str, Any] | None) -> bool:
     return arrow_options(reveal(dict(options or {}))) is not None
 
 
-# Names of compressed files: read as streams (``Source.open``, s3fs), not as ranges.
-_COMPRESSED_NAME = re.compile(r"\.(gz|gzip|bz2|xz|lzma|zst|zstd)$", re.IGNORECASE)
-
-
 def _plain_object(url: str) -> bool:
-    """Whether ``url`` names one object read by ranges: no pattern, no folder, not compressed."""
+    """Whether ``url`` names one object (compressed or not): no pattern, no folder."""
     path = url.split("://", 1)[-1]
-    return not (_GLOB.search(path) or path.endswith("/") or _COMPRESSED_NAME.search(path))
+    return not (_GLOB.search(path) or path.endswith("/"))
 
 
 def _is_local(url: str) -> bool:
@@ -288,13 +284,16 @@ class Source:
     def __str__(self) -> str:
         return self.url
 
-    def open(self, block_size: int = 1 << 20, readahead: bool = False) -> InputFile:
+    def open(self, block_size: int = 1 << 20, readahead: bool = False, ahead: int = 0) -> InputFile:
         """A seekable binary file. Remote reads are ranged GETs of exactly the bytes asked for,
-        or, with ``readahead``, of ``block_size`` more (for many small reads near each other)."""
+        or, with ``readahead``, of ``block_size`` more (for many small reads near each other);
+        with ``ahead`` (Arrow's S3 client), whole blocks of ``block_size``, the next ``ahead``
+        fetched at once in the background while the current one is read (a stream read front
+        to back: a compressed file)."""
         if self.is_local:
             return open(self.url, "rb", buffering=0)
-        if protocol_of(self.url) in _ARROW_READS and self.compression is None:
-            arrow = self._retrying(lambda: self._arrow_open(block_size, readahead))
+        if protocol_of(self.url) in _ARROW_READS:
+            arrow = self._retrying(lambda: self._arrow_open(block_size, readahead, ahead))
             if arrow is not None:
                 return _RetryingFile(arrow, self)
         fs = filesystem(self.url, self.options)
@@ -358,12 +357,13 @@ class Source:
         buffer[: len(data)] = data
         return len(data)
 
-    def _arrow_open(self, block_size: int, readahead: bool) -> Any:
-        """The object as a file of Arrow's S3 client, or ``None`` (see ``_arrow_read``). Not
-        for a compressed file: its decompressor reads it as a stream, through s3fs."""
+    def _arrow_open(self, block_size: int, readahead: bool, ahead: int = 0) -> Any:
+        """The object as a file of Arrow's S3 client, or ``None`` (see ``_arrow_read``)."""
         from .arrow_s3 import open_object
 
-        return open_object(self.url, self.size, self.version, self.options, block_size, readahead)
+        return open_object(
+            self.url, self.size, self.version, self.options, block_size, readahead, ahead
+        )
 
     def _arrow_read(self, start: int, end: int) -> bytes | None:
         """The range read by Arrow's S3 client, or ``None`` when s3fs must read it (options

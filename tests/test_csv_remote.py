@@ -535,7 +535,8 @@ def test_a_process_pool_for_urls_starts_with_the_store_client_imported(
         "fsspec.implementations.memory",
         "pyarrow.fs",
     ]
-    for other in ("s3://b/parts/", "s3://b/*.csv", "s3://b/k.csv.gz"):  # may be compressed
+    assert storage.reader_modules(["s3://b/k.csv.gz"], options) == ["pyarrow.fs"]  # one object
+    for other in ("s3://b/parts/", "s3://b/*.csv"):  # listed by s3fs
         assert storage.reader_modules([other], options) == ["s3fs"], other
     assert storage.reader_modules(["s3://b/k"], {**options, "profile": "p"}) == ["s3fs"]
     assert storage.reader_modules(["s3://b/k"]) == ["s3fs"]  # no credentials given

@@ -132,6 +132,7 @@ class _FileResult:
 
 Span = tuple[int, int, int]  # a block to scan: (input file, start, end)
 STREAM_READ = 8 << 20  # compressed bytes fetched at a time: few round trips to a remote store
+STREAM_AHEAD = 3  # blocks of a remote compressed file fetched ahead of its decompressor
 PREFETCH = 2  # decompressed chunks ready ahead of the batch
 T = TypeVar("T")
 
@@ -667,7 +668,7 @@ def _stream_ranges(plan: CsvPlan, file: int) -> Iterator[CsvRange]:
     (decompressed here; each chunk travels to its worker with its bytes)."""
     options = plan.options
     try:
-        with plan.source.open(STREAM_READ, readahead=True) as raw:
+        with plan.source.open(STREAM_READ, readahead=True, ahead=STREAM_AHEAD) as raw:
             stream = open_decompressed(raw, plan.compression or "")
             chunks = record_chunks(
                 stream,
