@@ -14,18 +14,23 @@ import argparse
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 
 PIECE = 1 << 16  # bytes forwarded at a time: the rate is kept within a piece
 IDLE = 0.2  # seconds without data after which a connection's next bytes start a new answer
 
 
-async def upstream(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
+async def pump(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    size: int,
+    hold: Callable[[int], Awaitable[None]],
 ) -> None:
-    """Client to server: each piece of a request after the latency."""
+    """Forward ``reader`` to ``writer`` in pieces of up to ``size`` bytes, each after
+    ``hold(len(piece))``, until either side closes."""
     try:
-        while data := await reader.read(PIECE):
-            await asyncio.sleep(delay)
+        while data := await reader.read(size):
+            await hold(len(data))
             writer.write(data)
             await writer.drain()
     except OSError:
@@ -35,25 +40,28 @@ async def upstream(
             writer.close()
 
 
-async def downstream(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float
-) -> None:
-    """Server to client: at most ``rate`` bytes per second per answer."""
+def latency(delay: float) -> Callable[[int], Awaitable[None]]:
+    """Client to server: each piece of a request after ``delay`` seconds."""
+
+    async def hold(size: int) -> None:
+        await asyncio.sleep(delay)
+
+    return hold
+
+
+def rate_limit(rate: float) -> Callable[[int], Awaitable[None]]:
+    """Server to client: each answer at most ``rate`` bytes per second."""
     began, sent = 0.0, 0
-    try:
-        while data := await reader.read(PIECE * 4):
-            now = time.monotonic()
-            if now - began > IDLE + sent / rate:  # the connection was idle: a new answer
-                began, sent = now, 0
-            sent += len(data)
-            await asyncio.sleep(max(0.0, began + sent / rate - time.monotonic()))
-            writer.write(data)
-            await writer.drain()
-    except OSError:
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            writer.close()
+
+    async def hold(size: int) -> None:
+        nonlocal began, sent
+        now = time.monotonic()
+        if now - began > IDLE + sent / rate:  # the connection was idle: a new answer
+            began, sent = now, 0
+        sent += size
+        await asyncio.sleep(max(0.0, began + sent / rate - time.monotonic()))
+
+    return hold
 
 
 async def serve(listen: int, target: int, delay: float, rate: float) -> None:
@@ -64,7 +72,8 @@ async def serve(listen: int, target: int, delay: float, rate: float) -> None:
             client_w.close()
             return
         await asyncio.gather(
-            upstream(client_r, server_w, delay), downstream(server_r, client_w, rate)
+            pump(client_r, server_w, PIECE, latency(delay)),
+            pump(server_r, client_w, PIECE * 4, rate_limit(rate)),
         )
 
     server = await asyncio.start_server(connection, "127.0.0.1", listen)

@@ -125,7 +125,7 @@ def reader_modules(
         return []
     modules: list[str] = []
     arrow = set(protocols) & _ARROW_READS and _arrow_ready(options)
-    if arrow and all(_plain_object(text) for text in texts if protocol_of(text) in _ARROW_READS):
+    if arrow and all(_one_object(text) for text in texts if protocol_of(text) in _ARROW_READS):
         modules.append("pyarrow.fs")
         protocols = [protocol for protocol in protocols if protocol not in _ARROW_READS]
     if not protocols:
@@ -144,7 +144,7 @@ def _arrow_ready(options: Mapping[str, Any] | None) -> bool:
     return arrow_options(reveal(dict(options or {}))) is not None
 
 
-def _plain_object(url: str) -> bool:
+def _one_object(url: str) -> bool:
     """Whether ``url`` names one object (compressed or not): no pattern, no folder."""
     path = url.split("://", 1)[-1]
     return not (_GLOB.search(path) or path.endswith("/"))
@@ -480,7 +480,7 @@ def object_version(info: Mapping[str, Any]) -> str:
 def _remote_sources(url: str, options: StorageOptions) -> list[Source]:
     protocol = protocol_of(url)
     secrets = secrets_in(options)
-    if protocol in _ARROW_READS and _plain_object(url):
+    if protocol in _ARROW_READS and _one_object(url):
         found = _arrow_source(url, options)
         if found is not None:
             return [found]
