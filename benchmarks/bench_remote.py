@@ -144,12 +144,15 @@ BATCHCORE = {
     "process": "process",
     "zlib": None,
     "one-get": None,
+    "s3fs": None,
     "base": None,
 }
 # Engines run as if ``isal`` (batchcore[gzip]) were not installed: gzip through pyarrow's zlib.
 WITHOUT_ISAL = {"zlib"}
-# Engines run with one ranged GET per read (no pieces in flight at once: ``parallel_reads``).
-ONE_GET = {"one-get": {"BATCHCORE_GETS_PER_READ": "1"}}
+# Engines run with settings in their environment: one ranged GET per read (no pieces in flight
+# at once: ``parallel_reads``); s3fs reading what Arrow's client would (``arrow_s3.SWITCH``).
+ENGINE_ENV = {"one-get": {"BATCHCORE_GETS_PER_READ": "1"}, "s3fs": {"BATCHCORE_ARROW_S3": "0"}}
+GZIP_ENGINES = ["default", "s3fs"]  # on the .csv.gz object of --gzip-object
 PEERS = ["pandas", "polars", "duckdb"]
 FLOOR = "floor"  # floor_csv.py: the least work of any pyarrow-based reader, timed by piece
 ENGINES = {
@@ -158,6 +161,7 @@ ENGINES = {
     "process": "batchcore CLI `--backend process`",
     "zlib": "batchcore CLI, default backend, without `isal` (pyarrow's zlib)",
     "one-get": "batchcore CLI, default backend, one GET per read (`BATCHCORE_GETS_PER_READ=1`)",
+    "s3fs": "batchcore CLI, default backend, read by s3fs (`BATCHCORE_ARROW_S3=0`)",
     "base": "batchcore CLI at the base checkout (`--base`), default backend",
     "pandas": "pandas",
     "polars": "polars `scan_csv` streaming",
@@ -168,10 +172,13 @@ INPUTS = {
     "disk": "local disk (page cache)",
     "s3": "S3 server",
     "s3-link": "S3 server through a slow link (`--link`)",
+    "disk-gz": "local disk, the .csv.gz (`--gzip-object`)",
+    "s3-gz": "S3 server, the .csv.gz object",
+    "s3-gz-link": "S3 server through the slow link, the .csv.gz object",
     "gzip": "one .csv.gz",
     "gzip-parts": f"{PARTS} .csv.gz parts",
 }
-REMOTE_INPUTS = ["disk", "s3", "s3-link"]
+REMOTE_INPUTS = ["disk", "s3", "s3-link", "disk-gz", "s3-gz", "s3-gz-link"]
 COMPRESSED_INPUTS = ["gzip", "gzip-parts"]
 
 Cells = dict[tuple[str, str], Cell]  # (input, engine) -> runs
@@ -567,7 +574,7 @@ def run_part(
             env = {**args.env, **(server.env if remote and server else {})}
             if engine in WITHOUT_ISAL:
                 env["PYTHONPATH"] = str(no_isal(args.data_dir))
-            env.update(ONE_GET.get(engine, {}))
+            env.update(ENGINE_ENV.get(engine, {}))
             before = server.cpu_seconds() if server else math.nan
             asked = server.requests() if server else (0, 0)
             run = run_child(
@@ -681,7 +688,14 @@ def remote_table(cells: Cells, engines: list[str]) -> list[str]:
                     f"{fmt(cell.median_detail('gets'), 0)} / {fmt(cell.median_detail('heads'), 0)}",
                     fmt(cell.peak(), 0),
                     fmt(max(others, 0.0), 1),
-                    times(wall(cells, "disk", engine) / spent),
+                    times(
+                        wall(
+                            cells,
+                            "disk-gz" if "gz" in name else "disk",
+                            "default" if engine in ENGINE_ENV else engine,
+                        )
+                        / spent
+                    ),
                 ]
             )
     return table(head, rows, align="ll" + "r" * (len(head) - 2))
@@ -891,14 +905,16 @@ def report(
         plain = files["disk"]
         lines += ["", f"## (a) {plain.stat().st_size / 1e6:.0f} MB: local disk vs S3 server", ""]
         lines += [f"`{plain}`, and the same bytes on the server. `{' '.join(JOB.cli_args())}`.", ""]
-        lines += remote_table(remote, [*args.engines_remote, *args.floor_remote])
+        gzip = ["s3fs"] if args.gzip_object else []
+        lines += remote_table(remote, [*args.engines_remote, *args.floor_remote, *gzip])
         lines += [
             "",
             "Server CPU: user + system seconds of the server process (all its threads) during "
             "the run, read with psutil; server cores = that / wall. GETs / HEADs: requests of "
             "the object in the server's log during the run. Others' cores: the rest of "
             "the machine, without the server. CPU s (job tree): the CLI and the workers it "
-            "reaped. x disk: the same engine's wall on local disk / this row's.",
+            "reaped. x disk: the same engine's wall on local disk (the same file: the plain "
+            "one, or the .csv.gz; for `one-get` and `s3fs`, the default's) / this row's.",
         ]
     if compressed:
         size = files["gzip-plain"].stat().st_size / 1e6
@@ -1015,6 +1031,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "request and capping each connection at MBPS MB/s (an object store across a network: "
         "30:90), as the input s3-link",
     )
+    parser.add_argument(
+        "--gzip-object",
+        action="store_true",
+        help="(a) also reads the .csv.gz of (b) as one object (and through --link), by Arrow's "
+        "client and by s3fs (engine s3fs), against the local file",
+    )
     parser.add_argument("--one", choices=PEERS, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1029,9 +1051,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         engines.insert(engines.index("default") + 1 if "default" in engines else 0, "base")
     if "base" in engines and not args.base:
         parser.error("the engine base needs --base PYTHON")
-    args.engines_remote = [e for e in engines if e in BATCHCORE and e not in WITHOUT_ISAL]
+    args.engines_remote = [
+        e for e in engines if e in BATCHCORE and e not in WITHOUT_ISAL and e != "s3fs"
+    ]
     args.floor_remote = [FLOOR] if FLOOR in engines else []  # on the local file: the bound
-    args.engines_compressed = [e for e in engines if e not in ONE_GET]
+    args.engines_compressed = [e for e in engines if e not in ENGINE_ENV]
     if args.link:
         try:
             args.link_ms, args.link_mbps = (float(x) for x in args.link.split(":"))
@@ -1114,9 +1138,21 @@ def main(argv: list[str] | None = None) -> int:
                     if link:
                         sources["s3-link"], endpoints["s3-link"] = url, link
                         notes.append(f"Slow link (`--link {args.link}`): {LINK_NOTE}")
-                    plain_engines = [e for e in args.engines_remote if e not in ONE_GET]
+                    plain_engines = [e for e in args.engines_remote if e not in ENGINE_ENV]
                     engines = {name: args.engines_remote for name in sources}
                     engines["disk"] = [*plain_engines, *args.floor_remote]
+                    if args.gzip_object:
+                        packed = ensure_gzip(
+                            ensure_file("sales", args.compressed_size, args.data_dir)
+                        )
+                        url_gz, _ = upload(server, packed)
+                        warm_page_cache([packed, *filter(None, [server.backing_file(url_gz[5:])])])
+                        sources |= {"disk-gz": str(packed), "s3-gz": url_gz}
+                        endpoints["s3-gz"] = server.endpoint
+                        engines |= {"disk-gz": ["default"], "s3-gz": GZIP_ENGINES}
+                        if link:
+                            sources["s3-gz-link"], endpoints["s3-gz-link"] = url_gz, link
+                            engines["s3-gz-link"] = GZIP_ENGINES
                     remote = run_part(args, sources, engines, server, endpoints)
                 if server.process is not None:
                     notes.append(f"Server RSS at the end: {server.rss_mib():.0f} MiB")
