@@ -663,6 +663,13 @@ def verdict(value: float, wanted: float) -> str:
     return "**pass**" if value >= wanted else "**FAIL**"
 
 
+def disk_wall(cells: Cells, name: str, engine: str) -> float:
+    """The same job's wall from local disk, for input ``name``: its local file (the plain one,
+    or the .csv.gz), read by ``engine`` (the default backend for a variant of its settings)."""
+    disk = "disk-gz" if "gz" in name else "disk"
+    return wall(cells, disk, "default" if engine in ENGINE_ENV else engine)
+
+
 def remote_table(cells: Cells, engines: list[str]) -> list[str]:
     head = ["input", "engine", "wall s (min-max)", "job s", "CPU s (job tree)"]
     head += ["server CPU s", "server cores", "GETs / HEADs", "peak tree RSS MiB"]
@@ -688,14 +695,7 @@ def remote_table(cells: Cells, engines: list[str]) -> list[str]:
                     f"{fmt(cell.median_detail('gets'), 0)} / {fmt(cell.median_detail('heads'), 0)}",
                     fmt(cell.peak(), 0),
                     fmt(max(others, 0.0), 1),
-                    times(
-                        wall(
-                            cells,
-                            "disk-gz" if "gz" in name else "disk",
-                            "default" if engine in ENGINE_ENV else engine,
-                        )
-                        / spent
-                    ),
+                    times(disk_wall(cells, name, engine) / spent),
                 ]
             )
     return table(head, rows, align="ll" + "r" * (len(head) - 2))

@@ -40,6 +40,7 @@ from typing import Any
 
 from batchcore.sealed import reveal
 
+from .parallel_reads import submit
 from .storage_errors import S3_CONNECT_TIMEOUT, S3_READ_TIMEOUT
 
 __all__ = ["ArrowFile", "arrow_options", "object_info", "open_object", "read_into", "read_range"]
@@ -347,8 +348,6 @@ class ArrowFile:
     def _load(self, number: int) -> None:
         """Make block ``number`` the cached one (from its fetch ahead, if started), and start
         fetching the ``ahead`` blocks after it."""
-        from .parallel_reads import submit
-
         for stale in [n for n in self.coming if n < number or n > number + self.ahead]:
             self.coming.pop(stale).cancel()  # a seek elsewhere: not needed now
         start = number * self.block_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import random
 import subprocess
@@ -244,16 +245,18 @@ def pandas_stats(path: Path, sums: Sequence[str], group_by: str | None = None) -
     return result
 
 
-def faults_in_child(script: str, *args: str, trim: str | None = None, timeout: float = 120) -> int:
-    """The page-fault count that ``script``, run with ``args`` in a fresh Python, prints last:
-    with glibc's malloc thresholds as they come, or with ``MALLOC_TRIM_THRESHOLD_=trim`` (as
-    Dask sets it for its processes: glibc's mmap threshold then stays at 128 KiB)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    if trim is not None:
-        env["MALLOC_TRIM_THRESHOLD_"] = trim
+def run_script(
+    script: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """``script`` run in a fresh Python with ``args`` (and ``env``, else this one's), which must
+    exit 0: its output, as text."""
     done = subprocess.run(
         [sys.executable, "-c", script, *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -261,4 +264,26 @@ def faults_in_child(script: str, *args: str, trim: str | None = None, timeout: f
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return int(done.stdout.split()[-1])
+    return done
+
+
+def script_says(
+    script: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
+) -> Any:
+    """What ``script``, run as ``run_script`` runs it, prints last, as JSON."""
+    done = run_script(script, *args, env=env, timeout=timeout, cwd=cwd)
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def faults_in_child(script: str, *args: str, trim: str | None = None, timeout: float = 120) -> int:
+    """The page-fault count that ``script``, run with ``args`` in a fresh Python, prints last:
+    with glibc's malloc thresholds as they come, or with ``MALLOC_TRIM_THRESHOLD_=trim`` (as
+    Dask sets it for its processes: glibc's mmap threshold then stays at 128 KiB)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if trim is not None:
+        env["MALLOC_TRIM_THRESHOLD_"] = trim
+    return int(script_says(script, *args, env=env, timeout=timeout, cwd=ROOT))

@@ -15,7 +15,7 @@ import psutil
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from csv_helpers import ROOT, SALES, nulls_sales, write_bytes
+from csv_helpers import ROOT, SALES, nulls_sales, script_says, write_bytes
 
 import batchcore
 from batchcore.processors.cli import main
@@ -587,20 +587,6 @@ def test_a_tiny_chunk_bytes_is_raised_with_a_note(capsys: pytest.CaptureFixture[
     assert time.monotonic() - began < 20
 
 
-def script_says(script: str, argv: list[str], env: dict[str, str]) -> Any:
-    """What ``script``, run in a fresh Python with ``argv`` and ``env``, prints last, as JSON."""
-    done = subprocess.run(
-        [sys.executable, "-c", script, *argv],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=env,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.splitlines()[-1])
-
-
 EARLY_POOL_SCRIPT = """
 import json, sys
 import psutil
@@ -655,7 +641,7 @@ def test_a_process_run_on_local_files_starts_its_pool_before_the_job_imports(
     module, its libraries); for CSV by URL with the store's client (Arrow's, with these
     credentials), for a URL output or images by URL not early."""
     keys = {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": "test-secret"}
-    started, imported, command = script_says(EARLY_POOL_SCRIPT, argv, {**os.environ, **keys})
+    started, imported, command = script_says(EARLY_POOL_SCRIPT, *argv, env={**os.environ, **keys})
     assert started is early
     assert imported is False  # the pool started before the command's heavy imports
     cut = command.index("") if "" in command else len(command)
@@ -705,5 +691,5 @@ def test_the_command_keeps_numpy_from_starting_blas_threads(
     if given is not None:
         env["OPENBLAS_NUM_THREADS"] = given
     argv = ["csv", "stats", str(SALES), "--sum", "amount", "--backend", "sequential"]
-    code, value = script_says(BLAS_SCRIPT, argv, env)
+    code, value = script_says(BLAS_SCRIPT, *argv, env=env)
     assert code == 0 and value == expected

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from csv_helpers import SALES
+from csv_helpers import SALES, run_script, script_says
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -202,7 +202,9 @@ def test_csv_stats_of_an_object_read_in_pieces_equals_the_local_file(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Blocks of 8 MiB, each two GETs at once: the same statistics as the file on disk."""
+    """Blocks of 8 MiB: the same statistics as the file on disk. In this process (sequential,
+    thread) each block is two GETs at once; process and Dask workers read as their store's
+    speed says (one GET from this fast server)."""
     import s3fs
 
     monkeypatch.setattr(parallel_reads, "FIXED_GETS", MAX_GETS)  # in this process: threads
@@ -229,15 +231,8 @@ def test_csv_stats_of_an_object_read_in_pieces_equals_the_local_file(
 def test_the_gets_per_read_come_from_the_environment(value: str, count: int | None) -> None:
     """``BATCHCORE_GETS_PER_READ``: 1 turns the pieces off, more suits a farther store; a value
     that is no whole number >= 1 is named in a warning and the store's speed decides."""
-    import subprocess
-    import sys
-
     script = "from batchcore.processors import parallel_reads as p; print(p.FIXED_GETS)"
-    env = {**os.environ, parallel_reads.GETS_ENV: value}
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_script(script, env={**os.environ, parallel_reads.GETS_ENV: value})
     assert done.stdout.strip() == str(count)
     assert (value in done.stderr) == (count is None)
 
@@ -327,8 +322,6 @@ def test_a_compressed_object_is_read_by_arrow_without_importing_s3fs(
     ~0.15 s more); the same statistics as the local file."""
     import gzip
     import json
-    import subprocess
-    import sys
 
     import s3fs
 
@@ -343,18 +336,6 @@ def test_a_compressed_object_is_read_by_arrow_without_importing_s3fs(
         " storage_options=json.loads(sys.argv[2]))\n"
         "print(json.dumps([got.rows, 's3fs' in sys.modules or 'botocore' in sys.modules]))\n"
     )
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            f"s3://{s3_bucket}/sales.csv.gz",
-            json.dumps(s3_storage_options),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    rows, imported = json.loads(done.stdout)
+    url, options = f"s3://{s3_bucket}/sales.csv.gz", json.dumps(s3_storage_options)
+    rows, imported = script_says(script, url, options, timeout=120)
     assert rows == csv_stats(tmp_path / "sales.csv.gz", ["amount"]).rows and not imported
